@@ -1,0 +1,249 @@
+//! The event bus: typed events that observers (nested binding, the inspector, tracing)
+//! subscribe to.
+//!
+//! Events are collected while the unit holds its state lock and published after it is released,
+//! so an observer may call back into the unit. The translate path publishes nothing on an IOTLB
+//! hit; with no observer subscribed, publishing is one relaxed atomic load.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use vtd_regs::inv::InvDesc;
+use vtd_tables::walk::{Fault, Perms, RootTable};
+
+/// Where an invalidation came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidationSource {
+    /// The invalidation queue; `index` is the descriptor's slot.
+    Queue {
+        /// Slot of the descriptor in the queue.
+        index: u32,
+    },
+    /// CCMD_REG or IOTLB_REG (register-based invalidation, spec 6.5.1).
+    Register,
+}
+
+/// An interrupt-remapping fault (spec 5.1.4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IrFault {
+    /// Fault reason (0x20-0x27).
+    pub reason: vtd_regs::fault::FaultReason,
+    /// Source ID of the interrupt request (0 for IOAPIC messages without a SID).
+    pub sid: u16,
+    /// Interrupt index (handle) the request computed.
+    pub index: u16,
+    /// Suppressed by the IRTE's FPD.
+    pub suppressed: bool,
+}
+
+/// What happened to a fault the unit reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultDisposition {
+    /// Written into fault-recording register `index`.
+    Recorded {
+        /// The FRCD index.
+        index: u16,
+    },
+    /// A qualified fault under FPD: neither recorded nor reported.
+    Suppressed,
+    /// Not recorded because FSTS.PFO was already set or the next record was busy (PFO set).
+    Overflow,
+    /// Not recorded: a pending record from the same requester covers it (spec 7.2.1).
+    Coalesced,
+}
+
+/// A mapping change seen by a shadowing observer (caching mode, spec 6.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShadowEvent {
+    /// `[iova, iova + size)` now maps to `output` with `perms`.
+    Map {
+        /// Requester.
+        sid: u16,
+        /// PASID (scalable mode).
+        pasid: Option<u32>,
+        /// IOVA of the page.
+        iova: u64,
+        /// Page size.
+        size: u64,
+        /// Guest-physical output.
+        output: u64,
+        /// Rights.
+        perms: Perms,
+    },
+    /// `[iova, iova + size)` is no longer mapped.
+    Unmap {
+        /// Requester.
+        sid: u16,
+        /// PASID (scalable mode).
+        pasid: Option<u32>,
+        /// Start.
+        iova: u64,
+        /// Length.
+        size: u64,
+    },
+}
+
+/// Everything the unit tells its observers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VtdEvent {
+    /// The guest wrote a register (every MMIO write, as the guest made it).
+    RegisterWrite {
+        /// Offset from the unit's base.
+        offset: u64,
+        /// 4 or 8.
+        size: u8,
+        /// Value written.
+        value: u64,
+    },
+    /// SRTP latched a root table (also on a re-latch with an unchanged value).
+    RootTableLatched {
+        /// The root table and its mode.
+        root: RootTable,
+        /// Whether it differs from the previous one.
+        changed: bool,
+    },
+    /// GSTS.TES changed.
+    TranslationEnabled(bool),
+    /// GSTS.QIES changed.
+    QueuedInvalidationEnabled(bool),
+    /// GSTS.IRES changed.
+    InterruptRemappingEnabled(bool),
+    /// SIRTP latched an interrupt-remapping table.
+    InterruptTableLatched {
+        /// Table base.
+        base: u64,
+        /// Number of entries.
+        entries: u32,
+        /// Extended interrupt mode.
+        eime: bool,
+    },
+    /// An invalidation was carried out (decoded scope).
+    Invalidation {
+        /// Queue or register.
+        source: InvalidationSource,
+        /// The descriptor (register-based requests are expressed as the equivalent descriptor).
+        desc: InvDesc,
+    },
+    /// The queue stopped on an error (FSTS.IQE), with IQERCD.IQEI.
+    QueueError {
+        /// Slot of the offending descriptor (IQH).
+        head: u32,
+        /// IQERCD.IQEI.
+        iqei: u8,
+    },
+    /// A wait descriptor completed.
+    WaitCompleted {
+        /// Status address written, if SW.
+        status_addr: Option<u64>,
+        /// ICS.IWC raised.
+        interrupt: bool,
+    },
+    /// A DMA translation fault.
+    DmaFault {
+        /// The fault.
+        fault: Fault,
+        /// What became of it.
+        disposition: FaultDisposition,
+    },
+    /// An interrupt-remapping fault.
+    InterruptFault {
+        /// The fault.
+        fault: IrFault,
+        /// What became of it.
+        disposition: FaultDisposition,
+    },
+    /// A mapping change for a watched device in caching mode.
+    Shadow(ShadowEvent),
+}
+
+/// Something that wants to know what the unit does.
+pub trait VtdObserver: Send + Sync {
+    /// Called after the unit released its lock, in the order events happened.
+    fn on_event(&self, event: &VtdEvent);
+}
+
+/// The list of observers.
+#[derive(Default)]
+pub struct EventBus {
+    observers: RwLock<Vec<Arc<dyn VtdObserver>>>,
+    any: AtomicBool,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("observers", &self.len())
+            .finish()
+    }
+}
+
+impl EventBus {
+    /// Adds an observer.
+    pub fn subscribe(&self, observer: Arc<dyn VtdObserver>) {
+        let mut list = self.observers.write().unwrap_or_else(|e| e.into_inner());
+        list.push(observer);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Removes an observer (by identity).
+    pub fn unsubscribe(&self, observer: &Arc<dyn VtdObserver>) {
+        let mut list = self.observers.write().unwrap_or_else(|e| e.into_inner());
+        list.retain(|o| !Arc::ptr_eq(o, observer));
+        self.any.store(!list.is_empty(), Ordering::Release);
+    }
+
+    /// Number of observers.
+    pub fn len(&self) -> usize {
+        self.observers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Whether anyone listens.
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::Acquire)
+    }
+
+    /// Delivers events to every observer, and to `tracing`.
+    pub fn publish(&self, events: &[VtdEvent]) {
+        for e in events {
+            tracing::trace!(target: "vtd::event", event = ?e);
+        }
+        if self.is_empty() || events.is_empty() {
+            return;
+        }
+        let list = self
+            .observers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for e in events {
+            for o in &list {
+                o.on_event(e);
+            }
+        }
+    }
+}
+
+/// An observer that keeps every event (tests, the inspector's history).
+#[derive(Debug, Default)]
+pub struct EventLog {
+    events: std::sync::Mutex<Vec<VtdEvent>>,
+}
+
+impl EventLog {
+    /// Takes the events seen so far.
+    pub fn take(&self) -> Vec<VtdEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl VtdObserver for EventLog {
+    fn on_event(&self, event: &VtdEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event.clone());
+    }
+}

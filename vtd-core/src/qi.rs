@@ -1,0 +1,332 @@
+//! Queued invalidation (VT-d spec 6.5.2), the invalidation-completion event (spec 6.5.2.9) and
+//! the cache effects of every invalidation, queued or register-based.
+
+use vtd_regs::inv::{
+    ContextCacheGranularity, DescWidth, InvDesc, IotlbGranularity, PasidCacheGranularity,
+    PasidIotlbGranularity, RawDesc,
+};
+use vtd_regs::regs::{EventControl, Fsts, Gsts, Iqa, Iqercd, offset as reg};
+use vtd_tables::GuestRam;
+use vtd_tables::walk::DeviceContext;
+
+use crate::cache::IotlbScope;
+use crate::events::{InvalidationSource, VtdEvent};
+use crate::faults::raise_fault_event;
+use crate::irq::Msi;
+use crate::unit::{State, VtdUnit};
+
+/// IQERCD.IQEI values (spec 10.4.25).
+pub(crate) mod iqei {
+    /// The tail points beyond the queue.
+    pub const INVALID_TAIL: u8 = 1;
+    /// A descriptor could not be fetched (queue outside memory).
+    pub const FETCH_ERROR: u8 = 2;
+    /// Unknown or unsupported descriptor type.
+    pub const INVALID_TYPE: u8 = 3;
+    /// A reserved field is set.
+    pub const RESERVED_FIELD: u8 = 4;
+    /// A descriptor that needs 256-bit mode in a 128-bit queue.
+    pub const INVALID_WIDTH: u8 = 5;
+    /// IQT bit 4 set in 256-bit mode (tail not on a 32-byte descriptor).
+    pub const MISALIGNED_TAIL: u8 = 6;
+}
+
+impl<M: GuestRam + Send + Sync> VtdUnit<M> {
+    /// GCMD.QIE changed (spec 10.4.4): enabling resets the head; disabling is refused while the
+    /// queue still holds descriptors (IQH != IQT), since the spec requires software to quiesce
+    /// it first and dropping descriptors silently would lose invalidations.
+    pub(crate) fn set_queue_enabled(&self, st: &mut State, enable: bool) {
+        let bit = Gsts::new().with_qies(true).into_bits();
+        if enable {
+            st.regs.set64(reg::IQH, 0);
+            st.regs.update32(reg::GSTS, 0, bit);
+        } else {
+            if st.regs.get64(reg::IQH) != st.regs.get64(reg::IQT) & 0x7fff0 {
+                tracing::warn!(target: "vtd::qi", "QIE cleared with a non-empty queue: refused");
+                return;
+            }
+            st.regs.update32(reg::GSTS, bit, 0);
+        }
+        st.events.push(VtdEvent::QueuedInvalidationEnabled(enable));
+        if enable {
+            self.process_queue(st);
+        }
+    }
+
+    /// Processes descriptors from IQH up to IQT (after a tail write or IQE being cleared).
+    /// Work is bounded by the queue size; the queue stops at the first bad descriptor with
+    /// FSTS.IQE and IQERCD.IQEI set and IQH pointing at it.
+    pub(crate) fn process_queue(&self, st: &mut State) {
+        let gsts = Gsts::from_bits(st.regs.get32(reg::GSTS));
+        if !gsts.qies() || Fsts::from_bits(st.regs.get32(reg::FSTS)).iqe() {
+            return;
+        }
+        let iqa = Iqa::from_bits(st.regs.get64(reg::IQA));
+        let wide = iqa.dw() && self.walk.ecap.smts();
+        let (width, size, shift) = if wide {
+            (DescWidth::Bits256, 32u64, 5)
+        } else {
+            (DescWidth::Bits128, 16, 4)
+        };
+        let count = if wide {
+            iqa.descriptor_count()
+        } else {
+            1u32 << (iqa.qs() as u32 + 8)
+        };
+        let tail_reg = st.regs.get64(reg::IQT);
+        let mut head = ((st.regs.get64(reg::IQH) >> shift) as u32) % count;
+        if wide && tail_reg & 0x10 != 0 {
+            return self.queue_error(st, head, iqei::MISALIGNED_TAIL);
+        }
+        let tail = ((tail_reg & 0x7fff0) >> shift) as u32;
+        if tail >= count {
+            return self.queue_error(st, head, iqei::INVALID_TAIL);
+        }
+        for _ in 0..count {
+            if head == tail {
+                break;
+            }
+            let at = iqa.base() + head as u64 * size;
+            let mut raw = RawDesc([0; 4]);
+            let words = if wide { 4 } else { 2 };
+            for (i, w) in raw.0.iter_mut().take(words).enumerate() {
+                match self.mem.read_u64(at + 8 * i as u64) {
+                    Ok(v) => *w = v,
+                    Err(_) => return self.queue_error(st, head, iqei::FETCH_ERROR),
+                }
+            }
+            let desc = match InvDesc::decode(&raw, width) {
+                Ok(d) => d,
+                Err(e) => return self.queue_error(st, head, iqei_for(&e)),
+            };
+            if !self.supports(&desc) {
+                return self.queue_error(st, head, iqei::INVALID_TYPE);
+            }
+            let source = InvalidationSource::Queue { index: head };
+            if let InvDesc::Wait(wait) = &desc {
+                if let Some(sw) = &wait.status_write {
+                    if self.mem.write(sw.addr, &sw.data.to_le_bytes()).is_err() {
+                        return self.queue_error(st, head, iqei::FETCH_ERROR);
+                    }
+                }
+                if wait.interrupt {
+                    raise_completion_event(st);
+                }
+                st.events.push(VtdEvent::WaitCompleted {
+                    status_addr: wait.status_write.as_ref().map(|s| s.addr),
+                    interrupt: wait.interrupt,
+                });
+            } else {
+                self.execute_invalidation(st, &desc, source);
+            }
+            st.descriptors += 1;
+            head = (head + 1) % count;
+            st.regs.set64(reg::IQH, (head as u64) << shift);
+        }
+    }
+
+    /// Whether the unit offers what the descriptor needs (spec 6.5.2: a descriptor for a
+    /// capability the unit lacks is an invalid descriptor).
+    fn supports(&self, desc: &InvDesc) -> bool {
+        let ecap = self.walk.ecap;
+        match desc {
+            InvDesc::DeviceTlb(_) | InvDesc::PasidDeviceTlb(_) => ecap.dt(),
+            InvDesc::Iec(_) => ecap.ir(),
+            InvDesc::PasidIotlb(_) | InvDesc::PasidCache(_) => ecap.smts(),
+            InvDesc::PageGroupResponse(_) => ecap.prs(),
+            _ => true,
+        }
+    }
+
+    fn queue_error(&self, st: &mut State, head: u32, code: u8) {
+        let pre = st.regs.get32(reg::FSTS);
+        st.regs
+            .update32(reg::FSTS, 0, Fsts::new().with_iqe(true).into_bits());
+        let rec = Iqercd::from_bits(st.regs.get64(reg::IQERCD)).with_iqei(code);
+        st.regs.set64(reg::IQERCD, rec.into_bits());
+        let State { regs, msis, .. } = st;
+        raise_fault_event(regs, msis, pre);
+        st.events.push(VtdEvent::QueueError { head, iqei: code });
+        tracing::debug!(target: "vtd::qi", head, iqei = code, "invalidation queue error");
+    }
+
+    /// Applies one invalidation to the caches and publishes it.
+    pub(crate) fn execute_invalidation(
+        &self,
+        st: &mut State,
+        desc: &InvDesc,
+        source: InvalidationSource,
+    ) {
+        self.epoch.advance();
+        match desc {
+            InvDesc::ContextCache(cc) => {
+                // Dropping PASID-cache entries of the same requesters too is always allowed
+                // and covers guests that rely on context invalidation in scalable mode.
+                let granularity = cc.granularity;
+                let mut sids = Vec::new();
+                self.context_cache.retain(|s, c| {
+                    let hit = context_matches(&granularity, *s, c);
+                    if hit {
+                        sids.push(*s);
+                    }
+                    !hit
+                });
+                let global = matches!(cc.granularity, ContextCacheGranularity::Global);
+                self.pasid_cache
+                    .retain(|(s, _), _| !(global || sids.contains(s)));
+            }
+            InvDesc::Iotlb(iotlb) => {
+                let scope = match iotlb.granularity {
+                    IotlbGranularity::Global => IotlbScope::Global,
+                    IotlbGranularity::Domain { did } => IotlbScope::Domain { did },
+                    IotlbGranularity::Page { did, addr, am, .. } => {
+                        let (addr, size) = page_range(addr, am);
+                        IotlbScope::DomainPages { did, addr, size }
+                    }
+                };
+                self.iotlb.invalidate(scope);
+            }
+            InvDesc::PasidIotlb(p) => {
+                let scope = match p.granularity {
+                    PasidIotlbGranularity::AllInPasid => IotlbScope::Pasid {
+                        did: p.did,
+                        pasid: p.pasid,
+                    },
+                    PasidIotlbGranularity::Page { addr, am, .. } => {
+                        let (addr, size) = page_range(addr, am);
+                        IotlbScope::PasidPages {
+                            did: p.did,
+                            pasid: p.pasid,
+                            addr,
+                            size,
+                        }
+                    }
+                };
+                self.iotlb.invalidate(scope);
+            }
+            InvDesc::PasidCache(p) => {
+                let did = p.did;
+                match p.granularity {
+                    PasidCacheGranularity::Global => self.pasid_cache.retain(|_, _| false),
+                    PasidCacheGranularity::Domain => {
+                        self.pasid_cache.retain(|_, pe| pe.did() != did)
+                    }
+                    PasidCacheGranularity::Pasid { pasid } => self
+                        .pasid_cache
+                        .retain(|(_, pa), pe| !(pe.did() == did && *pa == pasid)),
+                };
+            }
+            // No emulated device has an ATC and interrupt entries are not cached: these only
+            // matter to observers (device-TLB forwarding for passthrough devices).
+            InvDesc::DeviceTlb(_)
+            | InvDesc::PasidDeviceTlb(_)
+            | InvDesc::Iec(_)
+            | InvDesc::Wait(_)
+            | InvDesc::PageGroupResponse(_) => {}
+        }
+        st.events.push(VtdEvent::Invalidation {
+            source,
+            desc: *desc,
+        });
+    }
+
+    /// FSTS was written: if no interrupt condition is left, FECTL.IP clears (spec 7.3.1); a
+    /// cleared IQE lets the queue resume from IQH.
+    pub(crate) fn after_fsts_write(&self, st: &mut State, _old: u32) {
+        let fsts = st.regs.get32(reg::FSTS);
+        if fsts & 0b111_0011 == 0 {
+            let ip = EventControl::new().with_ip(true).into_bits();
+            st.regs.update32(reg::FECTL, ip, 0);
+        }
+        if !Fsts::from_bits(fsts).iqe() {
+            self.process_queue(st);
+        }
+    }
+
+    /// FECTL was written: unmasking with IP set delivers the pending fault event.
+    pub(crate) fn after_fectl_write(&self, st: &mut State) {
+        let fectl = EventControl::from_bits(st.regs.get32(reg::FECTL));
+        if !fectl.im() && fectl.ip() {
+            st.regs.set32(reg::FECTL, fectl.with_ip(false).into_bits());
+            let msi = crate::faults::fault_event_msi(&st.regs);
+            st.msis.push(msi);
+        }
+    }
+
+    /// ICS or IECTL was written (spec 6.5.2.9): clearing IWC clears IECTL.IP; unmasking with
+    /// IP set delivers the pending completion event.
+    pub(crate) fn after_ics_iectl_write(&self, st: &mut State) {
+        let mut iectl = EventControl::from_bits(st.regs.get32(reg::IECTL));
+        if st.regs.get32(reg::ICS) & 1 == 0 {
+            iectl = iectl.with_ip(false);
+        }
+        if !iectl.im() && iectl.ip() {
+            iectl = iectl.with_ip(false);
+            st.msis.push(completion_msi(st));
+        }
+        st.regs.set32(reg::IECTL, iectl.into_bits());
+    }
+}
+
+/// Whether a context-cache invalidation of `granularity` covers the cached entry of `sid`
+/// (spec 6.5.2.1).
+fn context_matches(granularity: &ContextCacheGranularity, sid: u16, ctx: &DeviceContext) -> bool {
+    match *granularity {
+        ContextCacheGranularity::Global => true,
+        ContextCacheGranularity::Domain { did } => match ctx {
+            DeviceContext::Legacy(ce) => ce.did() == did,
+            // Scalable context entries carry no DID: a domain-selective flush covers them all.
+            DeviceContext::Scalable(_) => true,
+        },
+        ContextCacheGranularity::Device {
+            sid: target, fm, ..
+        } => {
+            // FM masks the low bits of the function number (spec 10.4.7).
+            let mask: u16 = match fm & 3 {
+                0 => 0,
+                1 => 0b100,
+                2 => 0b110,
+                _ => 0b111,
+            };
+            sid & !mask == target & !mask
+        }
+    }
+}
+
+/// A wait descriptor with IF: ICS.IWC, then the completion MSI unless masked or already pending.
+fn raise_completion_event(st: &mut State) {
+    if st.regs.get32(reg::ICS) & 1 != 0 {
+        return;
+    }
+    st.regs.update32(reg::ICS, 0, 1);
+    let iectl = EventControl::from_bits(st.regs.get32(reg::IECTL));
+    if iectl.im() {
+        st.regs.set32(reg::IECTL, iectl.with_ip(true).into_bits());
+    } else {
+        let msi = completion_msi(st);
+        st.msis.push(msi);
+    }
+}
+
+fn completion_msi(st: &State) -> Msi {
+    Msi {
+        address: (st.regs.get32(reg::IEUADDR) as u64) << 32 | st.regs.get32(reg::IEADDR) as u64,
+        data: st.regs.get32(reg::IEDATA),
+    }
+}
+
+/// The naturally aligned range of 2^am pages containing `addr` (spec 6.5.2.3).
+fn page_range(addr: u64, am: u8) -> (u64, u64) {
+    let size = 4096u64 << am.min(52);
+    (addr & !(size - 1), size)
+}
+
+fn iqei_for(e: &vtd_regs::inv::DescError) -> u8 {
+    use vtd_regs::inv::DescError;
+    match e {
+        DescError::UnknownType(_) => iqei::INVALID_TYPE,
+        DescError::NeedsWideQueue(_) => iqei::INVALID_WIDTH,
+        DescError::ReservedBits { .. } => iqei::RESERVED_FIELD,
+        _ => iqei::RESERVED_FIELD,
+    }
+}

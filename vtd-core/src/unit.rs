@@ -1,0 +1,652 @@
+//! The remapping unit: register semantics, GCMD state machine, translation through the caches.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vtd_regs::fault::FaultReason;
+use vtd_regs::regs::{
+    Ccmd, Gcmd, Gsts, IotlbReg, Iva, Rtaddr, TranslationTableMode, offset as reg, register_layout,
+};
+use vtd_regs::{ConfigError, VtdConfig};
+use vtd_tables::GuestRam;
+use vtd_tables::entries::PasidEntry;
+use vtd_tables::walk::{
+    self, DeviceContext, DmaRequest, Fault, Perms, RootTable, StepFault, Translation,
+    TranslationKind, WalkConfig,
+};
+
+use crate::cache::{CacheStats, ContextCache, Epoch, Iotlb, IotlbScope, PasidCache};
+use crate::events::{EventBus, FaultDisposition, VtdEvent, VtdObserver};
+use crate::faults::FaultState;
+use crate::ir::IrTable;
+use crate::irq::{InterruptSink, Msi};
+use crate::regfile::RegisterFile;
+
+/// Default cache sizes: large enough for a guest's working set, small enough to bound memory.
+const IOTLB_ENTRIES: usize = 4096;
+const CONTEXT_ENTRIES: usize = 256;
+const PASID_ENTRIES: usize = 1024;
+
+/// The interrupt address range (spec 3.15): requests without PASID here are interrupts.
+pub(crate) const INTERRUPT_RANGE: std::ops::RangeInclusive<u64> = 0xfee0_0000..=0xfeef_ffff;
+
+/// Why a DMA translation did not produce an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    /// The walk faulted (recorded or suppressed as the spec says).
+    #[error("DMA remapping fault: {0:?}")]
+    Fault(Fault),
+    /// A write without PASID to 0xFEEx_xxxx: an interrupt message, to be sent through
+    /// [`VtdUnit::remap_msi`] rather than written to memory (spec 3.15).
+    #[error("write to the interrupt address range is an interrupt request")]
+    InterruptRequest,
+}
+
+/// Counters the inspector and benchmarks read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnitStats {
+    /// IOTLB.
+    pub iotlb: CacheStats,
+    /// Context cache.
+    pub context_cache: CacheStats,
+    /// PASID cache.
+    pub pasid_cache: CacheStats,
+    /// Descriptors the queue processed.
+    pub descriptors: u64,
+    /// DMA faults seen (recorded or not).
+    pub dma_faults: u64,
+    /// Interrupts remapped.
+    pub interrupts_remapped: u64,
+}
+
+/// Architectural state saved for migration (QEMU's VMState carries the same: the register
+/// image, queue head, next fault record; caches are not saved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitSnapshot {
+    /// The 4 KiB register image.
+    pub registers: Vec<u8>,
+    /// Next fault-recording register to use.
+    pub next_fault_record: u16,
+    /// Latched root table (SRTP), as the raw RTADDR value, if latched.
+    pub latched_rtaddr: Option<u64>,
+    /// Latched interrupt-remapping table (SIRTP), as the raw IRTA value, if latched.
+    pub latched_irta: Option<u64>,
+}
+
+/// State changed only under the unit's lock (the vCPU side).
+pub(crate) struct State {
+    pub(crate) regs: RegisterFile,
+    pub(crate) faults: FaultState,
+    pub(crate) root: Option<(RootTable, u64)>,
+    pub(crate) ir: Option<(IrTable, u64)>,
+    /// Events and MSIs produced under the lock, delivered after it is released.
+    pub(crate) events: Vec<VtdEvent>,
+    pub(crate) msis: Vec<Msi>,
+    pub(crate) descriptors: u64,
+}
+
+/// The emulated remapping unit.
+pub struct VtdUnit<M: GuestRam> {
+    pub(crate) config: VtdConfig,
+    pub(crate) walk: WalkConfig,
+    pub(crate) mem: M,
+    irq: Arc<dyn InterruptSink>,
+    pub(crate) state: Mutex<State>,
+    /// GSTS.TES, read lock-free by the translate path.
+    te: AtomicBool,
+    /// The latched root: address | mode << 1 | valid.
+    root: AtomicU64,
+    pub(crate) iotlb: Iotlb,
+    pub(crate) context_cache: ContextCache,
+    pub(crate) pasid_cache: PasidCache,
+    pub(crate) epoch: Epoch,
+    bus: EventBus,
+    dma_faults: AtomicU64,
+    pub(crate) interrupts_remapped: AtomicU64,
+}
+
+impl<M: GuestRam> std::fmt::Debug for VtdUnit<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VtdUnit")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: GuestRam + Send + Sync> VtdUnit<M> {
+    /// A unit in its reset state.
+    pub fn new(
+        config: VtdConfig,
+        mem: M,
+        irq: Arc<dyn InterruptSink>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let (cap, ecap) = (config.cap(), config.ecap());
+        let regs = RegisterFile::new(&register_layout(cap, ecap));
+        Ok(Self {
+            walk: WalkConfig::new(cap, ecap),
+            state: Mutex::new(State {
+                regs,
+                faults: FaultState::new(cap),
+                root: None,
+                ir: None,
+                events: Vec::new(),
+                msis: Vec::new(),
+                descriptors: 0,
+            }),
+            config,
+            mem,
+            irq,
+            te: AtomicBool::new(false),
+            root: AtomicU64::new(0),
+            iotlb: Iotlb::new(IOTLB_ENTRIES),
+            context_cache: ContextCache::new(CONTEXT_ENTRIES),
+            pasid_cache: PasidCache::new(PASID_ENTRIES),
+            epoch: Epoch::default(),
+            bus: EventBus::default(),
+            dma_faults: AtomicU64::new(0),
+            interrupts_remapped: AtomicU64::new(0),
+        })
+    }
+
+    /// The configuration the unit was built with.
+    pub fn config(&self) -> &VtdConfig {
+        &self.config
+    }
+
+    /// Guest memory as the unit sees it.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// The event bus.
+    pub fn events(&self) -> &EventBus {
+        &self.bus
+    }
+
+    /// Subscribes an observer to the event bus.
+    pub fn subscribe(&self, observer: Arc<dyn VtdObserver>) {
+        self.bus.subscribe(observer);
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; the state stays usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Releases the lock, then delivers what was produced under it.
+    pub(crate) fn finish(&self, mut st: MutexGuard<'_, State>) {
+        let events = std::mem::take(&mut st.events);
+        let msis = std::mem::take(&mut st.msis);
+        drop(st);
+        for msi in msis {
+            self.irq.send_msi(msi);
+        }
+        self.bus.publish(&events);
+    }
+
+    /// Resets the unit (platform reset): registers to reset values, caches empty.
+    pub fn reset(&self) {
+        let mut st = self.lock();
+        st.regs.reset();
+        st.faults = FaultState::new(self.walk.cap);
+        st.root = None;
+        st.ir = None;
+        self.te.store(false, Ordering::Release);
+        self.root.store(0, Ordering::Release);
+        self.flush_all_caches();
+        self.finish(st);
+    }
+
+    /// MMIO read of `size` (4 or 8) bytes at `offset` from the unit's base. Reserved offsets
+    /// and malformed accesses read 0.
+    pub fn read(&self, offset: u64, size: u8) -> u64 {
+        if !RegisterFile::valid_access(offset, size) {
+            return 0;
+        }
+        self.lock().regs.guest_read(offset, size)
+    }
+
+    /// MMIO write. Malformed accesses are ignored.
+    pub fn write(&self, offset: u64, size: u8, value: u64) {
+        if !RegisterFile::valid_access(offset, size) {
+            return;
+        }
+        let value = if size == 4 {
+            value & 0xffff_ffff
+        } else {
+            value
+        };
+        let mut st = self.lock();
+        st.events.push(VtdEvent::RegisterWrite {
+            offset,
+            size,
+            value,
+        });
+        let old = st.regs.guest_write(offset, size, value);
+        let end = offset + size as u64;
+        let touches = |reg_off: u64, reg_size: u64| offset < reg_off + reg_size && end > reg_off;
+        if touches(reg::GCMD, 4) {
+            let gcmd = st.regs.get32(reg::GCMD);
+            self.handle_gcmd(&mut st, gcmd);
+        }
+        if touches(reg::CCMD + 4, 4) {
+            self.handle_ccmd(&mut st);
+        }
+        if touches(reg::FSTS, 4) {
+            self.after_fsts_write(&mut st, old as u32);
+        }
+        if touches(reg::FECTL, 4) {
+            self.after_fectl_write(&mut st);
+        }
+        if touches(reg::IQT, 8) {
+            self.process_queue(&mut st);
+        }
+        if touches(reg::ICS, 4) || touches(reg::IECTL, 4) {
+            self.after_ics_iectl_write(&mut st);
+        }
+        let iva = self.walk.ecap.iotlb_register_offset();
+        if touches(iva + 12, 4) {
+            self.handle_iotlb_reg(&mut st, iva);
+        }
+        let fro = self.walk.cap.fault_recording_offset();
+        let frcd_end = fro + 16 * self.walk.cap.fault_record_count() as u64;
+        if offset < frcd_end && end > fro {
+            let State { regs, faults, .. } = &mut *st;
+            faults.update_ppf(regs);
+            self.after_fsts_write(&mut st, old as u32);
+        }
+        self.finish(st);
+    }
+
+    /// GCMD (spec 10.4.4): act on each command bit against the current status. One-shot
+    /// commands (SRTP, SIRTP) act whenever written as 1, so a guest writing GCMD = GSTS | bit
+    /// re-latches them, as on hardware.
+    fn handle_gcmd(&self, st: &mut State, value: u32) {
+        let cmd = Gcmd::from_bits(value);
+        let status = Gsts::from_bits(st.regs.get32(reg::GSTS));
+        if cmd.srtp() {
+            let rtaddr = Rtaddr::from_bits(st.regs.get64(reg::RTADDR));
+            let mut mode = rtaddr.ttm();
+            if mode == TranslationTableMode::Scalable && !self.walk.ecap.smts() {
+                // TTM = 01 without ECAP.SMTS is a reserved encoding (spec 10.4.6).
+                mode = TranslationTableMode::Reserved2;
+            }
+            let root = RootTable {
+                addr: rtaddr.root_table_address(),
+                mode,
+            };
+            let changed = st.root.map(|(r, _)| r) != Some(root);
+            st.root = Some((root, rtaddr.into_bits()));
+            self.root.store(encode_root(root), Ordering::Release);
+            // Hardware without ESRTPS may keep cached entries across SRTP and relies on the
+            // guest's global invalidations; flushing is always allowed and never stale.
+            self.flush_all_caches();
+            st.regs
+                .update32(reg::GSTS, 0, Gsts::new().with_rtps(true).into_bits());
+            st.events.push(VtdEvent::RootTableLatched { root, changed });
+        }
+        if cmd.te() != status.tes() {
+            self.flush_all_caches();
+            self.te.store(cmd.te(), Ordering::Release);
+            let bit = Gsts::new().with_tes(true).into_bits();
+            st.regs
+                .update32(reg::GSTS, bit, if cmd.te() { bit } else { 0 });
+            st.events.push(VtdEvent::TranslationEnabled(cmd.te()));
+        }
+        if cmd.qie() != status.qies() {
+            self.set_queue_enabled(st, cmd.qie());
+        }
+        if cmd.sirtp() {
+            self.latch_interrupt_table(st);
+        }
+        if cmd.ire() != status.ires() && self.walk.ecap.ir() {
+            let bit = Gsts::new().with_ires(true).into_bits();
+            st.regs
+                .update32(reg::GSTS, bit, if cmd.ire() { bit } else { 0 });
+            st.events
+                .push(VtdEvent::InterruptRemappingEnabled(cmd.ire()));
+        }
+        if cmd.cfi() != status.cfis() && self.walk.ecap.ir() {
+            let bit = Gsts::new().with_cfis(true).into_bits();
+            st.regs
+                .update32(reg::GSTS, bit, if cmd.cfi() { bit } else { 0 });
+        }
+        // SFL/EAFL need CAP.AFL and WBF needs CAP.RWBF; neither is advertised, so they are
+        // ignored (spec 10.4.4: commands for unsupported capabilities have no effect).
+    }
+
+    /// CCMD (spec 10.4.7): register-based context-cache invalidation when ICC is written as 1.
+    fn handle_ccmd(&self, st: &mut State) {
+        let ccmd = Ccmd::from_bits(st.regs.get64(reg::CCMD));
+        if !ccmd.icc() {
+            return;
+        }
+        use vtd_regs::inv::{ContextCacheGranularity as G, ContextCacheInv, InvDesc};
+        let granularity = match ccmd.cirg() {
+            1 => Some(G::Global),
+            2 => Some(G::Domain { did: ccmd.did() }),
+            3 => Some(G::Device {
+                did: ccmd.did(),
+                sid: ccmd.sid(),
+                fm: ccmd.fm(),
+            }),
+            _ => None,
+        };
+        // CAIG reports what was done; 0 for an invalid request (spec 10.4.7).
+        let caig = match granularity {
+            Some(g) => {
+                let desc = InvDesc::ContextCache(ContextCacheInv {
+                    granularity: g,
+                    ignored: Default::default(),
+                });
+                self.execute_invalidation(st, &desc, crate::events::InvalidationSource::Register);
+                ccmd.cirg()
+            }
+            None => 0,
+        };
+        let done = ccmd.with_icc(false).with_caig(caig);
+        st.regs.set64(reg::CCMD, done.into_bits());
+    }
+
+    /// IOTLB_REG (spec 10.4.8.1): register-based IOTLB invalidation when IVT is written as 1.
+    fn handle_iotlb_reg(&self, st: &mut State, iva_off: u64) {
+        let reg_val = IotlbReg::from_bits(st.regs.get64(iva_off + 8));
+        if !reg_val.ivt() {
+            return;
+        }
+        use vtd_regs::inv::{InvDesc, IotlbGranularity as G, IotlbInv};
+        let iva = Iva::from_bits(st.regs.get64(iva_off));
+        let (granularity, iaig) = match reg_val.iirg() {
+            1 => (Some(G::Global), 1),
+            2 => (Some(G::Domain { did: reg_val.did() }), 2),
+            3 if iva.am() <= self.walk.cap.mamv() => (
+                Some(G::Page {
+                    did: reg_val.did(),
+                    addr: iva.addr() << 12,
+                    am: iva.am(),
+                    ih: iva.ih(),
+                }),
+                3,
+            ),
+            // AM beyond MAMV: the hardware may widen to a domain-selective flush and report it.
+            3 => (Some(G::Domain { did: reg_val.did() }), 2),
+            _ => (None, 0),
+        };
+        if let Some(g) = granularity {
+            let desc = InvDesc::Iotlb(IotlbInv {
+                granularity: g,
+                drain_read: reg_val.dr(),
+                drain_write: reg_val.dw(),
+                ignored: Default::default(),
+            });
+            self.execute_invalidation(st, &desc, crate::events::InvalidationSource::Register);
+        }
+        let done = reg_val.with_ivt(false).with_iaig(iaig);
+        st.regs.set64(iva_off + 8, done.into_bits());
+    }
+
+    pub(crate) fn flush_all_caches(&self) {
+        self.epoch.advance();
+        self.context_cache.retain(|_, _| false);
+        self.pasid_cache.retain(|_, _| false);
+        self.iotlb.invalidate(IotlbScope::Global);
+    }
+
+    fn latched_root(&self) -> RootTable {
+        decode_root(self.root.load(Ordering::Acquire))
+    }
+
+    /// Translates one DMA request (spec 3): pass-through while translation is off, the IOTLB,
+    /// then the caches and a walk. A fault is recorded (or suppressed) before this returns.
+    pub fn translate(&self, req: &DmaRequest) -> Result<Translation, TranslateError> {
+        if !self.te.load(Ordering::Acquire) {
+            return Ok(Translation {
+                output: req.iova,
+                page_size: 4096,
+                perms: Perms::ALL,
+                did: 0,
+                pasid: req.pasid,
+                kind: TranslationKind::Disabled,
+                leaf: 0,
+            });
+        }
+        if req.pasid.is_none() && INTERRUPT_RANGE.contains(&req.iova) {
+            if req.access.is_write() {
+                return Err(TranslateError::InterruptRequest);
+            }
+            let reason = if self.is_scalable() {
+                FaultReason::SmInterruptAddressRange
+            } else {
+                FaultReason::InterruptAddressRange
+            };
+            return Err(TranslateError::Fault(
+                self.report_dma_fault(StepFault::new(reason).into_fault(req)),
+            ));
+        }
+        if let Some(t) = self.iotlb.lookup(req.sid, req.pasid, req.iova, req.access) {
+            return Ok(t);
+        }
+        self.translate_miss(req)
+    }
+
+    fn is_scalable(&self) -> bool {
+        self.latched_root().mode == TranslationTableMode::Scalable
+    }
+
+    fn translate_miss(&self, req: &DmaRequest) -> Result<Translation, TranslateError> {
+        let epoch = self.epoch.current();
+        let result = self.walk_with_caches(req, epoch);
+        match result {
+            Ok(t) => {
+                self.iotlb
+                    .insert(&self.epoch, epoch, req.sid, req.pasid, req.iova, t);
+                Ok(t)
+            }
+            Err(f) => Err(TranslateError::Fault(
+                self.report_dma_fault(f.into_fault(req)),
+            )),
+        }
+    }
+
+    /// The context entry for `sid`, from the cache or the tables.
+    pub(crate) fn context_for(&self, sid: u16, epoch: u64) -> Result<DeviceContext, StepFault> {
+        if let Some(c) = self.context_cache.get(&sid) {
+            return Ok(c);
+        }
+        let ctx = walk::lookup_context(&self.mem, &self.walk, self.latched_root(), sid)?;
+        self.context_cache.insert(&self.epoch, epoch, sid, ctx);
+        Ok(ctx)
+    }
+
+    fn walk_with_caches(&self, req: &DmaRequest, epoch: u64) -> Result<Translation, StepFault> {
+        let ctx = self.context_for(req.sid, epoch)?;
+        match ctx {
+            DeviceContext::Legacy(_) => {
+                walk::translate_with_context(&self.mem, &self.walk, &ctx, req)
+            }
+            DeviceContext::Scalable(sc) => {
+                let pasid = walk::effective_pasid(&self.walk, &sc, req.pasid);
+                let pe = match self.pasid_cache.get(&(req.sid, pasid)) {
+                    Some(pe) => pe,
+                    None => {
+                        let pe = walk::lookup_pasid_entry(
+                            &self.mem,
+                            &self.walk,
+                            &sc,
+                            pasid,
+                            req.pasid.is_some(),
+                        )?;
+                        self.pasid_cache
+                            .insert(&self.epoch, epoch, (req.sid, pasid), pe);
+                        pe
+                    }
+                };
+                walk::translate_with_pasid_entry(&self.mem, &self.walk, &pe, pasid, req)
+                    .map_err(|f| f.with_fpd(sc.fpd() || pe.fpd()))
+            }
+        }
+    }
+
+    /// Reports a DMA fault: records it unless FPD suppresses it, raises the fault event.
+    pub(crate) fn report_dma_fault(&self, fault: Fault) -> Fault {
+        self.dma_faults.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target: "vtd::fault", ?fault);
+        let mut st = self.lock();
+        let disposition = if fault.suppressed {
+            FaultDisposition::Suppressed
+        } else {
+            let (lo, hi) = crate::faults::dma_record(&fault);
+            let State {
+                regs, faults, msis, ..
+            } = &mut *st;
+            faults.record(regs, msis, fault.sid, lo, hi)
+        };
+        st.events.push(VtdEvent::DmaFault { fault, disposition });
+        self.finish(st);
+        fault
+    }
+
+    /// The current context entry of `sid` read from guest memory (no cache), for observers
+    /// that bind passthrough devices and for the inspector.
+    pub fn read_context(&self, sid: u16) -> Result<DeviceContext, Fault> {
+        let req = DmaRequest::new(sid, 0, walk::AccessKind::Read);
+        walk::lookup_context(&self.mem, &self.walk, self.latched_root(), sid)
+            .map_err(|f| f.into_fault(&req))
+    }
+
+    /// The current PASID entry of (`sid`, `pasid`) read from guest memory (no cache).
+    pub fn read_pasid_entry(&self, sid: u16, pasid: u32) -> Result<PasidEntry, Fault> {
+        let req = DmaRequest {
+            pasid: Some(pasid),
+            ..DmaRequest::new(sid, 0, walk::AccessKind::Read)
+        };
+        match walk::lookup_context(&self.mem, &self.walk, self.latched_root(), sid) {
+            Ok(DeviceContext::Scalable(sc)) => {
+                walk::lookup_pasid_entry(&self.mem, &self.walk, &sc, pasid, false)
+                    .map_err(|f| f.into_fault(&req))
+            }
+            Ok(DeviceContext::Legacy(_)) => {
+                Err(StepFault::new(FaultReason::PasidEntryNotPresent).into_fault(&req))
+            }
+            Err(f) => Err(f.into_fault(&req)),
+        }
+    }
+
+    /// Whether DMA translation is enabled (GSTS.TES).
+    pub fn translation_enabled(&self) -> bool {
+        self.te.load(Ordering::Acquire)
+    }
+
+    /// The latched root table, if SRTP was done.
+    pub fn root_table(&self) -> Option<RootTable> {
+        self.lock().root.map(|(r, _)| r)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> UnitStats {
+        let descriptors = self.lock().descriptors;
+        UnitStats {
+            iotlb: self.iotlb.stats(),
+            context_cache: self.context_cache.stats(),
+            pasid_cache: self.pasid_cache.stats(),
+            descriptors,
+            dma_faults: self.dma_faults.load(Ordering::Relaxed),
+            interrupts_remapped: self.interrupts_remapped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Saves the architectural state (caches are not state: they are rebuilt on demand).
+    pub fn snapshot(&self) -> UnitSnapshot {
+        let st = self.lock();
+        UnitSnapshot {
+            registers: st.regs.image().to_vec(),
+            next_fault_record: st.faults.next(),
+            latched_rtaddr: st.root.map(|(_, raw)| raw),
+            latched_irta: st.ir.map(|(_, raw)| raw),
+        }
+    }
+
+    /// Restores a snapshot taken from a unit with the same configuration; derived state (TE,
+    /// root, interrupt table) is recomputed from it and caches start empty.
+    pub fn restore(&self, snap: &UnitSnapshot) -> Result<(), RestoreError> {
+        if snap.registers.len() != vtd_regs::regs::MMIO_SIZE as usize {
+            return Err(RestoreError::RegisterImageSize(snap.registers.len()));
+        }
+        let mut st = self.lock();
+        let saved_cap = u64::from_le_bytes(snap.registers[8..16].try_into().unwrap_or_default());
+        let saved_ecap = u64::from_le_bytes(snap.registers[16..24].try_into().unwrap_or_default());
+        if saved_cap != self.walk.cap.into_bits() || saved_ecap != self.walk.ecap.into_bits() {
+            return Err(RestoreError::IdentityMismatch {
+                cap: saved_cap,
+                ecap: saved_ecap,
+            });
+        }
+        if snap.next_fault_record >= self.walk.cap.fault_record_count() {
+            return Err(RestoreError::FaultRecordIndex(snap.next_fault_record));
+        }
+        st.regs.load_image(&snap.registers);
+        st.faults.set_next(snap.next_fault_record);
+        let gsts = Gsts::from_bits(st.regs.get32(reg::GSTS));
+        st.root = snap.latched_rtaddr.map(|raw| {
+            let rt = Rtaddr::from_bits(raw);
+            let mut mode = rt.ttm();
+            if mode == TranslationTableMode::Scalable && !self.walk.ecap.smts() {
+                mode = TranslationTableMode::Reserved2;
+            }
+            (
+                RootTable {
+                    addr: rt.root_table_address(),
+                    mode,
+                },
+                raw,
+            )
+        });
+        self.root.store(
+            st.root.map(|(r, _)| encode_root(r)).unwrap_or(0),
+            Ordering::Release,
+        );
+        st.ir = snap.latched_irta.map(|raw| (IrTable::from_irta(raw), raw));
+        self.te.store(gsts.tes(), Ordering::Release);
+        self.flush_all_caches();
+        if let Some((root, _)) = st.root {
+            st.events.push(VtdEvent::RootTableLatched {
+                root,
+                changed: true,
+            });
+        }
+        st.events.push(VtdEvent::TranslationEnabled(gsts.tes()));
+        self.finish(st);
+        Ok(())
+    }
+}
+
+/// Why a snapshot was refused; the unit is unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The register image is not 4 KiB.
+    #[error("register image has {0} bytes, expected 4096")]
+    RegisterImageSize(usize),
+    /// The snapshot comes from a unit with another CAP/ECAP.
+    #[error("snapshot is of a unit with CAP {cap:#x} ECAP {ecap:#x}, not this one")]
+    IdentityMismatch {
+        /// Saved CAP.
+        cap: u64,
+        /// Saved ECAP.
+        ecap: u64,
+    },
+    /// The next fault-record index is out of range.
+    #[error("next fault record {0} out of range")]
+    FaultRecordIndex(u16),
+}
+
+fn encode_root(root: RootTable) -> u64 {
+    root.addr | (root.mode.into_bits() as u64) << 1 | 1
+}
+
+fn decode_root(v: u64) -> RootTable {
+    RootTable {
+        addr: v & !0xfff,
+        mode: TranslationTableMode::from_bits(((v >> 1) & 3) as u8),
+    }
+}

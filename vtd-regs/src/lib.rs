@@ -1,0 +1,22 @@
+//! Architectural definitions of the Intel VT-d remapping unit.
+//!
+//! Everything here is a fact of the VT-d specification (Intel "Virtualization Technology for
+//! Directed I/O", rev. 4.x/5.x) as implemented by Linux 6.12 and QEMU 10.0.2: register offsets
+//! and bitfields with their access semantics, the CAP/ECAP values implied by a [`VtdConfig`],
+//! fault reasons, invalidation descriptors and interrupt-remapping table entries.
+//!
+//! The crate performs no I/O and is `no_std` (with `alloc`) when the default `std` feature is
+//! off, so it can also describe the unit to bare-metal guests.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub mod cap;
+pub mod config;
+pub mod fault;
+pub mod inv;
+pub mod irte;
+pub mod regs;
+
+pub use cap::{Cap, Ecap};
+pub use config::{ConfigError, VtdConfig};

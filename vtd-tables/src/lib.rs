@@ -1,0 +1,17 @@
+//! In-memory formats of the Intel VT-d remapping structures and the walks over them.
+//!
+//! - [`entries`]: root, context, PASID directory/table and paging entries (VT-d spec chapter 9),
+//!   each decodable from any bit pattern and buildable for tests, examples and guests;
+//! - [`walk`]: legacy second-stage, scalable first-stage, second-stage, nested and pass-through
+//!   walks that end in a translation or in the spec's fault;
+//! - [`builder`]: page-table builders over guest memory;
+//! - [`dmar`]: the ACPI DMAR table;
+//! - [`mem`]: the narrow guest-memory trait the walks read through (implemented for vm-memory).
+
+pub mod builder;
+pub mod dmar;
+pub mod entries;
+pub mod mem;
+pub mod walk;
+
+pub use mem::{GuestRam, MemError};

@@ -1,0 +1,955 @@
+//! Table walks: from (requester ID, PASID, IOVA, access) to a translation or a fault.
+//!
+//! Each step is a function of its own so that a unit with caches can resume from a cached
+//! context or PASID entry: [`lookup_context`], [`lookup_pasid_entry`], [`walk_second_stage`],
+//! [`walk_first_stage`]; [`translate`] composes them. Every walk is bounded by its level count
+//! (at most 5 first-stage levels, each of whose table addresses takes at most 5 second-stage
+//! reads when nested), so no table contents can make it loop; every read goes through
+//! [`GuestRam`], so no table pointer can reach outside guest RAM.
+
+use vtd_regs::fault::FaultReason;
+use vtd_regs::regs::TranslationTableMode;
+use vtd_regs::{Cap, Ecap};
+
+use crate::entries::*;
+use crate::mem::GuestRam;
+
+/// The fault reasons the walkers report, by the walk step that detects them (VT-d spec 7.1.3).
+mod fr {
+    use vtd_regs::fault::FaultReason as R;
+    pub const ROOT_NOT_PRESENT: R = R::RootEntryNotPresent;
+    pub const CONTEXT_NOT_PRESENT: R = R::ContextEntryNotPresent;
+    pub const CONTEXT_INVALID: R = R::ContextEntryInvalid;
+    pub const BEYOND_AGAW: R = R::AddressBeyondMgaw;
+    pub const WRITE: R = R::WriteNotPermitted;
+    pub const READ: R = R::ReadNotPermitted;
+    pub const PTE_ACCESS: R = R::PagingEntryAccessError;
+    pub const ROOT_TABLE_INVALID: R = R::RootTableAccessError;
+    pub const CONTEXT_TABLE_INVALID: R = R::ContextTableAccessError;
+    pub const ROOT_RESERVED: R = R::RootEntryReserved;
+    pub const CONTEXT_RESERVED: R = R::ContextEntryReserved;
+    pub const PTE_RESERVED: R = R::PagingEntryReserved;
+    pub const SM_ROOT_TABLE_INVALID: R = R::SmRootTableAddressInvalid;
+    pub const SM_ROOT_ACCESS: R = R::SmRootEntryAccessError;
+    pub const SM_ROOT_NOT_PRESENT: R = R::SmRootEntryNotPresent;
+    pub const SM_ROOT_RESERVED: R = R::SmRootEntryReserved;
+    pub const SM_CONTEXT_ACCESS: R = R::SmContextEntryAccessError;
+    pub const SM_CONTEXT_NOT_PRESENT: R = R::SmContextEntryNotPresent;
+    pub const SM_CONTEXT_RESERVED: R = R::SmContextEntryReserved;
+    pub const SM_PASID_DISABLED: R = R::SmContextPasidDisabled;
+    pub const SM_PASID_TOO_LARGE: R = R::SmPasidBeyondDirectorySize;
+    pub const SM_PASID_DIR_ACCESS: R = R::PasidDirectoryAccessError;
+    pub const SM_PASID_DIR_NOT_PRESENT: R = R::PasidDirectoryEntryNotPresent;
+    pub const SM_PASID_DIR_RESERVED: R = R::PasidDirectoryEntryReserved;
+    pub const SM_PASID_ACCESS: R = R::PasidEntryAccessError;
+    pub const SM_PASID_NOT_PRESENT: R = R::PasidEntryNotPresent;
+    pub const SM_PASID_RESERVED: R = R::PasidEntryReserved;
+    pub const SM_PASID_INVALID: R = R::PasidEntryInvalid;
+    pub const SM_ERE_CLEAR: R = R::PasidEntryExecuteDisabled;
+    pub const SM_SRE_CLEAR: R = R::PasidEntrySupervisorDisabled;
+    pub const FS_ACCESS: R = R::FirstStageAccessError;
+    pub const FS_NOT_PRESENT: R = R::FirstStageNotPresent;
+    pub const FS_RESERVED: R = R::FirstStageReserved;
+    pub const NESTED_FS_BEYOND: R = R::NestedFirstStageBeyondMgaw;
+    pub const NESTED_FS_TOP_READ: R = R::NestedFirstStageRootReadDenied;
+    pub const NESTED_FS_READ: R = R::NestedFirstStageReadDenied;
+    pub const NESTED_FS_WRITE: R = R::NestedFirstStageWriteDenied;
+    pub const SS_ACCESS: R = R::SecondStageAccessError;
+    pub const SS_PERMISSION: R = R::SecondStagePermissionDenied;
+    pub const SS_RESERVED: R = R::SecondStageReserved;
+    pub const NON_CANONICAL: R = R::NonCanonicalAddress;
+    pub const FS_USER: R = R::UserAccessToSupervisorPage;
+    pub const FS_EXECUTE: R = R::ExecuteNotPermitted;
+    pub const SM_BEYOND_MAX: R = R::AddressBeyondHardwareMax;
+    pub const SM_WRITE: R = R::SmWriteNotPermitted;
+}
+
+/// What a DMA request wants to do (VT-d spec 3.4: reads, writes; ER = execute-requested reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AccessKind {
+    /// A read.
+    Read,
+    /// A write.
+    Write,
+    /// A read with execute requested (ER = 1, only with a PASID).
+    Execute,
+}
+
+impl AccessKind {
+    /// Whether the access writes.
+    pub const fn is_write(self) -> bool {
+        matches!(self, Self::Write)
+    }
+}
+
+/// An untranslated DMA request as the unit receives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DmaRequest {
+    /// Requester ID: bus << 8 | devfn.
+    pub sid: u16,
+    /// PASID carried by the request (PASID TLP prefix), if any.
+    pub pasid: Option<u32>,
+    /// Input address.
+    pub iova: u64,
+    /// Read, write or execute.
+    pub access: AccessKind,
+    /// Privileged (supervisor) request (PR = 1 in the PASID prefix).
+    pub privileged: bool,
+}
+
+impl DmaRequest {
+    /// A request without PASID.
+    pub const fn new(sid: u16, iova: u64, access: AccessKind) -> Self {
+        Self {
+            sid,
+            pasid: None,
+            iova,
+            access,
+            privileged: false,
+        }
+    }
+}
+
+/// Access rights a translation grants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Perms {
+    /// Reads allowed.
+    pub read: bool,
+    /// Writes allowed.
+    pub write: bool,
+    /// Execute allowed.
+    pub execute: bool,
+}
+
+impl Perms {
+    /// All rights.
+    pub const ALL: Perms = Perms {
+        read: true,
+        write: true,
+        execute: true,
+    };
+    /// Whether `access` is allowed.
+    pub const fn allows(&self, access: AccessKind) -> bool {
+        match access {
+            AccessKind::Read => self.read,
+            AccessKind::Write => self.write,
+            AccessKind::Execute => self.execute && self.read,
+        }
+    }
+    const fn and(self, other: Perms) -> Perms {
+        Perms {
+            read: self.read && other.read,
+            write: self.write && other.write,
+            execute: self.execute && other.execute,
+        }
+    }
+}
+
+/// How a request was translated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TranslationKind {
+    /// Legacy context entry, second-stage table.
+    LegacySecondStage,
+    /// Legacy context entry, pass-through.
+    LegacyPassThrough,
+    /// Scalable mode, PGTT = first stage.
+    FirstStage,
+    /// Scalable mode, PGTT = second stage.
+    SecondStage,
+    /// Scalable mode, PGTT = nested.
+    Nested,
+    /// Scalable mode, PGTT = pass-through.
+    PassThrough,
+    /// Translation is disabled (GSTS.TES = 0): the output is the input (spec 3.1).
+    Disabled,
+}
+
+/// A successful translation of one page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Translation {
+    /// Output (guest physical) address of the requested IOVA.
+    pub output: u64,
+    /// Size of the page that maps it: 4 KiB, 2 MiB or 1 GiB (pass-through: 4 KiB).
+    pub page_size: u64,
+    /// Rights granted for the whole page (after A/D were set for this access).
+    pub perms: Perms,
+    /// Domain ID of the context or PASID entry.
+    pub did: u16,
+    /// PASID the request was translated with (RID_PASID for requests without one in scalable
+    /// mode; `None` in legacy mode).
+    pub pasid: Option<u32>,
+    /// Which path translated it.
+    pub kind: TranslationKind,
+    /// The leaf entry as it is in memory after the walk (0 for pass-through).
+    pub leaf: u64,
+}
+
+impl Translation {
+    /// The IOVA page base this translation covers.
+    pub const fn iova_base(&self, iova: u64) -> u64 {
+        iova & !(self.page_size - 1)
+    }
+    /// Output address of the page base.
+    pub const fn output_base(&self) -> u64 {
+        self.output & !(self.page_size - 1)
+    }
+}
+
+/// A failed translation: what the unit records in a fault-recording register (spec 7.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fault {
+    /// Why.
+    pub reason: FaultReason,
+    /// Requester ID.
+    pub sid: u16,
+    /// PASID carried by the request (the FRCD's PV with PP = 1), if any.
+    pub pasid: Option<u32>,
+    /// The faulting address, page-aligned (FRCD.FI).
+    pub address: u64,
+    /// Access kind of the request.
+    pub access: AccessKind,
+    /// Privileged request.
+    pub privileged: bool,
+    /// A qualified fault under an entry with FPD set: not recorded, not reported (spec 7.1.2).
+    pub suppressed: bool,
+}
+
+/// What a walker step reports before it is turned into a [`Fault`]: the reason and whether an
+/// FPD bit of an entry already validated covers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepFault {
+    /// Fault reason.
+    pub reason: FaultReason,
+    /// An FPD bit on the path suppresses qualified faults.
+    pub fpd: bool,
+}
+
+impl StepFault {
+    /// A fault for `reason`, not (yet) under FPD.
+    pub const fn new(reason: FaultReason) -> Self {
+        Self { reason, fpd: false }
+    }
+    /// Adds the FPD bit of an entry that covers the request.
+    pub const fn with_fpd(mut self, fpd: bool) -> Self {
+        self.fpd |= fpd;
+        self
+    }
+    /// Turns the step fault into the fault of `req`.
+    pub fn into_fault(self, req: &DmaRequest) -> Fault {
+        let reason = self.reason;
+        Fault {
+            reason,
+            sid: req.sid,
+            pasid: req.pasid,
+            address: req.iova & !0xfff,
+            access: req.access,
+            privileged: req.privileged,
+            suppressed: self.fpd && reason.is_qualified(),
+        }
+    }
+}
+
+/// The capabilities a walk honours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkConfig {
+    /// CAP_REG of the unit.
+    pub cap: Cap,
+    /// ECAP_REG of the unit.
+    pub ecap: Ecap,
+}
+
+impl WalkConfig {
+    /// A walk configuration for a unit with these capabilities.
+    pub const fn new(cap: Cap, ecap: Ecap) -> Self {
+        Self { cap, ecap }
+    }
+    /// Host address width: table pointers and output addresses above it are reserved bits.
+    pub const fn haw(&self) -> u8 {
+        self.cap.max_guest_address_width()
+    }
+}
+
+/// The root table the unit latched at SRTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RootTable {
+    /// Root-table address.
+    pub addr: u64,
+    /// Legacy or scalable.
+    pub mode: TranslationTableMode,
+}
+
+/// The context entry that serves a requester ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceContext {
+    /// Legacy mode.
+    Legacy(ContextEntry),
+    /// Scalable mode.
+    Scalable(ScalableContextEntry),
+}
+
+impl DeviceContext {
+    /// FPD of the entry.
+    pub const fn fpd(&self) -> bool {
+        match self {
+            Self::Legacy(c) => c.fpd(),
+            Self::Scalable(c) => c.fpd(),
+        }
+    }
+}
+
+/// Reads and validates the root and context entry for `sid` (spec 3.4.2, 3.4.3).
+pub fn lookup_context(
+    mem: &impl GuestRam,
+    cfg: &WalkConfig,
+    root: RootTable,
+    sid: u16,
+) -> Result<DeviceContext, StepFault> {
+    let bus = (sid >> 8) as u64;
+    let devfn = sid as u8;
+    let haw = cfg.haw();
+    let root_addr = root.addr + bus * 16;
+    match root.mode {
+        TranslationTableMode::Legacy => {
+            let re = RootEntry(
+                mem.read_words::<2>(root_addr)
+                    .map_err(|_| StepFault::new(fr::ROOT_TABLE_INVALID))?,
+            );
+            if !re.present() {
+                return Err(StepFault::new(fr::ROOT_NOT_PRESENT));
+            }
+            if re.reserved_bits(haw) != [0, 0] {
+                return Err(StepFault::new(fr::ROOT_RESERVED));
+            }
+            let ce_addr = re.context_table() + devfn as u64 * 16;
+            let ce = ContextEntry(
+                mem.read_words::<2>(ce_addr)
+                    .map_err(|_| StepFault::new(fr::CONTEXT_TABLE_INVALID))?,
+            );
+            if !ce.present() {
+                return Err(StepFault::new(fr::CONTEXT_NOT_PRESENT));
+            }
+            if ce.reserved_bits(haw) != [0, 0] {
+                return Err(StepFault::new(fr::CONTEXT_RESERVED));
+            }
+            let valid = match ce.translation_type() {
+                LegacyTranslationType::MultiLevel => {
+                    cfg.cap.supports_second_stage_levels(ce.aw() + 2)
+                }
+                LegacyTranslationType::MultiLevelWithDeviceTlb => {
+                    cfg.ecap.dt() && cfg.cap.supports_second_stage_levels(ce.aw() + 2)
+                }
+                LegacyTranslationType::PassThrough => cfg.ecap.pt(),
+                LegacyTranslationType::Reserved => false,
+            };
+            if !valid {
+                return Err(StepFault::new(fr::CONTEXT_INVALID).with_fpd(ce.fpd()));
+            }
+            Ok(DeviceContext::Legacy(ce))
+        }
+        TranslationTableMode::Scalable => {
+            let re = ScalableRootEntry(
+                mem.read_words::<2>(root_addr)
+                    .map_err(|_| StepFault::new(fr::SM_ROOT_ACCESS))?,
+            );
+            let Some(table) = re.context_table_for(devfn) else {
+                return Err(StepFault::new(fr::SM_ROOT_NOT_PRESENT));
+            };
+            if re.reserved_bits(devfn, haw) != 0 {
+                return Err(StepFault::new(fr::SM_ROOT_RESERVED));
+            }
+            let ce_addr = table + (devfn & 0x7f) as u64 * 32;
+            let ce = ScalableContextEntry(
+                mem.read_words::<4>(ce_addr)
+                    .map_err(|_| StepFault::new(fr::SM_CONTEXT_ACCESS))?,
+            );
+            if !ce.present() {
+                return Err(StepFault::new(fr::SM_CONTEXT_NOT_PRESENT));
+            }
+            if ce.reserved_bits(haw) != [0; 4] {
+                return Err(StepFault::new(fr::SM_CONTEXT_RESERVED));
+            }
+            Ok(DeviceContext::Scalable(ce))
+        }
+        TranslationTableMode::Reserved2 | TranslationTableMode::AbortDma => {
+            Err(StepFault::new(fr::SM_ROOT_TABLE_INVALID))
+        }
+    }
+}
+
+/// The PASID a request is translated with in scalable mode: its own, or RID_PASID (with
+/// ECAP.RPS; otherwise PASID 0, spec 9.4).
+pub fn effective_pasid(cfg: &WalkConfig, ctx: &ScalableContextEntry, pasid: Option<u32>) -> u32 {
+    match pasid {
+        Some(p) => p,
+        None if cfg.ecap.rps() => ctx.rid_pasid(),
+        None => 0,
+    }
+}
+
+/// Reads and validates the PASID directory and PASID table entry for `pasid` (spec 3.4.3,
+/// 9.5, 9.6). `with_pasid` says whether the request itself carried the PASID.
+pub fn lookup_pasid_entry(
+    mem: &impl GuestRam,
+    cfg: &WalkConfig,
+    ctx: &ScalableContextEntry,
+    pasid: u32,
+    with_pasid: bool,
+) -> Result<PasidEntry, StepFault> {
+    let fpd = ctx.fpd();
+    let haw = cfg.haw();
+    if with_pasid && !ctx.paside() {
+        return Err(StepFault::new(fr::SM_PASID_DISABLED).with_fpd(fpd));
+    }
+    if pasid >= ctx.pasid_limit() {
+        return Err(StepFault::new(fr::SM_PASID_TOO_LARGE).with_fpd(fpd));
+    }
+    let de_addr = ctx.pasid_dir() + (pasid >> 6) as u64 * 8;
+    let de = PasidDirEntry::from_bits(
+        mem.read_u64(de_addr)
+            .map_err(|_| StepFault::new(fr::SM_PASID_DIR_ACCESS).with_fpd(fpd))?,
+    );
+    if !de.present() {
+        return Err(StepFault::new(fr::SM_PASID_DIR_NOT_PRESENT).with_fpd(fpd));
+    }
+    if de.reserved_bits(haw) != 0 {
+        return Err(StepFault::new(fr::SM_PASID_DIR_RESERVED).with_fpd(fpd));
+    }
+    let fpd = fpd || de.fpd();
+    let pe_addr = de.table() + (pasid & 0x3f) as u64 * 64;
+    let pe = PasidEntry(
+        mem.read_words::<8>(pe_addr)
+            .map_err(|_| StepFault::new(fr::SM_PASID_ACCESS).with_fpd(fpd))?,
+    );
+    if !pe.present() {
+        return Err(StepFault::new(fr::SM_PASID_NOT_PRESENT).with_fpd(fpd));
+    }
+    if pe.reserved_bits(haw) != [0; 8] {
+        return Err(StepFault::new(fr::SM_PASID_RESERVED).with_fpd(fpd));
+    }
+    let fpd = fpd || pe.fpd();
+    let ss_ok = cfg
+        .cap
+        .supports_second_stage_levels(pe.aw().saturating_add(2));
+    let fs_ok = pe.fspm() == 0 || (pe.fspm() == 1 && cfg.cap.fl5lp());
+    let valid = match pe.pgtt() {
+        Pgtt::FirstStage => cfg.ecap.flts() && fs_ok,
+        Pgtt::SecondStage => cfg.ecap.slts() && ss_ok,
+        Pgtt::Nested => cfg.ecap.nest() && ss_ok && fs_ok,
+        Pgtt::PassThrough => cfg.ecap.pt(),
+        Pgtt::Reserved(_) => false,
+    };
+    if !valid {
+        return Err(StepFault::new(fr::SM_PASID_INVALID).with_fpd(fpd));
+    }
+    Ok(pe)
+}
+
+/// The leaf a stage walk ends at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// Output address of the page base.
+    pub page_base: u64,
+    /// Page size in bytes.
+    pub page_size: u64,
+    /// Rights accumulated over every level.
+    pub perms: Perms,
+    /// The leaf entry as in memory after the walk.
+    pub entry: u64,
+}
+
+/// Which fault codes a second-stage walk reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecondStageMode {
+    /// Legacy context entry (reasons 0x4-0xC).
+    Legacy,
+    /// Scalable-mode PASID entry, PGTT = second stage (reasons 0x78-0x7B, 0x83).
+    Scalable,
+    /// Translating a first-stage paging-structure address in a nested walk (0x74-0x76);
+    /// `top` marks the first-stage root table (FL-PML4/5).
+    NestedTable {
+        /// Whether the structure is the first-stage root.
+        top: bool,
+    },
+    /// Setting A/D in a first-stage entry in a nested walk (needs write permission, 0x77).
+    NestedTableWrite,
+    /// Translating the first-stage output in a nested walk.
+    NestedOutput,
+}
+
+/// A second-stage table and how to walk it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecondStageTable {
+    /// Root table address (SSPTPTR).
+    pub root: u64,
+    /// Number of levels: 3, 4 or 5 (AW + 2).
+    pub levels: u8,
+    /// Which fault reasons apply.
+    pub mode: SecondStageMode,
+    /// PASID entry SSADE: set A on every entry used and D on the leaf of a write.
+    pub set_ad: bool,
+}
+
+/// Walks a second-stage table for `addr` (spec 3.7).
+pub fn walk_second_stage(
+    mem: &impl GuestRam,
+    cfg: &WalkConfig,
+    ss: &SecondStageTable,
+    addr: u64,
+    access: AccessKind,
+) -> Result<Leaf, StepFault> {
+    use SecondStageMode::*;
+    let SecondStageTable {
+        root: table,
+        levels,
+        mode,
+        set_ad,
+    } = *ss;
+    let (beyond, read_fail, perm_read, perm_write, reserved) = match mode {
+        Legacy => (
+            fr::BEYOND_AGAW,
+            fr::PTE_ACCESS,
+            fr::READ,
+            fr::WRITE,
+            fr::PTE_RESERVED,
+        ),
+        Scalable | NestedOutput => (
+            fr::SM_BEYOND_MAX,
+            fr::SS_ACCESS,
+            fr::SS_PERMISSION,
+            fr::SS_PERMISSION,
+            fr::SS_RESERVED,
+        ),
+        NestedTable { top } => {
+            let perm = if top {
+                fr::NESTED_FS_TOP_READ
+            } else {
+                fr::NESTED_FS_READ
+            };
+            (
+                fr::NESTED_FS_BEYOND,
+                fr::SS_ACCESS,
+                perm,
+                perm,
+                fr::SS_RESERVED,
+            )
+        }
+        NestedTableWrite => (
+            fr::NESTED_FS_BEYOND,
+            fr::SS_ACCESS,
+            fr::NESTED_FS_WRITE,
+            fr::NESTED_FS_WRITE,
+            fr::SS_RESERVED,
+        ),
+    };
+    let levels = levels.clamp(1, 5);
+    let width = 12 + 9 * levels as u32;
+    let mgaw = cfg.cap.max_guest_address_width() as u32;
+    if addr >> width.min(63) != 0 || addr >> mgaw.min(63) != 0 {
+        return Err(StepFault::new(beyond));
+    }
+    let haw = cfg.haw();
+    let ignored = 0xbff0_0000_0000_0000u64; // bits 63 and 61:52 (spec 9.8)
+    let mut reserved_common = bits_above(haw) & !ignored & ADDR_MASK_AND_HIGH;
+    if !cfg.ecap.dt() {
+        reserved_common |= 1 << 62; // TM needs device-TLB support
+    }
+    let mut table = table;
+    let mut perms = Perms::ALL;
+    for level in (1..=levels).rev() {
+        let shift = 12 + 9 * (level as u32 - 1);
+        let entry_addr = table + ((addr >> shift) & 0x1ff) * 8;
+        let raw = mem
+            .read_u64(entry_addr)
+            .map_err(|_| StepFault::new(read_fail))?;
+        let pte = SecondStagePte::from_bits(raw);
+        let write_fault = if access.is_write() {
+            perm_write
+        } else {
+            perm_read
+        };
+        if !pte.present() {
+            return Err(StepFault::new(write_fault));
+        }
+        let leaf = level == 1 || pte.ps();
+        let mut rsvd = reserved_common;
+        if level >= 2 && pte.ps() && !cfg.cap.supports_second_stage_large_page(level) {
+            rsvd |= 1 << 7; // PS where the unit has no page of that size
+        }
+        if leaf {
+            if !cfg.ecap.sc() {
+                rsvd |= 1 << 11; // SNP needs snoop control
+            }
+            if level >= 2 {
+                rsvd |= ((1u64 << shift) - 1) & !0xfff; // large-page address bits below the page
+            }
+        }
+        if raw & rsvd != 0 {
+            return Err(StepFault::new(reserved));
+        }
+        perms = perms.and(Perms {
+            read: pte.read(),
+            write: pte.write(),
+            execute: !cfg.ecap.ers() || pte.execute(),
+        });
+        if leaf {
+            if !perms.allows(access) {
+                return Err(StepFault::new(write_fault));
+            }
+            let mut entry = raw;
+            if set_ad {
+                let want = raw | 1 << 8 | if access.is_write() { 1 << 9 } else { 0 };
+                entry =
+                    set_bits(mem, entry_addr, raw, want).map_err(|_| StepFault::new(read_fail))?;
+            }
+            let page_size = 1u64 << shift;
+            return Ok(Leaf {
+                page_base: pte.addr() & !(page_size - 1),
+                page_size,
+                perms,
+                entry,
+            });
+        }
+        if set_ad {
+            set_bits(mem, entry_addr, raw, raw | 1 << 8).map_err(|_| StepFault::new(read_fail))?;
+        }
+        table = pte.addr();
+    }
+    Err(StepFault::new(read_fail))
+}
+
+/// Address bits 51:12 plus the high bits 63:52 (reserved checks look at both).
+const ADDR_MASK_AND_HIGH: u64 = 0xffff_ffff_ffff_f000;
+
+/// Sets bits in an entry with a locked compare-exchange (spec 3.6.2, 3.7.2). Returns the entry
+/// as written. If the guest changed the entry meanwhile, the bits are set on the new value only
+/// when its address and permission bits are unchanged; otherwise the walk has used a stale
+/// entry and reports an access error, which the caller retries at most once per walk.
+fn set_bits(mem: &impl GuestRam, gpa: u64, seen: u64, want: u64) -> Result<u64, ()> {
+    if want == seen {
+        return Ok(seen);
+    }
+    match mem.compare_exchange_u64(gpa, seen, want) {
+        Ok(Ok(_)) => Ok(want),
+        Ok(Err(actual)) => {
+            let ad = want & !seen;
+            if actual & !ad == seen & !ad {
+                // Only A/D changed (another walker or the guest set them): merge.
+                match mem.compare_exchange_u64(gpa, actual, actual | ad) {
+                    Ok(Ok(_)) => Ok(actual | ad),
+                    _ => Err(()),
+                }
+            } else {
+                Err(())
+            }
+        }
+        Err(_) => Err(()),
+    }
+}
+
+/// Walks the first-stage table of a PASID entry (PGTT first stage or nested) for `req`
+/// (spec 3.6). In nested mode every table address and the output go through the entry's
+/// second stage.
+pub fn walk_first_stage(
+    mem: &impl GuestRam,
+    cfg: &WalkConfig,
+    pe: &PasidEntry,
+    iova: u64,
+    access: AccessKind,
+    privileged: bool,
+) -> Result<Leaf, StepFault> {
+    let nested = pe.pgtt() == Pgtt::Nested;
+    let levels: u8 = if pe.fspm() == 1 { 5 } else { 4 };
+    let width = 12 + 9 * levels as u32; // 48 or 57
+    // Canonical: bits 63:width-1 all equal (spec 3.6.1).
+    let upper = (iova as i64) >> (width - 1);
+    if upper != 0 && upper != -1 {
+        return Err(StepFault::new(fr::NON_CANONICAL));
+    }
+    if privileged && !pe.sre() {
+        return Err(StepFault::new(fr::SM_SRE_CLEAR));
+    }
+    if access == AccessKind::Execute && !pe.ere() {
+        return Err(StepFault::new(fr::SM_ERE_CLEAR));
+    }
+    let ss_levels = pe.aw().saturating_add(2);
+    let through_ss = |gpa: u64, mode: SecondStageMode, acc: AccessKind| -> Result<u64, StepFault> {
+        if !nested {
+            return Ok(gpa);
+        }
+        let ss = SecondStageTable {
+            root: pe.ss_table(),
+            levels: ss_levels,
+            mode,
+            set_ad: pe.ssade(),
+        };
+        let leaf = walk_second_stage(mem, cfg, &ss, gpa, acc)?;
+        Ok(leaf.page_base | (gpa & (leaf.page_size - 1)))
+    };
+    let haw = cfg.haw();
+    let reserved_common = bits_above(haw) & ADDR_MASK; // 51:HAW; bits 62:52 ignored, 63 is XD
+    let mut table = pe.fs_table();
+    let mut perms = Perms::ALL;
+    let accessed = 1u64 << 5 | if pe.eafe() { 1 << 10 } else { 0 };
+    for level in (1..=levels).rev() {
+        let shift = 12 + 9 * (level as u32 - 1);
+        let entry_gpa = table + ((iova >> shift) & 0x1ff) * 8;
+        let top = level == levels;
+        let entry_addr = through_ss(
+            entry_gpa,
+            SecondStageMode::NestedTable { top },
+            AccessKind::Read,
+        )?;
+        let raw = mem
+            .read_u64(entry_addr)
+            .map_err(|_| StepFault::new(fr::FS_ACCESS))?;
+        let pte = FirstStagePte::from_bits(raw);
+        if !pte.present() {
+            return Err(StepFault::new(fr::FS_NOT_PRESENT));
+        }
+        let mut rsvd = reserved_common;
+        let leaf = level == 1 || (pte.ps() && level <= 3);
+        if pte.ps() && (level >= 4 || (level == 3 && !cfg.cap.fl1gp())) {
+            rsvd |= 1 << 7; // PS in PML4/PML5, or 1 GiB pages without FL1GP
+        }
+        if leaf && level >= 2 {
+            rsvd |= ((1u64 << shift) - 1) & !0x1fff; // bits below a large page, above PAT (12)
+        }
+        if raw & rsvd != 0 {
+            return Err(StepFault::new(fr::FS_RESERVED));
+        }
+        perms = perms.and(Perms {
+            read: true,
+            write: pte.writable(),
+            execute: !pte.xd(),
+        });
+        if !pte.user() && !privileged {
+            return Err(StepFault::new(fr::FS_USER));
+        }
+        if !leaf {
+            if raw & accessed != accessed {
+                let at = through_ss(
+                    entry_gpa,
+                    SecondStageMode::NestedTableWrite,
+                    AccessKind::Write,
+                )?;
+                set_bits(mem, at, raw, raw | accessed)
+                    .map_err(|_| StepFault::new(fr::FS_ACCESS))?;
+            }
+            table = pte.addr();
+            continue;
+        }
+        // Supervisor writes ignore R/W unless WPE (spec 3.6.2, like CR0.WP).
+        let may_write = perms.write || (privileged && !pe.wpe());
+        if access.is_write() && !may_write {
+            return Err(StepFault::new(fr::SM_WRITE));
+        }
+        if access == AccessKind::Execute && !perms.execute {
+            return Err(StepFault::new(fr::FS_EXECUTE));
+        }
+        let want = raw | accessed | if access.is_write() { 1 << 6 } else { 0 };
+        let mut entry = raw;
+        if want != raw {
+            let at = through_ss(
+                entry_gpa,
+                SecondStageMode::NestedTableWrite,
+                AccessKind::Write,
+            )?;
+            entry = set_bits(mem, at, raw, want).map_err(|_| StepFault::new(fr::FS_ACCESS))?;
+        }
+        let page_size = 1u64 << shift;
+        // A clean leaf grants write only once D is set; a read leaves it clean, so a later
+        // write must walk again (spec 3.6.2: D is set before the write completes).
+        let dirty = entry & (1 << 6) != 0;
+        let perms = Perms {
+            read: true,
+            write: may_write && dirty,
+            execute: perms.execute,
+        };
+        let page_gpa = pte.addr() & !(page_size - 1);
+        if !nested {
+            return Ok(Leaf {
+                page_base: page_gpa,
+                page_size,
+                perms,
+                entry,
+            });
+        }
+        // The output goes through the second stage; the resulting page is the smaller one.
+        let out_gpa = page_gpa | (iova & (page_size - 1));
+        let ss = walk_second_stage(
+            mem,
+            cfg,
+            &SecondStageTable {
+                root: pe.ss_table(),
+                levels: ss_levels,
+                mode: SecondStageMode::NestedOutput,
+                set_ad: pe.ssade(),
+            },
+            out_gpa,
+            access,
+        )?;
+        let size = page_size.min(ss.page_size);
+        let out = ss.page_base | (out_gpa & (ss.page_size - 1));
+        return Ok(Leaf {
+            page_base: out & !(size - 1),
+            page_size: size,
+            perms: perms.and(ss.perms),
+            entry,
+        });
+    }
+    Err(StepFault::new(fr::FS_ACCESS))
+}
+
+/// Translates `req` from the root table (no caches): the reference walk (spec 3.4-3.9).
+///
+/// A walk that races with a guest rewriting an entry it is setting A/D in is retried once.
+pub fn translate(
+    mem: &impl GuestRam,
+    cfg: &WalkConfig,
+    root: RootTable,
+    req: &DmaRequest,
+) -> Result<Translation, Fault> {
+    let ctx = lookup_context(mem, cfg, root, req.sid).map_err(|f| f.into_fault(req))?;
+    translate_with_context(mem, cfg, &ctx, req).map_err(|f| f.into_fault(req))
+}
+
+/// Translates `req` given its (possibly cached) context entry.
+pub fn translate_with_context(
+    mem: &impl GuestRam,
+    cfg: &WalkConfig,
+    ctx: &DeviceContext,
+    req: &DmaRequest,
+) -> Result<Translation, StepFault> {
+    match ctx {
+        DeviceContext::Legacy(ce) => {
+            translate_legacy(mem, cfg, ce, req).map_err(|f| f.with_fpd(ce.fpd()))
+        }
+        DeviceContext::Scalable(sc) => {
+            let pasid = effective_pasid(cfg, sc, req.pasid);
+            let pe = lookup_pasid_entry(mem, cfg, sc, pasid, req.pasid.is_some())?;
+            translate_with_pasid_entry(mem, cfg, &pe, pasid, req)
+                .map_err(|f| f.with_fpd(sc.fpd() || pe.fpd()))
+        }
+    }
+}
+
+fn translate_legacy(
+    mem: &impl GuestRam,
+    cfg: &WalkConfig,
+    ce: &ContextEntry,
+    req: &DmaRequest,
+) -> Result<Translation, StepFault> {
+    if ce.translation_type() == LegacyTranslationType::PassThrough {
+        if req.iova >> cfg.haw().min(63) != 0 {
+            return Err(StepFault::new(fr::BEYOND_AGAW));
+        }
+        return Ok(Translation {
+            output: req.iova,
+            page_size: 4096,
+            perms: Perms::ALL,
+            did: ce.did(),
+            pasid: None,
+            kind: TranslationKind::LegacyPassThrough,
+            leaf: 0,
+        });
+    }
+    let leaf = retry_once(|| {
+        walk_second_stage(
+            mem,
+            cfg,
+            &SecondStageTable {
+                root: ce.sl_table(),
+                levels: ce.aw() + 2,
+                mode: SecondStageMode::Legacy,
+                set_ad: false,
+            },
+            req.iova,
+            req.access,
+        )
+    })?;
+    Ok(Translation {
+        output: leaf.page_base | (req.iova & (leaf.page_size - 1)),
+        page_size: leaf.page_size,
+        perms: leaf.perms,
+        did: ce.did(),
+        pasid: None,
+        kind: TranslationKind::LegacySecondStage,
+        leaf: leaf.entry,
+    })
+}
+
+/// Translates `req` given its (possibly cached) PASID entry for `pasid`.
+pub fn translate_with_pasid_entry(
+    mem: &impl GuestRam,
+    cfg: &WalkConfig,
+    pe: &PasidEntry,
+    pasid: u32,
+    req: &DmaRequest,
+) -> Result<Translation, StepFault> {
+    let (leaf, kind) = match pe.pgtt() {
+        Pgtt::PassThrough => {
+            if req.iova >> cfg.haw().min(63) != 0 {
+                return Err(StepFault::new(fr::SM_BEYOND_MAX));
+            }
+            return Ok(Translation {
+                output: req.iova,
+                page_size: 4096,
+                perms: Perms::ALL,
+                did: pe.did(),
+                pasid: Some(pasid),
+                kind: TranslationKind::PassThrough,
+                leaf: 0,
+            });
+        }
+        Pgtt::SecondStage => (
+            retry_once(|| {
+                walk_second_stage(
+                    mem,
+                    cfg,
+                    &SecondStageTable {
+                        root: pe.ss_table(),
+                        levels: pe.aw() + 2,
+                        mode: SecondStageMode::Scalable,
+                        set_ad: pe.ssade(),
+                    },
+                    req.iova,
+                    req.access,
+                )
+            })?,
+            TranslationKind::SecondStage,
+        ),
+        Pgtt::FirstStage | Pgtt::Nested => (
+            retry_once(|| walk_first_stage(mem, cfg, pe, req.iova, req.access, req.privileged))?,
+            if pe.pgtt() == Pgtt::Nested {
+                TranslationKind::Nested
+            } else {
+                TranslationKind::FirstStage
+            },
+        ),
+        Pgtt::Reserved(_) => return Err(StepFault::new(fr::SM_PASID_INVALID)),
+    };
+    Ok(Translation {
+        output: leaf.page_base | (req.iova & (leaf.page_size - 1)),
+        page_size: leaf.page_size,
+        perms: leaf.perms,
+        did: pe.did(),
+        pasid: Some(pasid),
+        kind,
+        leaf: leaf.entry,
+    })
+}
+
+/// A walk that lost an A/D race with the guest reports an access error; walk once more with
+/// the entry the guest left, as hardware would on its next attempt.
+fn retry_once(mut walk: impl FnMut() -> Result<Leaf, StepFault>) -> Result<Leaf, StepFault> {
+    match walk() {
+        Err(f)
+            if f.reason == fr::FS_ACCESS
+                || f.reason == fr::SS_ACCESS
+                || f.reason == fr::PTE_ACCESS =>
+        {
+            walk()
+        }
+        other => other,
+    }
+}
