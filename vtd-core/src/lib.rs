@@ -27,6 +27,7 @@ mod ir;
 mod irq;
 mod qi;
 mod regfile;
+mod shadow;
 mod unit;
 
 pub use address_space::DeviceAddressSpace;

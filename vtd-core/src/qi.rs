@@ -228,6 +228,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             source,
             desc: *desc,
         });
+        self.shadow_after_invalidation(st, desc);
     }
 
     /// FSTS was written: if no interrupt condition is left, FECTL.IP clears (spec 7.3.1); a

@@ -103,6 +103,8 @@ pub struct VtdUnit<M: GuestRam> {
     bus: EventBus,
     dma_faults: AtomicU64,
     pub(crate) interrupts_remapped: AtomicU64,
+    /// Devices whose mapping changes are reported as shadow events (caching mode).
+    pub(crate) watched: std::sync::RwLock<Vec<(u16, Option<u32>)>>,
 }
 
 impl<M: GuestRam> std::fmt::Debug for VtdUnit<M> {
@@ -146,6 +148,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             bus: EventBus::default(),
             dma_faults: AtomicU64::new(0),
             interrupts_remapped: AtomicU64::new(0),
+            watched: std::sync::RwLock::new(Vec::new()),
         })
     }
 
@@ -393,7 +396,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         self.iotlb.invalidate(IotlbScope::Global);
     }
 
-    fn latched_root(&self) -> RootTable {
+    pub(crate) fn latched_root(&self) -> RootTable {
         decode_root(self.root.load(Ordering::Acquire))
     }
 

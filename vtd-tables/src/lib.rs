@@ -11,6 +11,7 @@
 pub mod builder;
 pub mod dmar;
 pub mod entries;
+pub mod enumerate;
 pub mod mem;
 pub mod walk;
 
