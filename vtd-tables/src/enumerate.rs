@@ -46,18 +46,18 @@ pub enum EnumerateError {
 }
 
 /// Calls `f` for every present, well-formed leaf of the table at `root` overlapping
-/// `[start, end)`, in IOVA order. Entries that cannot be read or have reserved bits set are
+/// `range`, in IOVA order. Entries that cannot be read or have reserved bits set are
 /// skipped (a DMA through them faults). At most `budget` entries are read.
 pub fn for_each_leaf(
     mem: &impl GuestRam,
     cfg: &WalkConfig,
     root: u64,
     format: TableFormat,
-    start: u64,
-    end: u64,
+    range: std::ops::Range<u64>,
     mut budget: u32,
     mut f: impl FnMut(LeafMapping),
 ) -> Result<(), EnumerateError> {
+    let (start, end) = (range.start, range.end);
     let levels = match format {
         TableFormat::SecondStage { levels } | TableFormat::FirstStage { levels } => {
             levels.clamp(1, 5)
@@ -232,7 +232,7 @@ mod tests {
         .unwrap();
         let mut seen = Vec::new();
         let fmt = TableFormat::SecondStage { levels: 4 };
-        for_each_leaf(&mem, &wc, pt.root(), fmt, 0, u64::MAX, 1 << 16, |m| {
+        for_each_leaf(&mem, &wc, pt.root(), fmt, 0..u64::MAX, 1 << 16, |m| {
             seen.push(m)
         })
         .unwrap();
@@ -249,13 +249,13 @@ mod tests {
             ]
         );
         seen.clear();
-        for_each_leaf(&mem, &wc, pt.root(), fmt, 0x1000, 0x2000, 1 << 16, |m| {
+        for_each_leaf(&mem, &wc, pt.root(), fmt, 0x1000..0x2000, 1 << 16, |m| {
             seen.push(m)
         })
         .unwrap();
         assert_eq!(seen.len(), 1);
         assert_eq!(
-            for_each_leaf(&mem, &wc, pt.root(), fmt, 0, u64::MAX, 3, |_| {}),
+            for_each_leaf(&mem, &wc, pt.root(), fmt, 0..u64::MAX, 3, |_| {}),
             Err(EnumerateError::BudgetExhausted)
         );
     }
