@@ -1,6 +1,7 @@
 //! Primary fault logging (VT-d spec 7.2.1) and the fault event (spec 7.3).
 
 use vtd_regs::Cap;
+use vtd_regs::fault::{FaultRecord, FaultRequestKind};
 use vtd_regs::regs::{EventControl, FRCD_HI_F, Fsts, offset as reg};
 use vtd_tables::walk::{AccessKind, Fault};
 
@@ -111,23 +112,22 @@ pub(crate) fn fault_event_msi(regs: &RegisterFile) -> Msi {
     }
 }
 
-/// The FRCD words of a DMA fault (spec 10.4.14): FI in the low qword; SID, PP/PV, FR, T, EXE,
-/// PRIV in the high qword (F is set by the recorder).
+/// The FRCD words of a DMA fault (spec 10.4.14), F left for the recorder to set.
 pub(crate) fn dma_record(fault: &Fault) -> (u64, u64) {
-    let mut hi = fault.sid as u64;
-    if let Some(pasid) = fault.pasid {
-        hi |= 1 << 31 | ((pasid as u64 & 0xf_ffff) << 40);
+    FaultRecord {
+        sid: fault.sid,
+        pasid: fault.pasid,
+        address: fault.address & !0xfff,
+        reason: fault.reason,
+        // T: reads (and execute requests, which are reads) are T1 = 1; writes 0.
+        request: if fault.access.is_write() {
+            FaultRequestKind::Write
+        } else {
+            FaultRequestKind::Read
+        },
+        exec: fault.access == AccessKind::Execute,
+        privileged: fault.privileged,
+        at: 0,
     }
-    if fault.privileged {
-        hi |= 1 << 29;
-    }
-    if fault.access == AccessKind::Execute {
-        hi |= 1 << 30;
-    }
-    hi |= (fault.reason.code() as u64) << 32;
-    // T: 1 for reads (and execute, a read), 0 for writes.
-    if !fault.access.is_write() {
-        hi |= 1 << 62;
-    }
-    (fault.address & !0xfff, hi)
+    .encode()
 }

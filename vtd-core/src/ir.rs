@@ -1,6 +1,6 @@
 //! Interrupt remapping (VT-d spec chapter 5): the latched table and MSI remapping.
 
-use vtd_regs::fault::FaultReason;
+use vtd_regs::fault::{FaultReason, FaultRecord};
 use vtd_regs::irte::{InterruptRequest, Irte, RemappableMsi};
 use vtd_regs::regs::{Gsts, Irta, offset as reg};
 use vtd_tables::GuestRam;
@@ -86,8 +86,8 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                     FaultDisposition::Suppressed
                 } else {
                     // FI holds the interrupt index in bits 63:48 (spec 10.4.14).
-                    let lo = (fault.index as u64) << 48;
-                    let hi = fault.sid as u64 | (fault.reason.code() as u64) << 32;
+                    let (lo, hi) =
+                        FaultRecord::for_interrupt(fault.sid, fault.index, fault.reason).encode();
                     let State {
                         regs, faults, msis, ..
                     } = &mut *st;

@@ -61,6 +61,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         if !gsts.qies() || Fsts::from_bits(st.regs.get32(reg::FSTS)).iqe() {
             return;
         }
+        let _span = tracing::trace_span!("vtd.qi").entered();
         let iqa = Iqa::from_bits(st.regs.get64(reg::IQA));
         let wide = iqa.dw() && self.walk.ecap.smts();
         let (width, size, shift) = if wide {
@@ -233,7 +234,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
 
     /// FSTS was written: if no interrupt condition is left, FECTL.IP clears (spec 7.3.1); a
     /// cleared IQE lets the queue resume from IQH.
-    pub(crate) fn after_fsts_write(&self, st: &mut State, _old: u32) {
+    pub(crate) fn after_fsts_write(&self, st: &mut State) {
         let fsts = st.regs.get32(reg::FSTS);
         if fsts & 0b111_0011 == 0 {
             let ip = EventControl::new().with_ip(true).into_bits();

@@ -63,9 +63,8 @@ impl RegisterFile {
         v
     }
 
-    /// Applies a guest write; returns the value of the written bytes before it.
-    pub(crate) fn guest_write(&mut self, offset: u64, size: u8, value: u64) -> u64 {
-        let old = self.get(offset, size);
+    /// Applies a guest write.
+    pub(crate) fn guest_write(&mut self, offset: u64, size: u8, value: u64) {
         for i in 0..size as usize {
             let o = offset as usize + i;
             let b = (value >> (8 * i)) as u8;
@@ -73,7 +72,6 @@ impl RegisterFile {
             // WO bytes are stored so the unit can act on them; reads mask them.
             self.value[o] = kept | (b & (self.rw[o] | self.wo[o]));
         }
-        old
     }
 
     /// Raw stored value (no masks), for the unit's own use.

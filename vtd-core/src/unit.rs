@@ -226,7 +226,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             size,
             value,
         });
-        let old = st.regs.guest_write(offset, size, value);
+        st.regs.guest_write(offset, size, value);
         let end = offset + size as u64;
         let touches = |reg_off: u64, reg_size: u64| offset < reg_off + reg_size && end > reg_off;
         if touches(reg::GCMD, 4) {
@@ -237,7 +237,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             self.handle_ccmd(&mut st);
         }
         if touches(reg::FSTS, 4) {
-            self.after_fsts_write(&mut st, old as u32);
+            self.after_fsts_write(&mut st);
         }
         if touches(reg::FECTL, 4) {
             self.after_fectl_write(&mut st);
@@ -257,7 +257,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         if offset < frcd_end && end > fro {
             let State { regs, faults, .. } = &mut *st;
             faults.update_ppf(regs);
-            self.after_fsts_write(&mut st, old as u32);
+            self.after_fsts_write(&mut st);
         }
         self.finish(st);
     }
