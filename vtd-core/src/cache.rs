@@ -62,19 +62,20 @@ impl Counters {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct IotlbKey {
     sid: u16,
-    /// The request's PASID, or `NO_PASID`.
-    pasid: u32,
+    /// The request's PASID, or `NO_PASID` (PASIDs are at most 20 bits, so no PASID a request
+    /// carries aliases it even when a caller passes a wider value).
+    pasid: u64,
     /// IOVA page base, aligned to the entry's page size.
     base: u64,
     /// log2 of the page size: 12, 21 or 30.
     shift: u8,
 }
 
-const NO_PASID: u32 = u32::MAX;
+const NO_PASID: u64 = u64::MAX;
 const SHIFTS: [u8; 3] = [12, 21, 30];
 
 /// Domain tag of an entry: DID and the PASID it was translated with (`NO_PASID` in legacy).
-type DomainTag = (u16, u32);
+type DomainTag = (u16, u64);
 
 #[derive(Default)]
 struct IotlbShard {
@@ -100,7 +101,7 @@ impl IotlbShard {
 }
 
 fn domain_tag(t: &Translation) -> DomainTag {
-    (t.did, t.pasid.unwrap_or(NO_PASID))
+    (t.did, t.pasid.map_or(NO_PASID, u64::from))
 }
 
 /// Which IOTLB entries an invalidation removes.
@@ -163,7 +164,7 @@ impl Iotlb {
         }
     }
 
-    fn shard_of(&self, sid: u16, pasid: u32, iova: u64) -> usize {
+    fn shard_of(&self, sid: u16, pasid: u64, iova: u64) -> usize {
         (self.hasher.hash_one((sid, pasid, iova >> 30)) as usize) % SHARDS
     }
 
@@ -176,7 +177,7 @@ impl Iotlb {
         iova: u64,
         access: AccessKind,
     ) -> Option<Translation> {
-        let pasid = pasid.unwrap_or(NO_PASID);
+        let pasid = pasid.map_or(NO_PASID, u64::from);
         let shard = self.shards[self.shard_of(sid, pasid, iova)].read();
         let shard = shard.unwrap_or_else(|e| e.into_inner());
         for shift in SHIFTS {
@@ -214,7 +215,7 @@ impl Iotlb {
         if !SHIFTS.contains(&shift) {
             return;
         }
-        let pasid = pasid.unwrap_or(NO_PASID);
+        let pasid = pasid.map_or(NO_PASID, u64::from);
         let key = IotlbKey {
             sid,
             pasid,
@@ -263,7 +264,7 @@ impl Iotlb {
                     .collect(),
                 IotlbScope::Pasid { did, pasid } => shard
                     .by_domain
-                    .get(&(did, pasid))
+                    .get(&(did, u64::from(pasid)))
                     .map(|set| set.iter().map(|(_, k)| *k).collect())
                     .unwrap_or_default(),
                 IotlbScope::DomainPages { did, addr, size } => shard
@@ -279,7 +280,7 @@ impl Iotlb {
                     size,
                 } => shard
                     .by_domain
-                    .get(&(did, pasid))
+                    .get(&(did, u64::from(pasid)))
                     .map(|set| overlapping(set, addr, size).collect())
                     .unwrap_or_default(),
             };

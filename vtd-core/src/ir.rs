@@ -135,10 +135,12 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         if index >= table.entries {
             return Err(fault(FaultReason::IrIndexOutOfBounds, index16, false));
         }
-        let at = table.base + index as u64 * 16;
-        let (lo, hi) = match (self.mem.read_u64(at), self.mem.read_u64(at + 8)) {
-            (Ok(lo), Ok(hi)) => (lo, hi),
-            _ => return Err(fault(FaultReason::IrTableAccessError, index16, false)),
+        let words = table
+            .base
+            .checked_add(index as u64 * 16)
+            .and_then(|at| self.mem.read_words::<2>(at).ok());
+        let Some([lo, hi]) = words else {
+            return Err(fault(FaultReason::IrTableAccessError, index16, false));
         };
         let irte = Irte::decode(lo, hi);
         if !irte.present() {

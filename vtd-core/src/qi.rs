@@ -87,15 +87,20 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             if head == tail {
                 break;
             }
-            let at = iqa.base() + head as u64 * size;
-            let mut raw = RawDesc([0; 4]);
-            let words = if wide { 4 } else { 2 };
-            for (i, w) in raw.0.iter_mut().take(words).enumerate() {
-                match self.mem.read_u64(at + 8 * i as u64) {
-                    Ok(v) => *w = v,
-                    Err(_) => return self.queue_error(st, head, iqei::FETCH_ERROR),
-                }
-            }
+            // The base is guest-chosen: an address that wraps is a fetch error, like one
+            // outside RAM.
+            let Some(at) = iqa.base().checked_add(head as u64 * size) else {
+                return self.queue_error(st, head, iqei::FETCH_ERROR);
+            };
+            let fetched = if wide {
+                self.mem.read_words::<4>(at)
+            } else {
+                self.mem.read_words::<2>(at).map(|[a, b]| [a, b, 0, 0])
+            };
+            let Ok(words) = fetched else {
+                return self.queue_error(st, head, iqei::FETCH_ERROR);
+            };
+            let raw = RawDesc(words);
             let desc = match InvDesc::decode(&raw, width) {
                 Ok(d) => d,
                 Err(e) => return self.queue_error(st, head, iqei_for(&e)),
@@ -317,10 +322,11 @@ fn completion_msi(st: &State) -> Msi {
     }
 }
 
-/// The naturally aligned range of 2^am pages containing `addr` (spec 6.5.2.3).
+/// The naturally aligned range of 2^am pages containing `addr` (spec 6.5.2.3), as a start
+/// and a length that saturates for the whole address space.
 fn page_range(addr: u64, am: u8) -> (u64, u64) {
-    let size = 4096u64 << am.min(52);
-    (addr & !(size - 1), size)
+    let r = vtd_regs::inv::page_range(addr, am);
+    (*r.start(), (r.end() - r.start()).saturating_add(1))
 }
 
 fn iqei_for(e: &vtd_regs::inv::DescError) -> u8 {

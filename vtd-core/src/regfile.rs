@@ -50,7 +50,11 @@ impl RegisterFile {
     /// or 8 bytes 8-aligned inside the window (spec 10.2: registers are accessed with aligned
     /// 32- or 64-bit accesses; anything else reads 0 and is ignored).
     pub(crate) fn valid_access(offset: u64, size: u8) -> bool {
-        matches!(size, 4 | 8) && offset % size as u64 == 0 && offset + size as u64 <= MMIO_SIZE
+        matches!(size, 4 | 8)
+            && offset % size as u64 == 0
+            && offset
+                .checked_add(size as u64)
+                .is_some_and(|end| end <= MMIO_SIZE)
     }
 
     /// The guest's view (WO bits read 0).

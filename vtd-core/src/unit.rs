@@ -403,6 +403,12 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     /// Translates one DMA request (spec 3): pass-through while translation is off, the IOTLB,
     /// then the caches and a walk. A fault is recorded (or suppressed) before this returns.
     pub fn translate(&self, req: &DmaRequest) -> Result<Translation, TranslateError> {
+        // A write without PASID to the interrupt range is an interrupt message whether or not
+        // DMA remapping is on (spec 3.15, 5.1).
+        let interrupt_range = req.pasid.is_none() && INTERRUPT_RANGE.contains(&req.iova);
+        if interrupt_range && req.access.is_write() {
+            return Err(TranslateError::InterruptRequest);
+        }
         if !self.te.load(Ordering::Acquire) {
             return Ok(Translation {
                 output: req.iova,
@@ -414,10 +420,8 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 leaf: 0,
             });
         }
-        if req.pasid.is_none() && INTERRUPT_RANGE.contains(&req.iova) {
-            if req.access.is_write() {
-                return Err(TranslateError::InterruptRequest);
-            }
+        if interrupt_range {
+            // A read of the interrupt range is not translated: it faults (spec 3.15).
             let reason = if self.is_scalable() {
                 FaultReason::SmInterruptAddressRange
             } else {
