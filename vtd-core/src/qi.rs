@@ -110,6 +110,13 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             }
             let source = InvalidationSource::Queue { index: head };
             if let InvDesc::Wait(wait) = &desc {
+                // The guest takes the wait's completion as proof that everything before it is
+                // done, including what observers do with it (invalidations forwarded to a host
+                // IOMMU): hold the wait until those events were delivered.
+                if !self.publishing_here() && self.unpublished(st) {
+                    st.wait_deferred = true;
+                    return;
+                }
                 if let Some(sw) = &wait.status_write {
                     if self.mem.write(sw.addr, &sw.data.to_le_bytes()).is_err() {
                         return self.queue_error(st, head, iqei::FETCH_ERROR);

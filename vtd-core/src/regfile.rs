@@ -72,8 +72,9 @@ impl RegisterFile {
         for i in 0..size as usize {
             let o = offset as usize + i;
             let b = (value >> (8 * i)) as u8;
-            let kept = self.value[o] & !self.rw[o] & !(self.w1c[o] & b);
-            // WO bytes are stored so the unit can act on them; reads mask them.
+            // RO bits keep their value, RW and WO bits take the write (a WO register holds
+            // exactly the last value written, for the unit to act on), RW1C bits clear on 1.
+            let kept = self.value[o] & !self.rw[o] & !self.wo[o] & !(self.w1c[o] & b);
             self.value[o] = kept | (b & (self.rw[o] | self.wo[o]));
         }
     }

@@ -16,8 +16,9 @@ use vtd_tables::walk::{self, DeviceContext, RootTable};
 use crate::events::{ShadowEvent, VtdEvent};
 use crate::unit::{State, VtdUnit};
 
-/// Entry reads one replay may do: bounds the work a guest can cause per invalidation.
-const REPLAY_BUDGET: u32 = 1 << 18;
+/// Entry reads the replays of one doorbell (one register write) may do together: bounds the
+/// work and the events a guest can cause per MMIO write.
+pub(crate) const REPLAY_BUDGET: u32 = 1 << 18;
 
 /// The table that maps a watched device right now.
 struct DeviceTable {
@@ -64,7 +65,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 t.root,
                 t.format,
                 start..end,
-                REPLAY_BUDGET,
+                &mut REPLAY_BUDGET.clone(),
                 f,
             ),
             None => Ok(()),
@@ -181,7 +182,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                     t.root,
                     t.format,
                     start..end,
-                    REPLAY_BUDGET,
+                    &mut st.replay_budget,
                     |m| maps.push(m),
                 );
                 if result.is_err() {

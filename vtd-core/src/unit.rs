@@ -83,6 +83,26 @@ pub(crate) struct State {
     pub(crate) events: Vec<VtdEvent>,
     pub(crate) msis: Vec<Msi>,
     pub(crate) descriptors: u64,
+    /// Publication tickets handed out (see [`VtdUnit::finish`]).
+    pub(crate) next_ticket: u64,
+    /// A wait descriptor is at the head, held back until what precedes it was published.
+    pub(crate) wait_deferred: bool,
+    /// Replay-walk entry reads left for the current doorbell (caching-mode shadowing).
+    pub(crate) replay_budget: u32,
+}
+
+/// Delivers events and MSIs to observers in the order the unit produced them, across threads.
+///
+/// Each batch gets a ticket under the state lock; batches are published in ticket order after
+/// the lock is released, so an observer may call back into the unit. An observer that makes
+/// the unit produce more events while it is being called (a re-entrant register write or an
+/// injected fault) gets them delivered right after the event it is handling.
+#[derive(Default)]
+pub(crate) struct Publisher {
+    served: Mutex<u64>,
+    turn: std::sync::Condvar,
+    owner: Mutex<Option<std::thread::ThreadId>>,
+    nested: Mutex<(Vec<VtdEvent>, Vec<Msi>)>,
 }
 
 /// The emulated remapping unit.
@@ -103,6 +123,7 @@ pub struct VtdUnit<M: GuestRam> {
     bus: EventBus,
     dma_faults: AtomicU64,
     pub(crate) interrupts_remapped: AtomicU64,
+    publisher: Publisher,
     /// Devices whose mapping changes are reported as shadow events (caching mode).
     pub(crate) watched: std::sync::RwLock<Vec<(u16, Option<u32>)>>,
 }
@@ -135,7 +156,11 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 events: Vec::new(),
                 msis: Vec::new(),
                 descriptors: 0,
+                next_ticket: 0,
+                wait_deferred: false,
+                replay_budget: crate::shadow::REPLAY_BUDGET,
             }),
+            publisher: Publisher::default(),
             config,
             mem,
             irq,
@@ -177,15 +202,110 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Releases the lock, then delivers what was produced under it.
+    /// Whether this thread is delivering events of this unit right now.
+    pub(crate) fn publishing_here(&self) -> bool {
+        *self
+            .publisher
+            .owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            == Some(std::thread::current().id())
+    }
+
+    /// Whether events produced earlier have not all reached the observers yet.
+    pub(crate) fn unpublished(&self, st: &State) -> bool {
+        !st.events.is_empty()
+            || !st.msis.is_empty()
+            || *self
+                .publisher
+                .served
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                != st.next_ticket
+    }
+
+    /// Releases the lock, then delivers what was produced under it, in unit order.
     pub(crate) fn finish(&self, mut st: MutexGuard<'_, State>) {
         let events = std::mem::take(&mut st.events);
         let msis = std::mem::take(&mut st.msis);
-        drop(st);
-        for msi in msis {
-            self.irq.send_msi(msi);
+        if self.publishing_here() {
+            drop(st);
+            let mut nested = self
+                .publisher
+                .nested
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            nested.0.extend(events);
+            nested.1.extend(msis);
+            return;
         }
-        self.bus.publish(&events);
+        if events.is_empty() && msis.is_empty() && !st.wait_deferred {
+            return;
+        }
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        drop(st);
+        let mut served = self
+            .publisher
+            .served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while *served != ticket {
+            served = self
+                .publisher
+                .turn
+                .wait(served)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(served);
+        *self
+            .publisher
+            .owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current().id());
+        let (mut events, mut msis) = (events, msis);
+        loop {
+            for msi in msis {
+                self.irq.send_msi(msi);
+            }
+            self.bus.publish(&events);
+            let mut nested = self
+                .publisher
+                .nested
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if nested.0.is_empty() && nested.1.is_empty() {
+                break;
+            }
+            (events, msis) = std::mem::take(&mut *nested);
+        }
+        *self
+            .publisher
+            .owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .publisher
+            .served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) += 1;
+        self.publisher.turn.notify_all();
+    }
+
+    /// Releases the lock after a register write: publishes, and while a wait descriptor was
+    /// held back for that, completes it and the queue behind it (each round executes at least
+    /// the wait it deferred, so the rounds are bounded by the queue size).
+    fn finish_write<'a>(&'a self, mut st: MutexGuard<'a, State>) {
+        loop {
+            let deferred = st.wait_deferred;
+            self.finish(st);
+            if !deferred {
+                return;
+            }
+            st = self.lock();
+            st.wait_deferred = false;
+            self.process_queue(&mut st);
+        }
     }
 
     /// Resets the unit (platform reset): registers to reset values, caches empty.
@@ -221,6 +341,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             value
         };
         let mut st = self.lock();
+        st.replay_budget = crate::shadow::REPLAY_BUDGET;
         st.events.push(VtdEvent::RegisterWrite {
             offset,
             size,
@@ -259,7 +380,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             faults.update_ppf(regs);
             self.after_fsts_write(&mut st);
         }
-        self.finish(st);
+        self.finish_write(st);
     }
 
     /// GCMD (spec 10.4.4): act on each command bit against the current status. One-shot

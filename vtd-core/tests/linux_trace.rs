@@ -150,6 +150,7 @@ fn register_writes_and_queue_reach_the_expected_state() {
     // The guest powered off with TE cleared last; QI and IR stay on.
     let gsts = g.r32(reg::GSTS);
     assert_eq!(gsts & 0x0600_0000, 0x0600_0000, "QIES and IRES at the end");
+    assert_eq!(gsts & 0x8000_0000, 0, "TES cleared: the guest turned translation off last");
     let _ = FaultDisposition::Suppressed;
 }
 

@@ -47,14 +47,15 @@ pub enum EnumerateError {
 
 /// Calls `f` for every present, well-formed leaf of the table at `root` overlapping
 /// `range`, in IOVA order. Entries that cannot be read or have reserved bits set are
-/// skipped (a DMA through them faults). At most `budget` entries are read.
+/// skipped (a DMA through them faults). At most `budget` entries are read; the reads done are
+/// taken from it, so one budget can bound several enumerations.
 pub fn for_each_leaf(
     mem: &impl GuestRam,
     cfg: &WalkConfig,
     root: u64,
     format: TableFormat,
     range: std::ops::Range<u64>,
-    mut budget: u32,
+    budget: &mut u32,
     mut f: impl FnMut(LeafMapping),
 ) -> Result<(), EnumerateError> {
     let (start, end) = (range.start, range.end);
@@ -82,7 +83,7 @@ pub fn for_each_leaf(
         start,
         end_incl,
         Perms::ALL,
-        &mut budget,
+        budget,
         &mut f,
     )
 }
@@ -232,9 +233,15 @@ mod tests {
         .unwrap();
         let mut seen = Vec::new();
         let fmt = TableFormat::SecondStage { levels: 4 };
-        for_each_leaf(&mem, &wc, pt.root(), fmt, 0..u64::MAX, 1 << 16, |m| {
-            seen.push(m)
-        })
+        for_each_leaf(
+            &mem,
+            &wc,
+            pt.root(),
+            fmt,
+            0..u64::MAX,
+            &mut (1 << 16),
+            |m| seen.push(m),
+        )
         .unwrap();
         let iovas: Vec<_> = seen
             .iter()
@@ -249,13 +256,19 @@ mod tests {
             ]
         );
         seen.clear();
-        for_each_leaf(&mem, &wc, pt.root(), fmt, 0x1000..0x2000, 1 << 16, |m| {
-            seen.push(m)
-        })
+        for_each_leaf(
+            &mem,
+            &wc,
+            pt.root(),
+            fmt,
+            0x1000..0x2000,
+            &mut (1 << 16),
+            |m| seen.push(m),
+        )
         .unwrap();
         assert_eq!(seen.len(), 1);
         assert_eq!(
-            for_each_leaf(&mem, &wc, pt.root(), fmt, 0..u64::MAX, 3, |_| {}),
+            for_each_leaf(&mem, &wc, pt.root(), fmt, 0..u64::MAX, &mut 3, |_| {}),
             Err(EnumerateError::BudgetExhausted)
         );
     }

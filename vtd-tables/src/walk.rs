@@ -50,6 +50,8 @@ mod fr {
     pub const FS_ACCESS: R = R::FirstStageAccessError;
     pub const FS_NOT_PRESENT: R = R::FirstStageNotPresent;
     pub const FS_RESERVED: R = R::FirstStageReserved;
+    pub const FS_TABLE_POINTER: R = R::FirstStageTablePointerInvalid;
+    pub const SS_TABLE_POINTER: R = R::SecondStageTablePointerInvalid;
     pub const NESTED_FS_BEYOND: R = R::NestedFirstStageBeyondMgaw;
     pub const NESTED_FS_TOP_READ: R = R::NestedFirstStageRootReadDenied;
     pub const NESTED_FS_READ: R = R::NestedFirstStageReadDenied;
@@ -307,7 +309,14 @@ pub fn lookup_context(
     let bus = (sid >> 8) as u64;
     let devfn = sid as u8;
     let haw = cfg.haw();
-    let root_addr = root.addr + bus * 16;
+    // RTADDR is guest-chosen: a root table that wraps the address space cannot be read.
+    let Some(root_addr) = root.addr.checked_add(bus * 16) else {
+        let reason = match root.mode {
+            TranslationTableMode::Legacy => fr::ROOT_TABLE_INVALID,
+            _ => fr::SM_ROOT_ACCESS,
+        };
+        return Err(StepFault::new(reason));
+    };
     match root.mode {
         TranslationTableMode::Legacy => {
             let re = RootEntry(
@@ -558,9 +567,16 @@ pub fn walk_second_stage(
     for level in (1..=levels).rev() {
         let shift = 12 + 9 * (level as u32 - 1);
         let entry_addr = table + ((addr >> shift) & 0x1ff) * 8;
+        // Failing to read the root of a scalable-mode second stage means SSPTPTR is invalid
+        // (0x7B); further down it is an access error.
+        let read_fault = if level == levels && mode == Scalable {
+            fr::SS_TABLE_POINTER
+        } else {
+            read_fail
+        };
         let raw = mem
             .read_u64(entry_addr)
-            .map_err(|_| StepFault::new(read_fail))?;
+            .map_err(|_| StepFault::new(read_fault))?;
         let pte = SecondStagePte::from_bits(raw);
         let write_fault = if access.is_write() {
             perm_write
@@ -699,9 +715,16 @@ pub fn walk_first_stage(
             SecondStageMode::NestedTable { top },
             AccessKind::Read,
         )?;
+        // The root table's address is FSPTPTR: failing to read it is an invalid table pointer
+        // (0x73); a failed read further down is an access error (0x70).
+        let read_fault = if top {
+            fr::FS_TABLE_POINTER
+        } else {
+            fr::FS_ACCESS
+        };
         let raw = mem
             .read_u64(entry_addr)
-            .map_err(|_| StepFault::new(fr::FS_ACCESS))?;
+            .map_err(|_| StepFault::new(read_fault))?;
         let pte = FirstStagePte::from_bits(raw);
         if !pte.present() {
             return Err(StepFault::new(fr::FS_NOT_PRESENT));
