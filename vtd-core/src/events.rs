@@ -154,6 +154,8 @@ pub enum VtdEvent {
     },
     /// A mapping change for a watched device in caching mode.
     Shadow(ShadowEvent),
+    /// The unit was reset: translation off, no root or interrupt table latched, caches empty.
+    Reset,
 }
 
 /// Something that wants to know what the unit does.

@@ -318,6 +318,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         self.te.store(false, Ordering::Release);
         self.root.store(0, Ordering::Release);
         self.flush_all_caches();
+        st.events.push(VtdEvent::Reset);
         self.finish(st);
     }
 
@@ -618,6 +619,15 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
 
     /// Reports a DMA fault: records it unless FPD suppresses it, raises the fault event.
     pub(crate) fn report_dma_fault(&self, fault: Fault) -> Fault {
+        self.inject_fault(fault);
+        fault
+    }
+
+    /// Records a DMA fault found elsewhere (a host IOMMU walking the guest's first-stage table
+    /// for a passthrough device, spec 7.1): into the fault-recording registers with the fault
+    /// event, unless `fault.suppressed` (FPD) says otherwise, with the same coalescing and
+    /// overflow rules as the unit's own faults.
+    pub fn inject_fault(&self, fault: Fault) -> FaultDisposition {
         self.dma_faults.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(target: "vtd::fault", ?fault);
         let mut st = self.lock();
@@ -632,7 +642,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         };
         st.events.push(VtdEvent::DmaFault { fault, disposition });
         self.finish(st);
-        fault
+        disposition
     }
 
     /// The current context entry of `sid` read from guest memory (no cache), for observers

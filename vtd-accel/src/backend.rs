@@ -1,0 +1,335 @@
+//! The host IOMMU as the binder drives it: the iommufd object model (Linux
+//! `include/uapi/linux/iommufd.h`; shared/facts/vtd-formats.md, "iommufd uAPI for VT-d
+//! nesting") reduced to the calls nested first-stage binding needs.
+//!
+//! Two implementations exist: [`IommufdBackend`](crate::iommufd::IommufdBackend) (real
+//! `/dev/iommu` and VFIO cdev ioctls, feature `iommufd`) and
+//! [`SimHostIommu`](crate::sim::SimHostIommu) (a software host IOMMU with VT-d nested semantics
+//! for tests and demos).
+
+use std::fmt;
+
+use vtd_regs::fault::FaultReason;
+use vtd_tables::walk::AccessKind;
+
+use crate::host::HostHwInfo;
+
+/// An iommufd device object ID: `out_devid` of `VFIO_DEVICE_BIND_IOMMUFD`.
+pub type DeviceId = u32;
+/// An iommufd HWPT (hardware page table) object ID: `out_hwpt_id` of `IOMMU_HWPT_ALLOC`, or the
+/// ID of the default HWPT VFIO attached the device to.
+pub type HwptId = u32;
+/// An iommufd IOAS (I/O address space) object ID: what a parent HWPT takes its GPA->HPA
+/// mappings from.
+pub type IoasId = u32;
+
+/// The PASID value that names the device's requester ID itself, i.e. requests without PASID
+/// (iommufd's `IOMMU_NO_PASID`; VT-d's RID_PASID 0 when ECAP.RPS is clear, spec 9.4).
+pub const NO_PASID: u32 = 0;
+
+/// `iommu_hwpt_vtd_s1.flags` (uAPI `enum iommu_hwpt_vtd_s1_flags`): the PASID-entry bits the
+/// host must honour for a guest first-stage table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VtdS1Flags(pub u64);
+
+impl VtdS1Flags {
+    /// `IOMMU_VTD_S1_SRE` (1): supervisor requests allowed (PASID entry SRE; needs host
+    /// ECAP.SRS).
+    pub const SRE: u64 = 1;
+    /// `IOMMU_VTD_S1_EAFE` (2): extended accessed flag (PASID entry EAFE; needs host
+    /// ECAP.EAFS).
+    pub const EAFE: u64 = 2;
+    /// `IOMMU_VTD_S1_WPE` (4): write protect enable (PASID entry WPE).
+    pub const WPE: u64 = 4;
+
+    /// Whether SRE is set.
+    pub const fn sre(self) -> bool {
+        self.0 & Self::SRE != 0
+    }
+    /// Whether EAFE is set.
+    pub const fn eafe(self) -> bool {
+        self.0 & Self::EAFE != 0
+    }
+    /// Whether WPE is set.
+    pub const fn wpe(self) -> bool {
+        self.0 & Self::WPE != 0
+    }
+}
+
+/// `struct iommu_hwpt_vtd_s1`: a guest first-stage table handed to the host as the stage-1 of
+/// a nested HWPT (data type `IOMMU_HWPT_DATA_VTD_S1` = 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VtdS1 {
+    /// SRE / EAFE / WPE from the guest's PASID entry.
+    pub flags: VtdS1Flags,
+    /// The guest's FSPTPTR: a guest-physical address the host reads through the parent.
+    pub pgtbl_addr: u64,
+    /// 48 (4-level, FSPM = 0) or 57 (5-level, FSPM = 1): `48 + 9 * FSPM`.
+    pub addr_width: u32,
+}
+
+/// What `IOMMU_HWPT_ALLOC` is asked to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HwptAlloc {
+    /// A kernel-managed HWPT over an IOAS (GPA->HPA). With `nest_parent`
+    /// (`IOMMU_HWPT_ALLOC_NEST_PARENT`) it can be the parent of nested HWPTs; this is the
+    /// "default HWPT" VFIO allocates when the vIOMMU asks for it
+    /// ([`ViommuFlags`](crate::host::ViommuFlags)).
+    Parent {
+        /// The IOAS whose mappings the HWPT holds.
+        ioas: IoasId,
+        /// `IOMMU_HWPT_ALLOC_NEST_PARENT`.
+        nest_parent: bool,
+        /// `IOMMU_HWPT_ALLOC_PASID`: attachable to PASIDs other than [`NO_PASID`].
+        pasid: bool,
+    },
+    /// A user-managed nested HWPT: the guest's first stage over `parent`.
+    Nested {
+        /// The nest-parent HWPT (the device's default HWPT).
+        parent: HwptId,
+        /// The guest table.
+        s1: VtdS1,
+        /// `IOMMU_HWPT_ALLOC_PASID`.
+        pasid: bool,
+    },
+}
+
+/// `struct iommu_hwpt_vtd_s1_invalidate`: one entry of an `IOMMU_HWPT_INVALIDATE` array
+/// (data type `IOMMU_HWPT_INVALIDATE_DATA_VTD_S1` = 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VtdS1Invalidation {
+    /// Start address, 4 KiB aligned.
+    pub addr: u64,
+    /// Number of 4 KiB pages; `u64::MAX` with `addr` 0 means everything.
+    pub npages: u64,
+    /// `IOMMU_VTD_INV_FLAGS_LEAF`: only leaf entries changed (the guest's IH), so paging-
+    /// structure caches may be kept.
+    pub leaf: bool,
+}
+
+impl VtdS1Invalidation {
+    /// Everything the HWPT caches (uAPI: addr 0, npages `U64_MAX`).
+    pub const ALL: Self = Self {
+        addr: 0,
+        npages: u64::MAX,
+        leaf: false,
+    };
+
+    /// The entry covering the inclusive address range `first..=last` (4 KiB granular).
+    pub fn for_range(first: u64, last: u64, leaf: bool) -> Self {
+        let first = first & !0xfff;
+        if first == 0 && last == u64::MAX {
+            return Self { leaf, ..Self::ALL };
+        }
+        let pages = ((last.saturating_sub(first)) >> 12).saturating_add(1);
+        Self {
+            addr: first,
+            npages: pages,
+            leaf,
+        }
+    }
+
+    /// Whether this entry flushes everything.
+    pub const fn is_all(&self) -> bool {
+        self.addr == 0 && self.npages == u64::MAX
+    }
+
+    /// Whether the entry covers `addr` (a byte address).
+    pub const fn covers(&self, addr: u64) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        let len = self.npages.saturating_mul(4096);
+        addr >= self.addr && addr - self.addr < len
+    }
+
+    /// Whether the entry overlaps the byte range `[start, start + len)`.
+    pub const fn overlaps(&self, start: u64, len: u64) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        let end = self.addr.saturating_add(self.npages.saturating_mul(4096));
+        let other_end = start.saturating_add(len);
+        start < end && self.addr < other_end
+    }
+}
+
+/// A DMA fault the host IOMMU raised for an assigned device (a non-recoverable fault on a
+/// nested HWPT, or a page request read from an iommufd fault queue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostFault {
+    /// The iommufd device that issued the request.
+    pub dev_id: DeviceId,
+    /// The PASID the request carried (`None` for requests without PASID).
+    pub pasid: Option<u32>,
+    /// The faulting input address (GIOVA), page aligned.
+    pub addr: u64,
+    /// The host's fault reason (VT-d spec 7.1.3 codes). First-stage reasons concern the guest's
+    /// table; second-stage and structure reasons concern the host's own state.
+    pub reason: FaultReason,
+    /// Read, write or execute.
+    pub access: AccessKind,
+    /// Privileged (supervisor) request.
+    pub privileged: bool,
+    /// The HWPT the device was attached to when it faulted, if the host says.
+    pub hwpt: Option<HwptId>,
+}
+
+/// The host call that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendOp {
+    /// Opening `/dev/iommu` or a VFIO cdev.
+    Open,
+    /// `IOMMU_GET_HW_INFO`.
+    GetHwInfo,
+    /// `IOMMU_HWPT_ALLOC`.
+    AllocHwpt,
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (attach or replace).
+    Attach,
+    /// `VFIO_DEVICE_DETACH_IOMMUFD_PT`.
+    Detach,
+    /// `IOMMU_HWPT_INVALIDATE`.
+    Invalidate,
+    /// `IOMMU_DESTROY`.
+    Destroy,
+    /// Reading the fault queue.
+    ReadFaults,
+    /// `IOMMU_FAULT_QUEUE_ALLOC`.
+    FaultQueueAlloc,
+    /// `IOMMU_IOAS_MAP` / unmap (the sim's stage-2 maps).
+    IoasMap,
+}
+
+impl fmt::Display for BackendOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Open => "open",
+            Self::GetHwInfo => "IOMMU_GET_HW_INFO",
+            Self::AllocHwpt => "IOMMU_HWPT_ALLOC",
+            Self::Attach => "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+            Self::Detach => "VFIO_DEVICE_DETACH_IOMMUFD_PT",
+            Self::Invalidate => "IOMMU_HWPT_INVALIDATE",
+            Self::Destroy => "IOMMU_DESTROY",
+            Self::ReadFaults => "fault queue read",
+            Self::FaultQueueAlloc => "IOMMU_FAULT_QUEUE_ALLOC",
+            Self::IoasMap => "IOMMU_IOAS_MAP",
+        })
+    }
+}
+
+/// A failed host call, with what the host said.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{op} failed: {message}{}", errno.map(|e| format!(" (errno {e})")).unwrap_or_default())]
+pub struct BackendError {
+    /// The call.
+    pub op: BackendOp,
+    /// The OS error number, for real ioctls.
+    pub errno: Option<i32>,
+    /// What went wrong, in words.
+    pub message: String,
+    /// For `IOMMU_HWPT_INVALIDATE`: how many entries the host handled before failing
+    /// (`entry_num` on return).
+    pub handled: Option<u32>,
+    /// The simulator failed this call on purpose ([`FailurePlan`](crate::sim::SimOp)).
+    pub injected: bool,
+}
+
+impl BackendError {
+    /// An error with a message and no errno.
+    pub fn new(op: BackendOp, message: impl Into<String>) -> Self {
+        Self {
+            op,
+            errno: None,
+            message: message.into(),
+            handled: None,
+            injected: false,
+        }
+    }
+
+    /// An error from an OS call.
+    pub fn os(op: BackendOp, err: &std::io::Error, what: &str) -> Self {
+        Self {
+            op,
+            errno: err.raw_os_error(),
+            message: format!("{what}: {err}"),
+            handled: None,
+            injected: false,
+        }
+    }
+
+    /// Sets the handled-entries count.
+    pub fn with_handled(mut self, handled: u32) -> Self {
+        self.handled = Some(handled);
+        self
+    }
+}
+
+/// The host IOMMU calls nested binding needs (iommufd uAPI; see the module docs).
+///
+/// Every call either fully happens or changes nothing, as the kernel's ioctls do (a failed
+/// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` leaves the previous attachment in place). Implementations
+/// are shared between the vCPU threads that publish the unit's events, hence `Send + Sync`.
+pub trait HostIommuBackend: Send + Sync {
+    /// A short name for messages ("iommufd", "sim").
+    fn name(&self) -> &'static str;
+
+    /// `IOMMU_GET_HW_INFO` for a bound device: vendor type, CAP/ECAP, errata flags, PASID
+    /// width.
+    fn get_hw_info(&self, dev: DeviceId) -> Result<HostHwInfo, BackendError>;
+
+    /// `IOMMU_HWPT_ALLOC` for `dev`.
+    fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError>;
+
+    /// Attaches `dev` (at `pasid`; [`NO_PASID`] for the RID) to `hwpt`, replacing what it was
+    /// attached to (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`, with `VFIO_DEVICE_ATTACH_PASID` for
+    /// other PASIDs). Replacing is atomic: no DMA sees a blocked window.
+    fn attach(&self, dev: DeviceId, pasid: u32, hwpt: HwptId) -> Result<(), BackendError>;
+
+    /// Detaches `dev` at `pasid`: its DMA there is blocked (`VFIO_DEVICE_DETACH_IOMMUFD_PT`).
+    fn detach(&self, dev: DeviceId, pasid: u32) -> Result<(), BackendError>;
+
+    /// `IOMMU_HWPT_INVALIDATE` of a nested HWPT with VT-d stage-1 entries. `Ok(n)` means
+    /// all `n = entries.len()` were handled; a partial failure is an error whose
+    /// [`BackendError::handled`] says how many were.
+    fn invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32, BackendError>;
+
+    /// `IOMMU_DESTROY` of an HWPT the binder allocated (it must no longer be attached).
+    fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError>;
+
+    /// Up to `max` faults the host raised on nested HWPTs since the last call (non-blocking).
+    fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_ranges() {
+        let e = VtdS1Invalidation::for_range(0x5000, 0x5fff, true);
+        assert_eq!((e.addr, e.npages, e.leaf), (0x5000, 1, true));
+        assert!(e.covers(0x5abc) && !e.covers(0x6000) && !e.covers(0x4fff));
+        let e = VtdS1Invalidation::for_range(0x20_0000, 0x3f_ffff, false);
+        assert_eq!(e.npages, 512);
+        assert!(e.overlaps(0x3f_f000, 0x1000) && !e.overlaps(0x40_0000, 0x1000));
+        assert!(VtdS1Invalidation::for_range(0, u64::MAX, false).is_all());
+        assert!(VtdS1Invalidation::ALL.covers(u64::MAX));
+        // The highest page: no overflow.
+        let top = VtdS1Invalidation::for_range(!0xfff, u64::MAX, false);
+        assert_eq!(top.npages, 1);
+        assert!(top.covers(u64::MAX));
+    }
+
+    #[test]
+    fn errors_say_what_failed() {
+        let e = BackendError::new(BackendOp::AllocHwpt, "parent is not a nest parent");
+        assert_eq!(
+            e.to_string(),
+            "IOMMU_HWPT_ALLOC failed: parent is not a nest parent"
+        );
+        let io = std::io::Error::from_raw_os_error(25);
+        let e = BackendError::os(BackendOp::Invalidate, &io, "hwpt 7").with_handled(3);
+        assert!(e.to_string().contains("errno 25"), "{e}");
+        assert_eq!(e.handled, Some(3));
+    }
+}

@@ -1,0 +1,478 @@
+//! A guest driver that programs the unit the way Linux 6.12 does (scalable mode, first-stage
+//! tables, 256-bit queued invalidation), a simulated host with guest RAM at HOST_BASE, and an
+//! assigned device registered with a NestedBinder.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vtd_accel::*;
+use vtd_core::{EventLog, RecordingSink, VtdUnit};
+use vtd_regs::VtdConfig;
+use vtd_regs::inv::*;
+use vtd_regs::regs::offset as reg;
+use vtd_tables::GuestRam;
+use vtd_tables::builder::*;
+use vtd_tables::entries::*;
+use vtd_tables::walk::AccessKind;
+
+pub type Mem = GuestMemoryMmap<()>;
+pub type Unit = VtdUnit<Mem>;
+
+pub const GCMD_TE: u32 = 1 << 31;
+pub const GCMD_SRTP: u32 = 1 << 30;
+pub const GCMD_QIE: u32 = 1 << 26;
+
+/// Guest RAM appears at this host-physical address.
+pub const HOST_BASE: u64 = 0x40_0000_0000;
+pub const RAM_MB: u64 = 64;
+/// The assigned device: 01:00.0.
+pub const BDF: Bdf = Bdf::new(1, 0, 0);
+pub const SID: u16 = 0x0100;
+/// Linux's first-stage DMA domain ID in the trace.
+pub const DID: u16 = 5;
+pub const IOVA: u64 = 0x1000_0000;
+pub const GPA: u64 = 0x80_0000;
+
+pub struct Queue {
+    pub base: u64,
+    pub count: u32,
+    pub tail: u32,
+    pub status: u64,
+    pub seq: u32,
+}
+
+pub struct Guest {
+    pub mem: Mem,
+    pub unit: Arc<Unit>,
+    pub sink: Arc<RecordingSink>,
+    pub log: Arc<EventLog>,
+    pub frames: FrameAllocator,
+    pub gcmd: u32,
+    pub queue: Option<Queue>,
+}
+
+impl Guest {
+    pub fn with_config(cfg: VtdConfig) -> Self {
+        let mem: Mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (RAM_MB << 20) as usize)]).unwrap();
+        Self::with_memory(cfg, mem)
+    }
+
+    pub fn with_memory(cfg: VtdConfig, mem: Mem) -> Self {
+        let sink = Arc::new(RecordingSink::default());
+        let unit = Arc::new(VtdUnit::new(cfg, mem.clone(), sink.clone()).unwrap());
+        let log = Arc::new(EventLog::default());
+        unit.subscribe(log.clone());
+        Self {
+            mem,
+            unit,
+            sink,
+            log,
+            frames: FrameAllocator::new(0x100_0000, 0x300_0000),
+            gcmd: 0,
+            queue: None,
+        }
+    }
+
+    pub fn r32(&self, off: u64) -> u32 {
+        self.unit.read(off, 4) as u32
+    }
+    pub fn r64(&self, off: u64) -> u64 {
+        self.unit.read(off, 8)
+    }
+    pub fn w32(&self, off: u64, v: u32) {
+        self.unit.write(off, 4, v as u64)
+    }
+    pub fn w64(&self, off: u64, v: u64) {
+        self.unit.write(off, 8, v)
+    }
+
+    pub fn command(&mut self, bit: u32, persistent: bool, on: bool) {
+        if persistent {
+            if on {
+                self.gcmd |= bit
+            } else {
+                self.gcmd &= !bit
+            }
+            self.w32(reg::GCMD, self.gcmd);
+        } else {
+            self.w32(reg::GCMD, self.gcmd | bit);
+        }
+        assert_eq!(self.r32(reg::GSTS) & bit != 0, on);
+    }
+
+    pub fn set_root(&mut self, rtaddr: u64) {
+        self.w64(reg::RTADDR, rtaddr);
+        self.command(GCMD_SRTP, false, true);
+    }
+
+    pub fn set_translation(&mut self, on: bool) {
+        self.command(GCMD_TE, true, on);
+        assert_eq!(self.unit.translation_enabled(), on);
+    }
+
+    /// As Linux: IQT = 0, IQA = base | DW | QS=1, QIE.
+    pub fn enable_qi(&mut self) {
+        let base = self.frames.alloc(&self.mem, 2).unwrap();
+        let status = self.frames.alloc(&self.mem, 1).unwrap();
+        self.w32(reg::IQT, 0);
+        self.w64(reg::IQA, base | 1 << 11 | 1);
+        self.command(GCMD_QIE, true, true);
+        self.queue = Some(Queue {
+            base,
+            count: 256,
+            tail: 0,
+            status,
+            seq: 0,
+        });
+    }
+
+    /// Unmasks the fault event with a recognisable MSI.
+    pub fn enable_fault_msi(&self) {
+        self.w32(reg::FEDATA, 0x4321);
+        self.w32(reg::FEADDR, 0xfee0_0000);
+        self.w32(reg::FECTL, 0);
+    }
+
+    /// Submits descriptors plus a wait (SW), as qi_submit_sync does: one IQT write.
+    pub fn submit(&mut self, descs: &[InvDesc]) {
+        let q = self.queue.as_mut().expect("QI enabled");
+        q.seq = q.seq.wrapping_add(1);
+        let (status, seq) = (q.status, q.seq);
+        let mut all = descs.to_vec();
+        all.push(InvDesc::Wait(WaitInv {
+            status_write: Some(StatusWrite {
+                addr: status,
+                data: seq,
+            }),
+            interrupt: false,
+            fence: true,
+            page_drain: false,
+            ignored: Default::default(),
+        }));
+        self.submit_raw(&all);
+        assert_eq!(self.mem.read_u64(status).unwrap() as u32, seq);
+        assert_eq!(self.r32(reg::FSTS) & 0x10, 0, "no IQE");
+    }
+
+    pub fn submit_raw(&mut self, descs: &[InvDesc]) {
+        let q = self.queue.as_mut().expect("QI enabled");
+        for d in descs {
+            let raw = d.encode(DescWidth::Bits256).unwrap();
+            self.mem
+                .write_words(q.base + q.tail as u64 * 32, &raw.0)
+                .unwrap();
+            q.tail = (q.tail + 1) % q.count;
+        }
+        let tail = (q.tail as u64) << 5;
+        self.w64(reg::IQT, tail);
+    }
+
+    /// The fault-recording register `i`: (low, high) qwords.
+    pub fn frcd(&self, i: u64) -> (u64, u64) {
+        let base = 0x220 + 16 * i;
+        (self.r64(base), self.r64(base + 8))
+    }
+}
+
+pub fn pasid_iotlb_page(did: u16, pasid: u32, addr: u64, am: u8, ih: bool) -> InvDesc {
+    InvDesc::PasidIotlb(PasidIotlbInv {
+        did,
+        pasid,
+        granularity: PasidIotlbGranularity::Page { addr, am, ih },
+        ignored: Default::default(),
+    })
+}
+
+pub fn pasid_iotlb_all(did: u16, pasid: u32) -> InvDesc {
+    InvDesc::PasidIotlb(PasidIotlbInv {
+        did,
+        pasid,
+        granularity: PasidIotlbGranularity::AllInPasid,
+        ignored: Default::default(),
+    })
+}
+
+pub fn pasid_cache(did: u16, granularity: PasidCacheGranularity) -> InvDesc {
+    InvDesc::PasidCache(PasidCacheInv {
+        did,
+        granularity,
+        ignored: Default::default(),
+    })
+}
+
+pub fn context_cache(granularity: ContextCacheGranularity) -> InvDesc {
+    InvDesc::ContextCache(ContextCacheInv {
+        granularity,
+        ignored: Default::default(),
+    })
+}
+
+pub fn iotlb(granularity: IotlbGranularity) -> InvDesc {
+    InvDesc::Iotlb(IotlbInv {
+        granularity,
+        drain_read: false,
+        drain_write: false,
+        ignored: Default::default(),
+    })
+}
+
+/// A guest with one assigned device bound through a simulated host.
+pub struct Rig {
+    pub g: Guest,
+    pub sim: Arc<SimHostIommu<Mem>>,
+    pub ioas: IoasId,
+    pub binder: Arc<NestedBinder<Mem>>,
+    pub events: Arc<AccelEventLog>,
+    pub dev: DeviceId,
+    pub parent: HwptId,
+    pub ctx: u64,
+    pub pasid_dir: u64,
+    pub pe0: u64,
+    pub fs_root: u64,
+}
+
+pub fn host_info_for(cfg: &VtdConfig) -> HostHwInfo {
+    let mut info = HostHwInfo::vtd_nesting_capable();
+    if cfg.pasid_bits == 0 {
+        info.max_pasid_log2 = 20;
+    }
+    info
+}
+
+impl Rig {
+    /// Guest programmed like Linux with a first-stage domain for the device (IOVA -> GPA),
+    /// QI on, translation on; the device registered (before TE, as at boot) and bound.
+    pub fn new(props: &str) -> Self {
+        Self::with_config(VtdConfig::from_qemu_props(props).unwrap())
+    }
+
+    pub fn with_config(cfg: VtdConfig) -> Self {
+        let info = host_info_for(&cfg);
+        Self::with_host(cfg, info)
+    }
+
+    pub fn with_host(cfg: VtdConfig, info: HostHwInfo) -> Self {
+        let mut rig = Self::unbound(cfg, info);
+        rig.g.set_translation(true);
+        rig
+    }
+
+    /// As `with_host` but translation still off (device on its parent).
+    pub fn unbound(cfg: VtdConfig, info: HostHwInfo) -> Self {
+        Self::unbound_with_sink(cfg, info, None)
+    }
+
+    pub fn unbound_with_sink(
+        cfg: VtdConfig,
+        info: HostHwInfo,
+        sink: Option<Arc<dyn GuestFaultSink>>,
+    ) -> Self {
+        Self::build(cfg, info, sink, |sim, _| sim)
+    }
+
+    /// The general constructor: `backend` may wrap the simulator (probes, delays).
+    pub fn build(
+        cfg: VtdConfig,
+        info: HostHwInfo,
+        sink: Option<Arc<dyn GuestFaultSink>>,
+        backend: impl FnOnce(Arc<SimHostIommu<Mem>>, &Guest) -> Arc<dyn HostIommuBackend>,
+    ) -> Self {
+        let mut g = Guest::with_config(cfg);
+        let mem = g.mem.clone();
+        let host = HostMemory::new().with_region(HOST_BASE, RAM_MB << 20, mem.clone(), 0);
+        let sim = Arc::new(SimHostIommu::new(info, host));
+        let ioas = sim.alloc_ioas();
+        sim.ioas_map(ioas, 0, RAM_MB << 20, HOST_BASE, true)
+            .unwrap();
+        g.enable_qi();
+        let be = backend(sim.clone(), &g);
+        let binder = match sink {
+            Some(s) => NestedBinder::new(&g.unit, be, s),
+            None => NestedBinder::with_unit_faults(&g.unit, be),
+        };
+        let events = Arc::new(AccelEventLog::default());
+        binder.subscribe(events.clone());
+        let (dev, parent) = sim.vfio_bind_default(ioas, binder.viommu_flags()).unwrap();
+
+        let mut ctxb = ContextTablesBuilder::new(&mem, &mut g.frames, true).unwrap();
+        let mut pasids = PasidTablesBuilder::new(&mem, &mut g.frames, 0).unwrap();
+        let mut fs = PageTableBuilder::new(
+            &mem,
+            &mut g.frames,
+            PageTableFormat::FirstStage { levels: 4 },
+        )
+        .unwrap();
+        fs.map(&mut g.frames, IOVA, GPA, PageSize::Size4K, true, true)
+            .unwrap();
+        let pe0 = pasids
+            .set_entry(
+                &mut g.frames,
+                0,
+                PasidEntry::first_stage(fs.root(), false, DID, 2),
+            )
+            .unwrap();
+        let mut ce = pasids.context_entry();
+        if g.unit.config().pasid_bits > 0 {
+            ce = ce.with_paside(true);
+        }
+        ctxb.set_scalable_context(&mut g.frames, SID, ce).unwrap();
+        let ctx = ctxb.root();
+        let pasid_dir = pasids.dir();
+        g.set_root(ctxb.rtaddr());
+
+        let hd = HostIommuDevice::query(&*sim, "0000:01:00.0", dev, parent).unwrap();
+        binder.register(BDF, hd, PciTopology::default()).unwrap();
+        Self {
+            g,
+            sim,
+            ioas,
+            binder,
+            events,
+            dev,
+            parent,
+            ctx,
+            pasid_dir,
+            pe0,
+            fs_root: fs.root(),
+        }
+    }
+
+    pub fn fs(&self) -> PageTableBuilder<'_, Mem> {
+        PageTableBuilder::at(
+            &self.g.mem,
+            self.fs_root,
+            PageTableFormat::FirstStage { levels: 4 },
+        )
+    }
+
+    /// A new first-stage table with `iova -> gpa` (4 KiB, writable).
+    pub fn new_fs_table(&mut self, iova: u64, gpa: u64, writable: bool) -> u64 {
+        let mem = self.g.mem.clone();
+        let mut fs = PageTableBuilder::new(
+            &mem,
+            &mut self.g.frames,
+            PageTableFormat::FirstStage { levels: 4 },
+        )
+        .unwrap();
+        fs.map(
+            &mut self.g.frames,
+            iova,
+            gpa,
+            PageSize::Size4K,
+            true,
+            writable,
+        )
+        .unwrap();
+        fs.root()
+    }
+
+    /// Writes PASID entry `pasid` in the guest's tables (no invalidation).
+    pub fn write_pasid_entry(&mut self, pasid: u32, pe: PasidEntry) -> u64 {
+        let mem = self.g.mem.clone();
+        pasid_builder_at(&mem, self.pasid_dir)
+            .set_entry(&mut self.g.frames, pasid, pe)
+            .unwrap()
+    }
+
+    pub fn dma(&self, iova: u64, access: AccessKind) -> Result<HostTranslation, HostFault> {
+        self.sim.dma_translate(self.dev, None, iova, access)
+    }
+
+    pub fn binding(&self, pasid: u32) -> Option<BindingInfo> {
+        self.binder
+            .bindings()
+            .into_iter()
+            .find(|b| b.bdf == BDF && b.pasid == pasid)
+    }
+
+    pub fn nested_hwpt(&self) -> Option<HwptId> {
+        match self.binding(0)?.host {
+            HostAttachment::Nested(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Every HWPT the host holds is needed by a binding or known as an orphan; every
+    /// attachment is what the binder believes.
+    pub fn check_host_matches_binder(&self) {
+        check_host_matches_binder(&self.sim, &self.binder, &[(self.dev, self.parent)]);
+    }
+}
+
+/// Re-opens an existing PASID directory (the builder has no public constructor for that, so
+/// this mirrors its layout: directory entry -> 64-entry table).
+pub fn pasid_builder_at(mem: &Mem, dir: u64) -> PasidDirAt<'_> {
+    PasidDirAt { mem, dir }
+}
+
+pub struct PasidDirAt<'m> {
+    pub mem: &'m Mem,
+    pub dir: u64,
+}
+
+impl PasidDirAt<'_> {
+    pub fn set_entry(
+        &mut self,
+        frames: &mut FrameAllocator,
+        pasid: u32,
+        entry: PasidEntry,
+    ) -> Result<u64, BuildError> {
+        let slot = self.dir + (pasid >> 6) as u64 * 8;
+        let raw = self.mem.read_u64(slot)?;
+        let table = if raw & 1 != 0 {
+            raw & ADDR_MASK
+        } else {
+            let t = frames.alloc(self.mem, 1)?;
+            self.mem.write_u64(slot, t | 1)?;
+            t
+        };
+        let at = table + (pasid & 0x3f) as u64 * 64;
+        self.mem.write_words(at, &entry.0)?;
+        Ok(at)
+    }
+}
+
+/// The invariant of the binder: the host holds exactly the HWPTs the bindings need (plus the
+/// orphans the binder knows and retries), and every attachment is the one the binder recorded.
+pub fn check_host_matches_binder(
+    sim: &SimHostIommu<Mem>,
+    binder: &NestedBinder<Mem>,
+    devices: &[(DeviceId, HwptId)],
+) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let bindings = binder.bindings();
+    let mut needed: BTreeSet<HwptId> = bindings
+        .iter()
+        .filter_map(|b| match b.host {
+            HostAttachment::Nested(h) => Some(h),
+            _ => None,
+        })
+        .collect();
+    needed.extend(binder.orphans());
+    let held: BTreeSet<HwptId> = sim
+        .hwpts()
+        .into_iter()
+        .filter(|h| matches!(h.kind, SimHwptKind::Nested { .. }))
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(
+        held, needed,
+        "nested HWPTs on the host vs. bindings + orphans"
+    );
+    for &(dev, parent) in devices {
+        let want: BTreeMap<u32, HwptId> = bindings
+            .iter()
+            .filter(|b| b.dev_id == dev)
+            .filter_map(|b| match b.host {
+                HostAttachment::Parent => Some((b.pasid, parent)),
+                HostAttachment::Nested(h) => Some((b.pasid, h)),
+                HostAttachment::Blocked => None,
+            })
+            .collect();
+        if bindings.iter().any(|b| b.dev_id == dev) {
+            assert_eq!(sim.attachments(dev), want, "attachments of device {dev}");
+        }
+    }
+}
