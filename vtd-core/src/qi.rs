@@ -49,14 +49,18 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         }
         st.events.push(VtdEvent::QueuedInvalidationEnabled(enable));
         if enable {
-            self.process_queue(st);
+            self.process_queue(st, false);
         }
     }
 
     /// Processes descriptors from IQH up to IQT (after a tail write or IQE being cleared).
     /// Work is bounded by the queue size; the queue stops at the first bad descriptor with
     /// FSTS.IQE and IQERCD.IQEI set and IQH pointing at it.
-    pub(crate) fn process_queue(&self, st: &mut State) {
+    ///
+    /// `tail_written` says whether IQT was just written: an invalid tail is an error of that
+    /// write (IQEI 1 or 6); when processing resumes for another reason (IQE cleared, QIE set,
+    /// a held-back wait) a tail that is still invalid just leaves the queue idle.
+    pub(crate) fn process_queue(&self, st: &mut State, tail_written: bool) {
         let gsts = Gsts::from_bits(st.regs.get32(reg::GSTS));
         if !gsts.qies() || Fsts::from_bits(st.regs.get32(reg::FSTS)).iqe() {
             return;
@@ -77,11 +81,17 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         let tail_reg = st.regs.get64(reg::IQT);
         let mut head = ((st.regs.get64(reg::IQH) >> shift) as u32) % count;
         if wide && tail_reg & 0x10 != 0 {
-            return self.queue_error(st, head, iqei::MISALIGNED_TAIL);
+            if tail_written {
+                self.queue_error(st, head, iqei::MISALIGNED_TAIL);
+            }
+            return;
         }
         let tail = ((tail_reg & 0x7fff0) >> shift) as u32;
         if tail >= count {
-            return self.queue_error(st, head, iqei::INVALID_TAIL);
+            if tail_written {
+                self.queue_error(st, head, iqei::INVALID_TAIL);
+            }
+            return;
         }
         for _ in 0..count {
             if head == tail {
@@ -253,7 +263,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             st.regs.update32(reg::FECTL, ip, 0);
         }
         if !Fsts::from_bits(fsts).iqe() {
-            self.process_queue(st);
+            self.process_queue(st, false);
         }
     }
 

@@ -304,7 +304,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             }
             st = self.lock();
             st.wait_deferred = false;
-            self.process_queue(&mut st);
+            self.process_queue(&mut st, false);
         }
     }
 
@@ -365,7 +365,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             self.after_fectl_write(&mut st);
         }
         if touches(reg::IQT, 8) {
-            self.process_queue(&mut st);
+            self.process_queue(&mut st, true);
         }
         if touches(reg::ICS, 4) || touches(reg::IECTL, 4) {
             self.after_ics_iectl_write(&mut st);

@@ -334,11 +334,12 @@ pub fn lookup_context(
                 mem.read_words::<2>(ce_addr)
                     .map_err(|_| StepFault::new(fr::CONTEXT_TABLE_INVALID))?,
             );
+            // FPD is evaluated irrespective of P (spec 9.3), so it covers these faults too.
             if !ce.present() {
-                return Err(StepFault::new(fr::CONTEXT_NOT_PRESENT));
+                return Err(StepFault::new(fr::CONTEXT_NOT_PRESENT).with_fpd(ce.fpd()));
             }
             if ce.reserved_bits(haw) != [0, 0] {
-                return Err(StepFault::new(fr::CONTEXT_RESERVED));
+                return Err(StepFault::new(fr::CONTEXT_RESERVED).with_fpd(ce.fpd()));
             }
             let valid = match ce.translation_type() {
                 LegacyTranslationType::MultiLevel => {
@@ -371,11 +372,12 @@ pub fn lookup_context(
                 mem.read_words::<4>(ce_addr)
                     .map_err(|_| StepFault::new(fr::SM_CONTEXT_ACCESS))?,
             );
+            // FPD is evaluated irrespective of P (spec 9.4).
             if !ce.present() {
-                return Err(StepFault::new(fr::SM_CONTEXT_NOT_PRESENT));
+                return Err(StepFault::new(fr::SM_CONTEXT_NOT_PRESENT).with_fpd(ce.fpd()));
             }
             if ce.reserved_bits(haw) != [0; 4] {
-                return Err(StepFault::new(fr::SM_CONTEXT_RESERVED));
+                return Err(StepFault::new(fr::SM_CONTEXT_RESERVED).with_fpd(ce.fpd()));
             }
             Ok(DeviceContext::Scalable(ce))
         }
@@ -417,25 +419,26 @@ pub fn lookup_pasid_entry(
         mem.read_u64(de_addr)
             .map_err(|_| StepFault::new(fr::SM_PASID_DIR_ACCESS).with_fpd(fpd))?,
     );
+    // A directory or PASID entry's FPD counts even when P is clear (spec 9.5, 9.6).
+    let fpd = fpd || de.fpd();
     if !de.present() {
         return Err(StepFault::new(fr::SM_PASID_DIR_NOT_PRESENT).with_fpd(fpd));
     }
     if de.reserved_bits(haw) != 0 {
         return Err(StepFault::new(fr::SM_PASID_DIR_RESERVED).with_fpd(fpd));
     }
-    let fpd = fpd || de.fpd();
     let pe_addr = de.table() + (pasid & 0x3f) as u64 * 64;
     let pe = PasidEntry(
         mem.read_words::<8>(pe_addr)
             .map_err(|_| StepFault::new(fr::SM_PASID_ACCESS).with_fpd(fpd))?,
     );
+    let fpd = fpd || pe.fpd();
     if !pe.present() {
         return Err(StepFault::new(fr::SM_PASID_NOT_PRESENT).with_fpd(fpd));
     }
     if pe.reserved_bits(haw) != [0; 8] {
         return Err(StepFault::new(fr::SM_PASID_RESERVED).with_fpd(fpd));
     }
-    let fpd = fpd || pe.fpd();
     let ss_ok = cfg
         .cap
         .supports_second_stage_levels(pe.aw().saturating_add(2));
