@@ -71,9 +71,9 @@ fn register_writes_and_queue_reach_the_expected_state() {
                 let mut slot: Option<u64> = None;
                 let mut printed = false;
                 let place = |slot: Option<u64>,
-                                 printed: bool,
-                                 desc: Option<[u64; 2]>,
-                                 untraced: &mut usize| {
+                             printed: bool,
+                             desc: Option<[u64; 2]>,
+                             untraced: &mut usize| {
                     if let Some(n) = slot {
                         let d = match (printed, desc) {
                             (_, Some(d)) => d,
@@ -150,7 +150,11 @@ fn register_writes_and_queue_reach_the_expected_state() {
     // The guest powered off with TE cleared last; QI and IR stay on.
     let gsts = g.r32(reg::GSTS);
     assert_eq!(gsts & 0x0600_0000, 0x0600_0000, "QIES and IRES at the end");
-    assert_eq!(gsts & 0x8000_0000, 0, "TES cleared: the guest turned translation off last");
+    assert_eq!(
+        gsts & 0x8000_0000,
+        0,
+        "TES cleared: the guest turned translation off last"
+    );
     let _ = FaultDisposition::Suppressed;
 }
 
