@@ -70,6 +70,14 @@ pub enum ShadowEvent {
         /// Rights.
         perms: Perms,
     },
+    /// The replay walk ran out of its per-doorbell budget: mappings after the last `Map` were
+    /// not reported, and a shadowing VMM must resynchronise the device in full (`replay`).
+    Incomplete {
+        /// Requester.
+        sid: u16,
+        /// PASID (scalable mode).
+        pasid: Option<u32>,
+    },
     /// `[iova, iova + size)` is no longer mapped.
     Unmap {
         /// Requester.
@@ -159,6 +167,11 @@ pub enum VtdEvent {
 }
 
 /// Something that wants to know what the unit does.
+///
+/// An observer may call back into the unit. Events its own calls cause are delivered right
+/// after the event it is handling, in the same delivery: an observer that answers every event
+/// with a call producing another event of the same kind (e.g. a DMA that faults on each fault)
+/// never lets the delivery end, so it must bound such chains itself.
 pub trait VtdObserver: Send + Sync {
     /// Called after the unit released its lock, in the order events happened.
     fn on_event(&self, event: &VtdEvent);

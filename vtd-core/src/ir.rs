@@ -111,7 +111,8 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     ) -> Result<Msi, IrFault> {
         let sid = match source {
             MsiSource::Device(sid) => sid,
-            MsiSource::IoApic => 0,
+            // QEMU's IOAPIC sends with no requester ID (0xffff); faults record that.
+            MsiSource::IoApic => 0xffff,
         };
         let fault = |reason: FaultReason, index: u16, suppressed: bool| IrFault {
             reason,

@@ -185,8 +185,11 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                     &mut st.replay_budget,
                     |m| maps.push(m),
                 );
-                if result.is_err() {
-                    tracing::warn!(target: "vtd::shadow", sid, "replay budget exhausted; mappings beyond it are not reported");
+                let incomplete = result.is_err();
+                let incomplete_event =
+                    incomplete.then_some(VtdEvent::Shadow(ShadowEvent::Incomplete { sid, pasid }));
+                if incomplete {
+                    tracing::warn!(target: "vtd::shadow", sid, "replay budget exhausted: Incomplete reported");
                 }
                 st.events.extend(maps.into_iter().map(|m| {
                     VtdEvent::Shadow(ShadowEvent::Map {
@@ -198,6 +201,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                         perms: m.perms,
                     })
                 }));
+                st.events.extend(incomplete_event);
             }
         }
     }

@@ -184,13 +184,18 @@ fn one_doorbell_bounds_shadow_replay_work() {
     let start = Instant::now();
     g.submit(&[global; 4]);
     let took = start.elapsed();
-    let maps = g
-        .log
-        .take()
+    let events = g.log.take();
+    let maps = events
         .iter()
         .filter(|e| matches!(e, VtdEvent::Shadow(ShadowEvent::Map { .. })))
         .count();
     eprintln!("4 global invalidations: {maps} Map events in {took:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, VtdEvent::Shadow(ShadowEvent::Incomplete { .. }))),
+        "a replay cut short by the budget is reported as Incomplete"
+    );
     assert!(
         maps <= REPLAY_BUDGET,
         "{maps} Map events for one tail write ({took:?}); the work grows with the queue"
@@ -230,6 +235,7 @@ impl VtdObserver for Mirror {
             ShadowEvent::Map { iova, output, .. } => {
                 pages.insert(iova, output);
             }
+            ShadowEvent::Incomplete { .. } => panic!("replay budget exhausted in a 1-page table"),
         }
     }
 }

@@ -76,7 +76,7 @@ pub fn for_each_leaf(
     visit(
         mem,
         cfg,
-        root,
+        root & !0xfff,
         format,
         levels,
         0,

@@ -565,7 +565,9 @@ pub fn walk_second_stage(
     if !cfg.ecap.dt() {
         reserved_common |= 1 << 62; // TM needs device-TLB support
     }
-    let mut table = table;
+    // Table pointers are page addresses: a caller-supplied pointer's low bits are ignored, and
+    // an entry offset (at most 0xff8) can then not wrap the address space.
+    let mut table = table & !0xfff;
     let mut perms = Perms::ALL;
     for level in (1..=levels).rev() {
         let shift = 12 + 9 * (level as u32 - 1);
