@@ -261,26 +261,8 @@ fn legacy_second_stage_boot_and_dma() {
 fn legacy_register_based_invalidation() {
     let mut g = Guest::new("", 64);
     let mem = g.mem.clone();
-    let mut ctx = ContextTablesBuilder::new(&mem, &mut g.frames, false).unwrap();
-    let mut ss = PageTableBuilder::new(
-        &mem,
-        &mut g.frames,
-        PageTableFormat::SecondStage { levels: 3 },
-    )
-    .unwrap();
-    ss.map(
-        &mut g.frames,
-        0x5000,
-        0x300_0000,
-        PageSize::Size4K,
-        true,
-        true,
-    )
-    .unwrap();
-    ctx.set_legacy_context(&mut g.frames, SID, ContextEntry::new(ss.root(), 1, DID))
-        .unwrap();
-    g.set_root(ctx.rtaddr());
-    g.enable_translation();
+    let root = g.legacy_one_page(SID, DID, 3, 0x5000, 0x300_0000);
+    let mut ss = PageTableBuilder::at(&mem, root, PageTableFormat::SecondStage { levels: 3 });
     assert_eq!(dma_write(&g, 0x5000, b"a").unwrap(), 0x300_0000);
     ss.map(
         &mut g.frames,

@@ -61,27 +61,7 @@ fn probe(g: &Guest) -> Arc<StatusProbe> {
 
 /// Legacy tables for `SID` with one mapped page.
 fn legacy_tables(g: &mut Guest) {
-    let mem = g.mem.clone();
-    let mut ctx = ContextTablesBuilder::new(&mem, &mut g.frames, false).unwrap();
-    let mut pt = PageTableBuilder::new(
-        &mem,
-        &mut g.frames,
-        PageTableFormat::SecondStage { levels: 4 },
-    )
-    .unwrap();
-    pt.map(
-        &mut g.frames,
-        0x5000,
-        0x300_0000,
-        PageSize::Size4K,
-        true,
-        true,
-    )
-    .unwrap();
-    ctx.set_legacy_context(&mut g.frames, SID, ContextEntry::new(pt.root(), 2, DID))
-        .unwrap();
-    g.set_root(ctx.rtaddr());
-    g.enable_translation();
+    g.legacy_one_page(SID, DID, 4, 0x5000, 0x300_0000);
 }
 
 /// Linux's strict-mode unmap: page-selective PASID-IOTLB invalidation, then a wait with a
@@ -249,26 +229,8 @@ impl VtdObserver for Mirror {
 fn shadow_events_reach_observers_in_unit_order() {
     let mut g = Guest::new("caching-mode=on", 64);
     let mem = g.mem.clone();
-    let mut ctx = ContextTablesBuilder::new(&mem, &mut g.frames, false).unwrap();
-    let mut pt = PageTableBuilder::new(
-        &mem,
-        &mut g.frames,
-        PageTableFormat::SecondStage { levels: 4 },
-    )
-    .unwrap();
-    pt.map(
-        &mut g.frames,
-        0x5000,
-        0x300_0000,
-        PageSize::Size4K,
-        true,
-        true,
-    )
-    .unwrap();
-    ctx.set_legacy_context(&mut g.frames, SID, ContextEntry::new(pt.root(), 2, DID))
-        .unwrap();
-    g.set_root(ctx.rtaddr());
-    g.enable_translation();
+    let root = g.legacy_one_page(SID, DID, 4, 0x5000, 0x300_0000);
+    let mut pt = PageTableBuilder::at(&mem, root, PageTableFormat::SecondStage { levels: 4 });
     g.unit.watch_mappings(SID, None);
     let (a_tx, a_rx) = mpsc::channel();
     let (b_tx, b_rx) = mpsc::channel();

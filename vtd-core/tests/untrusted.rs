@@ -108,26 +108,8 @@ fn queued_page_invalidation_with_am_52_and_above_is_not_lost() {
         let mut g = Guest::new("", 64);
         let mem = g.mem.clone();
         g.enable_qi(false);
-        let mut ctx = ContextTablesBuilder::new(&mem, &mut g.frames, false).unwrap();
-        let mut pt = PageTableBuilder::new(
-            &mem,
-            &mut g.frames,
-            PageTableFormat::SecondStage { levels: 4 },
-        )
-        .unwrap();
-        pt.map(
-            &mut g.frames,
-            0x5000,
-            0x300_0000,
-            PageSize::Size4K,
-            true,
-            true,
-        )
-        .unwrap();
-        ctx.set_legacy_context(&mut g.frames, SID, ContextEntry::new(pt.root(), 2, DID))
-            .unwrap();
-        g.set_root(ctx.rtaddr());
-        g.enable_translation();
+        let root = g.legacy_one_page(SID, DID, 4, 0x5000, 0x300_0000);
+        let mut pt = PageTableBuilder::at(&mem, root, PageTableFormat::SecondStage { levels: 4 });
         let req = DmaRequest::new(SID, 0x5000, AccessKind::Read);
         assert_eq!(g.unit.translate(&req).unwrap().output, 0x300_0000);
         // The guest remaps the page, then invalidates with the huge AM.

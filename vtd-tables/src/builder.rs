@@ -349,6 +349,15 @@ impl<'m, M: GuestRam> PasidTablesBuilder<'m, M> {
         Ok(Self { mem, dir, pdts })
     }
 
+    /// Continues an existing directory at `dir` of 2^(`pdts` + 7) entries.
+    pub fn at(mem: &'m M, dir: u64, pdts: u8) -> Self {
+        Self {
+            mem,
+            dir,
+            pdts: pdts.min(7),
+        }
+    }
+
     /// The scalable context entry that points at this directory.
     pub fn context_entry(&self) -> ScalableContextEntry {
         ScalableContextEntry::new(self.dir, self.pdts)

@@ -401,37 +401,9 @@ impl Rig {
     }
 }
 
-/// Re-opens an existing PASID directory (the builder has no public constructor for that, so
-/// this mirrors its layout: directory entry -> 64-entry table).
-pub fn pasid_builder_at(mem: &Mem, dir: u64) -> PasidDirAt<'_> {
-    PasidDirAt { mem, dir }
-}
-
-pub struct PasidDirAt<'m> {
-    pub mem: &'m Mem,
-    pub dir: u64,
-}
-
-impl PasidDirAt<'_> {
-    pub fn set_entry(
-        &mut self,
-        frames: &mut FrameAllocator,
-        pasid: u32,
-        entry: PasidEntry,
-    ) -> Result<u64, BuildError> {
-        let slot = self.dir + (pasid >> 6) as u64 * 8;
-        let raw = self.mem.read_u64(slot)?;
-        let table = if raw & 1 != 0 {
-            raw & ADDR_MASK
-        } else {
-            let t = frames.alloc(self.mem, 1)?;
-            self.mem.write_u64(slot, t | 1)?;
-            t
-        };
-        let at = table + (pasid & 0x3f) as u64 * 64;
-        self.mem.write_words(at, &entry.0)?;
-        Ok(at)
-    }
+/// Re-opens an existing PASID directory (one 4 KiB page, PDTS 0).
+pub fn pasid_builder_at(mem: &Mem, dir: u64) -> PasidTablesBuilder<'_, Mem> {
+    PasidTablesBuilder::at(mem, dir, 0)
 }
 
 /// The invariant of the binder: the host holds exactly the HWPTs the bindings need (plus the

@@ -9,7 +9,10 @@ use vtd_regs::VtdConfig;
 use vtd_regs::inv::{DescWidth, InvDesc, StatusWrite, WaitInv};
 use vtd_regs::regs::offset as reg;
 use vtd_tables::GuestRam;
-use vtd_tables::builder::FrameAllocator;
+use vtd_tables::builder::{
+    ContextTablesBuilder, FrameAllocator, PageSize, PageTableBuilder, PageTableFormat,
+};
+use vtd_tables::entries::ContextEntry;
 
 pub type Mem = GuestMemoryMmap<()>;
 pub type Unit = VtdUnit<Mem>;
@@ -76,6 +79,24 @@ impl Guest {
     }
     pub fn w64(&self, off: u64, v: u64) {
         self.unit.write(off, 8, v)
+    }
+
+    /// Legacy tables for `sid` in domain `did`: a second-stage table of `levels` levels (AW =
+    /// levels - 2) mapping the 4 KiB page `iova` to `gpa` read-write, the root latched and
+    /// translation on. Returns the table's root for `PageTableBuilder::at`.
+    pub fn legacy_one_page(&mut self, sid: u16, did: u16, levels: u8, iova: u64, gpa: u64) -> u64 {
+        let mem = self.mem.clone();
+        let mut ctx = ContextTablesBuilder::new(&mem, &mut self.frames, false).unwrap();
+        let format = PageTableFormat::SecondStage { levels };
+        let mut pt = PageTableBuilder::new(&mem, &mut self.frames, format).unwrap();
+        pt.map(&mut self.frames, iova, gpa, PageSize::Size4K, true, true)
+            .unwrap();
+        let entry = ContextEntry::new(pt.root(), levels - 2, did);
+        ctx.set_legacy_context(&mut self.frames, sid, entry)
+            .unwrap();
+        self.set_root(ctx.rtaddr());
+        self.enable_translation();
+        pt.root()
     }
 
     /// Writes a command the Linux way and checks GSTS reports it.
