@@ -10,7 +10,6 @@
 //! check passed (process status 1 on QEMU and vtd-vmm).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The guest's sources.
 pub const SOURCES: [&str; 3] = ["boot.S", "guest.c", "link.ld"];
@@ -20,98 +19,11 @@ pub fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("guest")
 }
 
-const CFLAGS: &[&str] = &[
-    "-c",
-    "-O2",
-    "-std=gnu11",
-    "-m64",
-    "-ffreestanding",
-    "-nostdlib",
-    "-fno-pic",
-    "-fno-pie",
-    "-fno-stack-protector",
-    "-fcf-protection=none",
-    "-mno-red-zone",
-    "-mno-mmx",
-    "-mno-sse",
-    "-mno-sse2",
-    "-mno-avx",
-    "-mgeneral-regs-only",
-    "-fno-asynchronous-unwind-tables",
-    "-fno-builtin",
-    "-fno-tree-loop-distribute-patterns",
-    "-Wall",
-    "-Wextra",
-    "-Werror",
-];
-
-fn run(tool: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(tool).args(args).output().map_err(|e| {
-        format!("cannot run `{tool}` ({e}); building vtd-guest needs gcc and binutils")
-    })?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{tool} {}` failed ({}):\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
-}
-
-fn path_str(p: &Path) -> Result<&str, String> {
-    p.to_str()
-        .ok_or_else(|| format!("path {} is not UTF-8", p.display()))
-}
+include!("guest_build.rs");
 
 /// Builds the kernel from `src` into `out` (created if needed) and returns the path of the
 /// elf32-i386 multiboot image. `CC` in the environment overrides gcc.
 pub fn build(src: &Path, out: &Path) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".to_string());
-    let boot_o = out.join("boot.o");
-    let guest_o = out.join("guest.o");
-    let elf64 = out.join("vtd-guest64.elf");
-    let elf32 = out.join("vtd-guest.elf");
-    run(
-        "as",
-        &[
-            "--64",
-            "-o",
-            path_str(&boot_o)?,
-            path_str(&src.join("boot.S"))?,
-        ],
-    )?;
-    let mut cargs: Vec<&str> = CFLAGS.to_vec();
-    let guest_c = src.join("guest.c");
-    cargs.extend(["-o", path_str(&guest_o)?, path_str(&guest_c)?]);
-    run(&cc, &cargs)?;
-    let link_ld = src.join("link.ld");
-    run(
-        "ld",
-        &[
-            "-m",
-            "elf_x86_64",
-            "-nostdlib",
-            "-static",
-            "-z",
-            "max-page-size=0x1000",
-            "-z",
-            "noexecstack",
-            "--no-warn-rwx-segments",
-            "-T",
-            path_str(&link_ld)?,
-            "-o",
-            path_str(&elf64)?,
-            path_str(&boot_o)?,
-            path_str(&guest_o)?,
-        ],
-    )?;
-    run(
-        "objcopy",
-        &["-O", "elf32-i386", path_str(&elf64)?, path_str(&elf32)?],
-    )?;
-    Ok(elf32)
+    build_multiboot_image(src, "guest.c", out, "vtd-guest", &cc)
 }
