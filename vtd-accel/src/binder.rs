@@ -43,8 +43,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+pub use vtd_regs::Bdf;
 
 use vtd_core::{InvalidationSource, VtdEvent, VtdObserver, VtdUnit};
 use vtd_regs::VtdConfig;
@@ -79,48 +81,6 @@ const MAX_TRACKED_PASIDS: usize = 1024;
 const MAX_SCAN_READS: u32 = 8192;
 /// Host faults handled per [`NestedBinder::process_host_faults`] call.
 const MAX_FAULTS_PER_POLL: usize = 256;
-
-/// A PCI requester: bus and device/function (the SID the unit sees).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Bdf {
-    /// Bus number.
-    pub bus: u8,
-    /// Device (bits 7:3) and function (bits 2:0).
-    pub devfn: u8,
-}
-
-impl Bdf {
-    /// `bus:device.function`.
-    pub const fn new(bus: u8, device: u8, function: u8) -> Self {
-        Self {
-            bus,
-            devfn: (device & 0x1f) << 3 | (function & 7),
-        }
-    }
-    /// From a requester ID (`bus << 8 | devfn`).
-    pub const fn from_sid(sid: u16) -> Self {
-        Self {
-            bus: (sid >> 8) as u8,
-            devfn: sid as u8,
-        }
-    }
-    /// The requester ID.
-    pub const fn sid(self) -> u16 {
-        (self.bus as u16) << 8 | self.devfn as u16
-    }
-}
-
-impl fmt::Display for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:02x}:{:02x}.{}",
-            self.bus,
-            self.devfn >> 3,
-            self.devfn & 7
-        )
-    }
-}
 
 /// Why a device could not be registered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

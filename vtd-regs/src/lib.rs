@@ -11,6 +11,7 @@
 
 extern crate alloc;
 
+pub mod bdf;
 pub mod cap;
 pub mod config;
 pub mod fault;
@@ -18,5 +19,6 @@ pub mod inv;
 pub mod irte;
 pub mod regs;
 
+pub use bdf::Bdf;
 pub use cap::{Cap, Ecap};
 pub use config::{ConfigError, VtdConfig};
