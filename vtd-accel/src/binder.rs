@@ -48,14 +48,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 pub use vtd_regs::Bdf;
 
-use vtd_core::{InvalidationSource, VtdEvent, VtdObserver, VtdUnit};
+use vtd_core::{VtdEvent, VtdObserver, VtdUnit};
 use vtd_regs::VtdConfig;
 use vtd_regs::fault::FaultReason;
 use vtd_regs::inv::{
     ContextCacheGranularity, InvDesc, IotlbGranularity, PasidCacheGranularity,
-    PasidIotlbGranularity, RawDesc, desc_type, device_tlb_range, page_range,
+    PasidIotlbGranularity, device_tlb_range, page_range,
 };
-use vtd_regs::regs::{Iqa, offset as reg};
 use vtd_tables::GuestRam;
 use vtd_tables::entries::{
     LegacyTranslationType, PasidDirEntry, PasidEntry, Pgtt, ScalableContextEntry,
@@ -1306,40 +1305,6 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
     }
 }
 
-impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
-    /// Whether the queue slot after `index` ends the batch: the tail, or a wait descriptor.
-    ///
-    /// vtd-core executes a wait only after the events before it reached the observers (the
-    /// guest must not see completion before forwarded invalidations are done), so the batch is
-    /// flushed here, at its last invalidation, inside that same delivery. Guest memory may
-    /// change meanwhile; a wrong guess only flushes early (one more call) or late (at
-    /// `WaitCompleted` or the next register write).
-    fn batch_ends_after(&self, index: u32) -> bool {
-        let Some(unit) = self.unit.upgrade() else {
-            return true;
-        };
-        let iqa = Iqa::from_bits(unit.read(reg::IQA, 8));
-        let wide = iqa.dw() && self.config.scalable_mode;
-        let (size, shift, count) = if wide {
-            (32u64, 5, iqa.descriptor_count())
-        } else {
-            (16u64, 4, 1u32 << (u32::from(iqa.qs()) + 8))
-        };
-        let next = index.wrapping_add(1) % count.max(1);
-        let tail = ((unit.read(reg::IQT, 8) & 0x7fff0) >> shift) as u32;
-        if next == tail {
-            return true;
-        }
-        let Some(at) = iqa.base().checked_add(u64::from(next) * size) else {
-            return true;
-        };
-        match unit.memory().read_u64(at) {
-            Ok(qw0) => RawDesc([qw0, 0, 0, 0]).type_code() == desc_type::WAIT,
-            Err(_) => true,
-        }
-    }
-}
-
 /// A guest-visible fault for (`sid`, `pasid`) with `reason`, FPD applied as the spec says.
 fn guest_fault(sid: u16, pasid: u32, reason: FaultReason, fpd: bool) -> Fault {
     let req = DmaRequest {
@@ -1412,13 +1377,7 @@ impl<M: GuestRam + Send + Sync + 'static> VtdObserver for NestedBinder<M> {
                     return;
                 }
                 self.on_invalidation(&mut inner, desc);
-                let batch_end = match *source {
-                    InvalidationSource::Register => true,
-                    InvalidationSource::Queue { index } => {
-                        !inner.pending.is_empty() && self.batch_ends_after(index)
-                    }
-                };
-                if batch_end {
+                if source.ends_batch() {
                     self.flush(&mut inner);
                 }
                 self.finish(inner);

@@ -18,8 +18,14 @@ pub enum InvalidationSource {
     Queue {
         /// Slot of the descriptor in the queue.
         index: u32,
+        /// The last invalidation of a batch: the unit processes no further invalidation
+        /// descriptor before the next wait descriptor, the tail or a queue error. Software
+        /// orders completion with wait descriptors (spec 6.5.2.8), so an observer that batches
+        /// work (forwarding to a host IOMMU) flushes here, without re-deriving the queue layout.
+        ends_batch: bool,
     },
-    /// CCMD_REG or IOTLB_REG (register-based invalidation, spec 6.5.1).
+    /// CCMD_REG or IOTLB_REG (register-based invalidation, spec 6.5.1): each one is a batch
+    /// of its own.
     Register,
 }
 
@@ -50,6 +56,17 @@ pub enum FaultDisposition {
     Overflow,
     /// Not recorded: a pending record from the same requester covers it (spec 7.2.1).
     Coalesced,
+}
+
+impl InvalidationSource {
+    /// Whether an observer should act on what it batched so far: the queue's batch ends here,
+    /// or the invalidation came through a register.
+    pub const fn ends_batch(&self) -> bool {
+        match self {
+            Self::Queue { ends_batch, .. } => *ends_batch,
+            Self::Register => true,
+        }
+    }
 }
 
 /// A mapping change seen by a shadowing observer (caching mode, spec 6.1).

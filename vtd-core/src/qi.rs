@@ -61,6 +61,12 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     /// write (IQEI 1 or 6); when processing resumes for another reason (IQE cleared, QIE set,
     /// a held-back wait) a tail that is still invalid just leaves the queue idle.
     pub(crate) fn process_queue(&self, st: &mut State, tail_written: bool) {
+        let mut batch = Batch::default();
+        self.process_descriptors(st, tail_written, &mut batch);
+        batch.close(st);
+    }
+
+    fn process_descriptors(&self, st: &mut State, tail_written: bool, batch: &mut Batch) {
         let gsts = Gsts::from_bits(st.regs.get32(reg::GSTS));
         if !gsts.qies() || Fsts::from_bits(st.regs.get32(reg::FSTS)).iqe() {
             return;
@@ -118,8 +124,12 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             if !self.supports(&desc) {
                 return self.queue_error(st, head, iqei::INVALID_TYPE);
             }
-            let source = InvalidationSource::Queue { index: head };
+            let source = InvalidationSource::Queue {
+                index: head,
+                ends_batch: false,
+            };
             if let InvDesc::Wait(wait) = &desc {
+                batch.close(st);
                 // The guest takes the wait's completion as proof that everything before it is
                 // done, including what observers do with it (invalidations forwarded to a host
                 // IOMMU): hold the wait until those events were delivered.
@@ -141,6 +151,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 });
             } else {
                 self.execute_invalidation(st, &desc, source);
+                batch.opened(st);
             }
             st.descriptors += 1;
             head = (head + 1) % count;
@@ -353,5 +364,36 @@ fn iqei_for(e: &vtd_regs::inv::DescError) -> u8 {
         DescError::NeedsWideQueue(_) => iqei::INVALID_WIDTH,
         DescError::ReservedBits { .. } => iqei::RESERVED_FIELD,
         _ => iqei::RESERVED_FIELD,
+    }
+}
+
+/// The queued invalidation events of one doorbell that no wait descriptor has closed yet:
+/// the last one is marked `ends_batch` when a wait, the tail or an error ends the run.
+#[derive(Default)]
+struct Batch {
+    /// Index in `State::events` of the newest `Invalidation` event from the queue.
+    last: Option<usize>,
+}
+
+impl Batch {
+    /// Called right after `execute_invalidation` pushed a queued `Invalidation` event.
+    fn opened(&mut self, st: &State) {
+        self.last = st
+            .events
+            .iter()
+            .rposition(|e| matches!(e, VtdEvent::Invalidation { .. }));
+    }
+
+    /// A wait descriptor, the tail or an error ends the batch.
+    fn close(&mut self, st: &mut State) {
+        if let Some(i) = self.last.take() {
+            if let Some(VtdEvent::Invalidation {
+                source: InvalidationSource::Queue { ends_batch, .. },
+                ..
+            }) = st.events.get_mut(i)
+            {
+                *ends_batch = true;
+            }
+        }
     }
 }
