@@ -8,6 +8,7 @@
 //! The crate performs no I/O and is `no_std` (with `alloc`) when the default `std` feature is
 //! off, so it can also describe the unit to bare-metal guests.
 #![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -8,6 +8,8 @@
 //! - [`dmar`]: the ACPI DMAR table;
 //! - [`mem`]: the narrow guest-memory trait the walks read through (implemented for vm-memory).
 
+#![forbid(unsafe_code)]
+
 pub mod builder;
 pub mod dmar;
 pub mod entries;
