@@ -23,3 +23,8 @@ pub mod regs;
 pub use bdf::Bdf;
 pub use cap::{Cap, Ecap};
 pub use config::{ConfigError, VtdConfig};
+
+/// The README's usage example, compiled and run as a doctest so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -18,3 +18,8 @@ pub mod mem;
 pub mod walk;
 
 pub use mem::{GuestRam, MemError};
+
+/// The README's usage example, compiled and run as a doctest so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
