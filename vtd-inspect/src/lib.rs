@@ -1,2 +1,5 @@
-//! Not built yet: this crate is a placeholder in the workspace layout of DESIGN.md and
-//! exports nothing. See the open issues for its scope.
+//! Inspection server and TUI for a running VT-d unit (layer above vtd-core and vtd-accel).
+//!
+//! Not built yet: this crate reserves its place in the workspace's layering and exports
+//! nothing. See the open issues for its scope.
+#![forbid(unsafe_code)]

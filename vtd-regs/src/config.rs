@@ -1,7 +1,8 @@
 //! The configuration of an emulated unit and the CAP/ECAP it implies.
 //!
 //! [`VtdConfig::from_qemu_props`] accepts QEMU's `-device intel-iommu,<props>` property string
-//! and yields the same guest-visible identity as QEMU 10.0.2 (shared/facts/qemu-intel-iommu.md):
+//! and yields the same guest-visible identity (CAP/ECAP) as QEMU 10.0.2's
+//! `vtd_cap_init()` in QEMU hw/i386/intel_iommu.c, with the defaults of its `vtd_properties`:
 //! a VMM user who knows QEMU's knobs gets the unit they expect. Fields beyond QEMU's set (5-level,
 //! nesting, more fault records, wider PASIDs) are plain struct fields.
 
@@ -97,9 +98,11 @@ impl Default for VtdConfig {
             snoop_control: false,
             device_iotlb: false,
             // QEMU's `intremap=auto` resolves to on with a split irqchip, the platform vtd
-            // targets; the facts table's default row has ECAP.IR.
+            // targets; QEMU 10.0.2's default ECAP (the first row of the identity test below) has
+            // ECAP.IR.
             interrupt_remapping: true,
-            // `eim=auto` resolved to off for the facts table (TCG); the eim=on row differs.
+            // `eim=auto` resolves to off under TCG, where the identity test's rows were read;
+            // the eim=on row differs.
             eim: false,
             fs1gp: true,
             dma_drain: true,
@@ -341,8 +344,8 @@ fn parse_on_off_auto(property: &str, value: &str) -> Result<Option<bool>, Config
 mod tests {
     use super::*;
 
-    /// Every row of shared/facts/qemu-intel-iommu.md ("Guest-visible identity, read off
-    /// QEMU 10.0.2").
+    /// CAP and ECAP read off QEMU 10.0.2 with `xp` on 0xfed90000 (the unit's MMIO base on q35),
+    /// one row per `-device intel-iommu,<props>` string.
     const QEMU_ROWS: [(&str, u64, u64); 10] = [
         ("", 0x00d2008c222f0606, 0x0000000000f00f4a),
         ("eim=on", 0x00d2008c222f0606, 0x0000000000f00f5a),

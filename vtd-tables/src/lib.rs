@@ -8,6 +8,8 @@
 //! - [`dmar`]: the ACPI DMAR table;
 //! - [`mem`]: the narrow guest-memory trait the walks read through (implemented for vm-memory).
 
+#![forbid(unsafe_code)]
+
 pub mod builder;
 pub mod dmar;
 pub mod entries;
@@ -16,3 +18,8 @@ pub mod mem;
 pub mod walk;
 
 pub use mem::{GuestRam, MemError};
+
+/// The README's usage example, compiled and run as a doctest so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
