@@ -22,21 +22,18 @@ pub trait InterruptSink: Send + Sync {
 /// A sink that records every MSI (tests and the embedded demo).
 #[derive(Debug, Default)]
 pub struct RecordingSink {
-    sent: std::sync::Mutex<Vec<Msi>>,
+    sent: crate::sync::Mutex<Vec<Msi>>,
 }
 
 impl RecordingSink {
     /// Takes the MSIs sent so far.
     pub fn take(&self) -> Vec<Msi> {
-        std::mem::take(&mut *self.sent.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.sent.lock())
     }
 }
 
 impl InterruptSink for RecordingSink {
     fn send_msi(&self, msi: Msi) {
-        self.sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(msi);
+        self.sent.lock().push(msi);
     }
 }

@@ -21,6 +21,7 @@
 
 mod address_space;
 mod cache;
+mod delivery;
 mod events;
 mod faults;
 mod ir;
@@ -28,6 +29,7 @@ mod irq;
 mod qi;
 mod regfile;
 mod shadow;
+mod sync;
 mod unit;
 
 pub use address_space::DeviceAddressSpace;

@@ -269,3 +269,66 @@ fn shadow_events_reach_observers_in_unit_order() {
         "the mirror applied A's older Map after B's newer one"
     );
 }
+
+/// Panics on the first register write it sees with `value`.
+struct PanicsOnWrite {
+    value: u64,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl VtdObserver for PanicsOnWrite {
+    fn on_event(&self, event: &VtdEvent) {
+        if let VtdEvent::RegisterWrite { value, .. } = event {
+            if *value == self.value && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("observer bug on purpose");
+            }
+        }
+    }
+}
+
+/// One observer's panic must not stop the unit: the delivery ticket taken for the batch it
+/// panicked in is still served (otherwise every later register write waits for it forever),
+/// and observers subscribed after it still get that event and every later one.
+#[test]
+fn a_panicking_observer_does_not_stop_the_unit() {
+    let g = Guest::new("", 64);
+    g.unit.subscribe(Arc::new(PanicsOnWrite {
+        value: 0x1234,
+        armed: true.into(),
+    }));
+    let after = Arc::new(vtd_core::EventLog::default());
+    g.unit.subscribe(after.clone());
+
+    // The write whose delivery panics, from a vCPU thread of its own.
+    let unit = g.unit.clone();
+    std::thread::spawn(move || unit.write(0x3c, 4, 0x1234))
+        .join()
+        .expect("the observer's panic is contained, not propagated to the writer");
+
+    // Another thread's writes still complete.
+    let (tx, rx) = mpsc::channel();
+    let unit = g.unit.clone();
+    std::thread::spawn(move || {
+        for v in 0..100u64 {
+            unit.write(0x3c, 4, v);
+        }
+        tx.send(unit.read(0x3c, 4)).unwrap();
+    });
+    let last = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("register writes after an observer panic must complete");
+    assert_eq!(last, 99);
+
+    let writes: Vec<u64> = after
+        .take()
+        .into_iter()
+        .filter_map(|e| match e {
+            VtdEvent::RegisterWrite { value, .. } => Some(value),
+            _ => None,
+        })
+        .collect();
+    let mut want = vec![0x1234];
+    want.extend(0..100);
+    assert_eq!(writes, want, "the later observer saw every write, in order");
+}
