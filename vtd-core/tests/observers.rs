@@ -7,19 +7,17 @@
 //!   device can still reach;
 //! - bounded work: one doorbell write costs bounded work and memory, whatever the queue holds.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use vtd_core::{ShadowEvent, VtdEvent, VtdObserver};
 use vtd_regs::inv::*;
 use vtd_tables::GuestRam;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
+use vtd_testkit::driver::*;
 
 const SID: u16 = 0x18;
 const DID: u16 = 5;
@@ -279,8 +277,7 @@ struct PanicsOnWrite {
 impl VtdObserver for PanicsOnWrite {
     fn on_event(&self, event: &VtdEvent) {
         if let VtdEvent::RegisterWrite { value, .. } = event {
-            if *value == self.value && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
-            {
+            if *value == self.value && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
                 panic!("observer bug on purpose");
             }
         }
