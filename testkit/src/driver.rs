@@ -363,21 +363,36 @@ impl Guest {
 
     /// Places descriptors at the tail and writes IQT, with no checks.
     pub fn submit_raw(&mut self, descs: &[InvDesc]) {
-        let q = self.queue.as_mut().expect("QI enabled");
-        let width = q.width();
-        let size = q.descriptor_size();
-        let words = (size / 8) as usize;
         for d in descs {
-            let raw = d
-                .encode(width)
-                .expect("descriptor encodes at the queue's width");
-            self.mem
-                .write_words(q.base + q.tail as u64 * size, &raw.0[..words])
-                .expect("queue in RAM");
-            q.tail = (q.tail + 1) % q.count;
+            self.place(d);
         }
-        let tail = q.tail as u64 * size;
-        self.w64(reg::IQT, tail);
+        self.ring_doorbell();
+    }
+
+    /// Writes `desc` at the driver's tail and advances it, without telling the unit.
+    pub fn place(&mut self, desc: &InvDesc) {
+        let width = self.queue.as_ref().expect("QI enabled").width();
+        let raw = desc
+            .encode(width)
+            .expect("descriptor encodes at the queue's width");
+        self.place_words(raw.0);
+    }
+
+    /// Writes raw descriptor words at the driver's tail (the first two in a 128-bit queue) and
+    /// advances it, without telling the unit: how tests put malformed descriptors in the queue.
+    pub fn place_words(&mut self, words: [u64; 4]) {
+        let q = self.queue.as_mut().expect("QI enabled");
+        let size = q.descriptor_size();
+        self.mem
+            .write_words(q.base + q.tail as u64 * size, &words[..(size / 8) as usize])
+            .expect("queue in RAM");
+        q.tail = (q.tail + 1) % q.count;
+    }
+
+    /// Writes IQT with the driver's tail: the unit processes what was placed.
+    pub fn ring_doorbell(&mut self) {
+        let q = self.queue.as_ref().expect("QI enabled");
+        self.w64(reg::IQT, q.tail as u64 * q.descriptor_size());
     }
 }
 
