@@ -22,7 +22,8 @@
 //!     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 24)]).unwrap();
 //! let cfg = VtdConfig::from_qemu_props("x-scalable-mode=on,x-flts=on").unwrap();
 //! // The ACPI table that tells the guest where the unit is (q35: 0xfed90000).
-//! let dmar = Dmar::for_single_unit(0xfed9_0000, cfg.aw_bits, cfg.interrupt_remapping, false, Some(0));
+//! let (aw, ir) = (cfg.aw_bits, cfg.interrupt_remapping);
+//! let dmar = Dmar::for_single_unit(0xfed9_0000, aw, ir, false, Some(0));
 //! assert_eq!(&dmar.to_bytes()[..4], b"DMAR");
 //! let unit = Arc::new(VtdUnit::new(cfg, mem, Arc::new(RecordingSink::default())).unwrap());
 //! // MMIO at the register base.

@@ -2,8 +2,8 @@
 //! on:
 //! - completion: a wait descriptor completes only after the invalidations before it (spec
 //!   6.5.2.8). For a unit whose invalidations are forwarded to a host IOMMU or a shadow
-//!   (DESIGN.md: "accel forwards invalidations"), the guest must not see the wait's status
-//!   write before the observers saw those invalidations, or it reuses pages the passthrough
+//!   (vtd-accel forwards them to the host's nested page tables), the guest must not see the
+//!   wait's status write before the observers saw those invalidations, or it reuses pages the passthrough
 //!   device can still reach;
 //! - bounded work: one doorbell write costs bounded work and memory, whatever the queue holds.
 

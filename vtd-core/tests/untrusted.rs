@@ -1,7 +1,8 @@
-//! The guest is untrusted (DESIGN.md, "Guiding rules"): whatever it writes to the registers or
-//! places in RAM, the unit must not panic, must answer every call in bounded time, must not
-//! write guest memory except where the architecture says so (wait-descriptor status dwords,
-//! A/D bits of paging entries), and must keep its architectural invariants.
+//! The guest is untrusted (a device model faces a possibly hostile guest): whatever it writes
+//! to the registers or places in RAM, the unit must not panic, must answer every call in
+//! bounded time, must not write guest memory except where the architecture says so
+//! (wait-descriptor status dwords, A/D bits of paging entries), and must keep its
+//! architectural invariants.
 //!
 //! The first tests pin individual guest-controlled values found in review. The property tests
 //! then throw random register traffic (every register, misaligned and out-of-window offsets),

@@ -145,8 +145,8 @@ fn every_invalidation_descriptor_decodes_to_what_qemu_saw() {
     assert_eq!(per_type, expected);
     assert_eq!(per_type.values().sum::<usize>(), 7593);
     assert_eq!((iec_global, iec_index), (1, 21));
-    // Mostly single pages; multi-page unmaps up to 1 MiB (AM 8). The facts page's "AM = 0"
-    // holds for 3,251 of the 3,772.
+    // Mostly single pages (AM = 0 for 3,251 of the 3,772); multi-page unmaps up to 1 MiB
+    // (AM 8).
     let expected_am: BTreeMap<u8, usize> = [
         (0, 3251),
         (1, 35),
