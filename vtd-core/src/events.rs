@@ -191,6 +191,9 @@ pub enum VtdEvent {
 /// after the event it is handling, in the same delivery: an observer that answers every event
 /// with a call producing another event of the same kind (e.g. a DMA that faults on each fault)
 /// never lets the delivery end, so it must bound such chains itself.
+///
+/// A panic in `on_event` is caught and logged: the other observers still get the event, the
+/// unit goes on, and the observer stays subscribed (see the `delivery` module of this crate).
 pub trait VtdObserver: Send + Sync {
     /// Called after the unit released its lock, in the order events happened.
     fn on_event(&self, event: &VtdEvent);

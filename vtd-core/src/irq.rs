@@ -13,7 +13,8 @@ pub struct Msi {
 /// Where the unit's own interrupts go: the VMM delivers them (e.g. KVM_SIGNAL_MSI).
 ///
 /// The unit's fault-event and invalidation-completion interrupts are not subject to interrupt
-/// remapping (spec 5.1.6): they go straight to the platform.
+/// remapping (spec 5.1.6): they go straight to the platform. A panic in `send_msi` is caught
+/// and logged; the unit goes on delivering.
 pub trait InterruptSink: Send + Sync {
     /// Delivers one MSI.
     fn send_msi(&self, msi: Msi);
