@@ -144,7 +144,9 @@ fn cmd_run(o: &Opts) -> Result<bool, String> {
     let target = o.target.ok_or("run needs --target qemu|vmm")?;
     let m = machines(o, target == Target::Qemu)?;
     if target == Target::Vmm && m.vmm.is_none() {
-        return Err("vtd-vmm not found: build it (cargo build -p vtd-examples --bin vtd-vmm) or pass --vmm PATH".into());
+        return Err(
+            "vtd-vmm not found: build it (cargo build -p vtd-vmm) or pass --vmm PATH".into(),
+        );
     }
     let work = WorkDir::new()?;
     let loaded = load_all(&o.files)?;
@@ -174,7 +176,9 @@ fn cmd_run(o: &Opts) -> Result<bool, String> {
 fn cmd_diff(o: &Opts) -> Result<bool, String> {
     let m = machines(o, true)?;
     if m.vmm.is_none() {
-        return Err("vtd-vmm not found: build it (cargo build -p vtd-examples --bin vtd-vmm) or pass --vmm PATH".into());
+        return Err(
+            "vtd-vmm not found: build it (cargo build -p vtd-vmm) or pass --vmm PATH".into(),
+        );
     }
     let work = WorkDir::new()?;
     let loaded = load_all(&o.files)?;

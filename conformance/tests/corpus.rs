@@ -3,7 +3,7 @@
 //!
 //! Without qemu-system-x86_64 (or `VTD_QEMU`) the diff test prints a skip notice, or fails when `CI` is set.
 //! vtd-vmm comes from `VTD_VMM`, else it is built here (`cargo build --profile test -p
-//! vtd-examples --bin vtd-vmm`, sharing this build's target directory).
+//! vtd-vmm --bin vtd-vmm`, sharing this build's target directory).
 //! `VTD_CONFORMANCE_QEMU_ONLY=1` runs the corpus on QEMU alone (transcripts checked for
 //! form, not compared) for use while vtd-vmm is not available.
 
@@ -79,7 +79,7 @@ fn vmm_binary() -> Result<PathBuf, String> {
             "--profile",
             "test",
             "-p",
-            "vtd-examples",
+            "vtd-vmm",
             "--bin",
             "vtd-vmm",
         ])

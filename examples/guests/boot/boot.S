@@ -1,13 +1,16 @@
 /*
- * Multiboot (v1) entry of vtd-guest, the project's own VT-d test kernel.
+ * Multiboot (v1) entry shared by the project's bare-metal guests: vtd-guest (the VT-d
+ * self-test kernel, selftest/) and the vtd-conformance scenario interpreter (interp/).
+ * One entry for both, so a fix to the boot path reaches both guests.
  *
  * Entered in 32-bit protected mode, paging off (EAX = 0x2BADB002, EBX = multiboot info).
  * Builds an identity map of the low 4 GiB with 2 MiB pages (MMIO from 3 GiB up uncached),
- * switches to long mode and calls guest_main(magic, info) in C.
+ * switches to long mode and calls guest_main(magic, info), which each guest defines in C.
  *
  * Interrupts: 256 stubs, 16 bytes apart from isr_stubs, each push its vector and jump to
- * isr_common, which saves the caller-saved registers (and rbx, which it uses), calls isr_dispatch(vector, frame) and
- * returns with iretq (exceptions never return: the C side reports them and exits).
+ * isr_common, which saves the caller-saved registers (and rbx, which it uses), calls
+ * isr_dispatch(vector, frame) (each guest defines it; frame points at the error code if the
+ * vector has one, else at RIP) and returns with iretq. idt.c installs the 256 gates.
  *
  * Built with plain GNU as (--64); the .code32 part is 32-bit code inside an ELF64 object, the
  * final image is converted to elf32-i386 for multiboot loaders.

@@ -79,15 +79,16 @@ fn tiny_kernel() -> Vec<u8> {
 #[test]
 fn help_and_version() {
     let r = vtd_vmm(&["--help"], &[]);
-    assert_eq!(r.status, Some(0));
+    assert_eq!(r.code, Some(0));
     assert!(
         r.stdout.contains("Usage: vtd-vmm --kernel FILE"),
         "{}",
         r.stdout
     );
-    assert!(r.stdout.contains("--iommu PROPS"));
+    assert!(r.stdout.contains("--iommu <PROPS>"));
+    assert!(r.stdout.contains("RUST_LOG"));
     let r = vtd_vmm(&["--version"], &[]);
-    assert_eq!(r.status, Some(0));
+    assert_eq!(r.code, Some(0));
     assert!(r.stdout.starts_with("vtd-vmm "));
 }
 
@@ -95,15 +96,18 @@ fn help_and_version() {
 fn usage_errors() {
     for (args, message) in [
         (&[][..], "no kernel given"),
-        (&["--kernel"][..], "--kernel needs a file"),
-        (&["--frobnicate"][..], "unknown argument `--frobnicate`"),
+        (
+            &["--kernel"][..],
+            "a value is required for '--kernel <FILE>'",
+        ),
+        (&["--frobnicate"][..], "unexpected argument '--frobnicate'"),
         (
             &["--kernel", "k", "--memory", "lots"][..],
-            "--memory lots: expected a size in MiB",
+            "invalid value 'lots' for '--memory <MIB>': expected a size in MiB",
         ),
         (
             &["--kernel", "k", "--memory", "2"][..],
-            "--memory 2: expected 4 to",
+            "invalid value '2' for '--memory <MIB>': expected 4 to",
         ),
         (
             &["--kernel", "k", "--socket", "/tmp/vtd.sock"][..],
@@ -111,7 +115,7 @@ fn usage_errors() {
         ),
     ] {
         let r = vtd_vmm(args, &[]);
-        assert_eq!(r.status, Some(2), "{args:?}: {r:?}");
+        assert_eq!(r.code, Some(2), "{args:?}: {r:?}");
         assert!(
             r.stderr.contains(message),
             "{args:?}: stderr `{}`",
@@ -121,10 +125,37 @@ fn usage_errors() {
     }
 }
 
+/// A non-UTF-8 argument is a usage error, not a panic (`std::env::args` would panic).
+#[test]
+fn non_utf8_argument_is_a_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut cmd = Command::new(vmm());
+    cmd.arg("--iommu")
+        .arg(std::ffi::OsStr::from_bytes(b"x-flts=\xff"));
+    let r = run_bounded(cmd, Duration::from_secs(60));
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("invalid UTF-8"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+/// A kernel file that never ends is refused once it exceeds guest RAM, instead of being read
+/// until the host runs out of memory.
+#[test]
+fn endless_kernel_is_refused() {
+    let r = vtd_vmm(&["--kernel", "/dev/zero", "--memory", "16"], &[]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("kernel `/dev/zero` is larger than the guest's 16 MiB of RAM"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn kernel_errors() {
     let r = vtd_vmm(&["--kernel", "/nonexistent/kernel.elf"], &[]);
-    assert_eq!(r.status, Some(2));
+    assert_eq!(r.code, Some(2));
     assert!(
         r.stderr
             .contains("cannot read kernel `/nonexistent/kernel.elf`: No such file"),
@@ -133,7 +164,7 @@ fn kernel_errors() {
     );
     let junk = tmp("junk.bin", &[0x55; 10000]);
     let r = vtd_vmm(&["--kernel", junk.to_str().unwrap()], &[]);
-    assert_eq!(r.status, Some(2));
+    assert_eq!(r.code, Some(2));
     assert!(
         r.stderr
             .contains("is not a multiboot kernel: no multiboot header"),
@@ -144,13 +175,13 @@ fn kernel_errors() {
     not_elf.extend_from_slice(&[0; 64]);
     let not_elf = tmp("not-elf.bin", &not_elf);
     let r = vtd_vmm(&["--kernel", not_elf.to_str().unwrap()], &[]);
-    assert_eq!(r.status, Some(2));
+    assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("not an ELF file"), "{}", r.stderr);
     let mut arm = tiny_kernel();
     arm[18] = 40; // EM_ARM
     let arm = tmp("arm.elf", &arm);
     let r = vtd_vmm(&["--kernel", arm.to_str().unwrap()], &[]);
-    assert_eq!(r.status, Some(2));
+    assert_eq!(r.code, Some(2));
     assert!(
         r.stderr.contains("unsupported ELF: not an x86"),
         "{}",
@@ -166,7 +197,7 @@ fn kernel_errors() {
         ],
         &[],
     );
-    assert_eq!(r.status, Some(2));
+    assert_eq!(r.code, Some(2));
     assert!(
         r.stderr
             .contains("cannot read module `/nonexistent/module`"),
@@ -186,7 +217,7 @@ fn iommu_property_errors() {
         ("caching-mode=maybe", "caching-mode"),
     ] {
         let r = vtd_vmm(&["--kernel", k, "--iommu", props], &[]);
-        assert_eq!(r.status, Some(2), "{props}: {r:?}");
+        assert_eq!(r.code, Some(2), "{props}: {r:?}");
         assert!(
             r.stderr.contains(&format!("invalid --iommu `{props}`")) && r.stderr.contains(message),
             "{props}: stderr `{}`",
@@ -202,7 +233,7 @@ fn no_kvm() {
         &["--kernel", kernel.to_str().unwrap()],
         &[("VTD_KVM_DEVICE", "/nonexistent/kvm")],
     );
-    assert_eq!(r.status, Some(2));
+    assert_eq!(r.code, Some(2));
     assert!(
         r.stderr.contains("cannot open /nonexistent/kvm") && r.stderr.contains("KVM"),
         "{}",
@@ -222,5 +253,5 @@ fn tiny_kernel_serial_and_exit_status() {
         &[],
     );
     assert_eq!(r.stdout, "ok\n", "{r:?}");
-    assert_eq!(r.status, Some((0x2a << 1) | 1), "{r:?}");
+    assert_eq!(r.code, Some((0x2a << 1) | 1), "{r:?}");
 }

@@ -23,6 +23,8 @@
  * the platform lacks something, 3 (status 7) on a CPU exception.
  */
 
+#include "idt.h"
+
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -171,18 +173,6 @@ static void check(int ok, const char *what)
 #define VEC_FAULT 0x50
 #define VEC_SPURIOUS 0xff
 
-struct idt_entry {
-    u16 off0;
-    u16 sel;
-    u8 ist;
-    u8 type;
-    u16 off1;
-    u32 off2;
-    u32 zero;
-} __attribute__((packed));
-
-static struct idt_entry idt[256] __attribute__((aligned(16)));
-extern char isr_stubs[];
 static volatile u32 irq_count[256];
 static u64 edu_base = EDU_BAR;
 
@@ -192,8 +182,7 @@ static void lapic_eoi(void) { mw32(LAPIC + 0xb0, 0); }
 void isr_dispatch(u64 vector, u64 *frame)
 {
     if (vector < 32) {
-        int has_error = vector == 8 || (vector >= 10 && vector <= 14) || vector == 17 ||
-                        vector == 21 || vector == 29 || vector == 30;
+        int has_error = exception_has_error_code(vector);
         u64 cr2;
         __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
         print("exception %d error %x rip %x cr2 %x\n", vector, has_error ? frame[0] : 0,
@@ -225,21 +214,7 @@ void isr_dispatch(u64 vector, u64 *frame)
 
 static void setup_interrupts(void)
 {
-    for (int v = 0; v < 256; v++) {
-        u64 h = (u64)isr_stubs + 16 * (u64)v;
-        idt[v].off0 = (u16)h;
-        idt[v].sel = 0x08;
-        idt[v].ist = 0;
-        idt[v].type = 0x8e; /* present, DPL 0, 64-bit interrupt gate */
-        idt[v].off1 = (u16)(h >> 16);
-        idt[v].off2 = (u32)(h >> 32);
-        idt[v].zero = 0;
-    }
-    struct {
-        u16 limit;
-        u64 base;
-    } __attribute__((packed)) idtr = {sizeof(idt) - 1, (u64)idt};
-    __asm__ volatile("lidt %0" : : "m"(idtr));
+    idt_install();
     /* Mask the 8259s; enable the local APIC (SVR bit 8), spurious vector 0xff, TPR 0. */
     outb(0x21, 0xff);
     outb(0xa1, 0xff);

@@ -15,12 +15,12 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vtd_core::{InterruptSink, Msi};
-use vtd_examples::acpi;
-use vtd_examples::ioapic::PINS;
-use vtd_examples::irq::ApicBus;
-use vtd_examples::multiboot::{self, KernelImage, Module};
-use vtd_examples::platform::{self, BOOT_GDT_ADDR, ExitRequest, Platform, VTD_BASE};
 use vtd_regs::VtdConfig;
+use vtd_vmm::acpi;
+use vtd_vmm::ioapic::PINS;
+use vtd_vmm::irq::ApicBus;
+use vtd_vmm::multiboot::{self, KernelImage, Module};
+use vtd_vmm::platform::{self, BOOT_GDT_ADDR, ExitRequest, Platform, VTD_BASE};
 
 /// What to run.
 pub struct Setup<'a> {
@@ -49,10 +49,13 @@ pub enum Outcome {
 }
 
 /// Why the VM did not run to an outcome.
+#[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// Before the guest ran (KVM missing or refusing something, memory).
+    #[error("{0}")]
     Setup(String),
     /// The guest crashed.
+    #[error("{0}")]
     Guest(String),
 }
 

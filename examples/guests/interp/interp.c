@@ -6,7 +6,7 @@
  * 00:01.0, and prints the transcript on the 16550 at 0x3f8. Ends by writing
  * the exit code to the isa-debug-exit port 0xf4 (0 = ran to the end).
  *
- * Module format (little endian; kept in sync with src/encode.rs):
+ * Module format (little endian; kept in sync with conformance/src/encode.rs):
  *   header: u32 magic "VTDC" (0x43445456), u32 version (1), u32 steps, u32 bytes
  *   step:   u32 op, u32 index, then op-specific u64 fields:
  *     1 write64     gpa, count, count x value
@@ -19,6 +19,8 @@
  *
  * Built freestanding with -mno-sse -mgeneral-regs-only: no libc, no FPU.
  */
+
+#include "idt.h"
 
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -163,53 +165,19 @@ static void __attribute__((noreturn)) fail0(const char *what, u32 code)
 
 /* ---- exceptions ---- */
 
-struct idt_entry {
-    u16 off_lo;
-    u16 sel;
-    u8 ist;
-    u8 type;
-    u16 off_mid;
-    u32 off_hi;
-    u32 zero;
-} __attribute__((packed));
-
-struct idt_ptr {
-    u16 limit;
-    u64 base;
-} __attribute__((packed));
-
-extern const u64 isr_table[32];
-static struct idt_entry idt[32];
-
-static void setup_idt(void)
-{
-    struct idt_ptr p;
-    for (int i = 0; i < 32; i++) {
-        u64 a = isr_table[i];
-        idt[i].off_lo = (u16)a;
-        idt[i].sel = 0x08;
-        idt[i].ist = 0;
-        idt[i].type = 0x8e;
-        idt[i].off_mid = (u16)(a >> 16);
-        idt[i].off_hi = (u32)(a >> 32);
-        idt[i].zero = 0;
-    }
-    p.limit = sizeof(idt) - 1;
-    p.base = (u64)idt;
-    __asm__ volatile("lidt %0" : : "m"(p));
-}
-
-/* frame: vector, error code, rip, cs, rflags, rsp, ss */
-void __attribute__((noreturn)) interp_exception(u64 *frame)
+/* Any exception or interrupt ends the scenario: interrupts stay disabled, so a vector here
+ * is an exception (or a bug). The line is part of the transcript on both machines. */
+void isr_dispatch(unsigned long long vector, unsigned long long *frame)
 {
     u64 cr2;
+    int has_error = exception_has_error_code(vector);
     __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
     puts_serial("error: exception ");
-    put_dec(frame[0]);
+    put_dec(vector);
     puts_serial(" err 0x");
-    put_hex(frame[1]);
+    put_hex(has_error ? frame[0] : 0);
     puts_serial(" rip 0x");
-    put_hex(frame[2]);
+    put_hex(frame[has_error ? 1 : 0]);
     puts_serial(" cr2 0x");
     put_hex(cr2);
     putc_serial('\n');
@@ -428,12 +396,12 @@ struct mb_module {
     u32 reserved;
 };
 
-void interp_main(u64 magic, u64 mbi_addr)
+void guest_main(u32 magic, u32 mbi_addr)
 {
-    const struct mb_info *mbi = (const struct mb_info *)mbi_addr;
+    const struct mb_info *mbi = (const struct mb_info *)(u64)mbi_addr;
     const struct mb_module *mod;
 
-    setup_idt();
+    idt_install();
     putc_serial('\n');
     if (magic != 0x2BADB002u)
         fail0("not started by a multiboot loader", EXIT_BAD_MODULE);

@@ -10,14 +10,12 @@
 //! - [`irq`]: the wiring from device lines through the IOAPIC and the unit to the APICs;
 //! - [`multiboot`]: the multiboot v1 loader and information block, as QEMU's `-kernel`;
 //! - [`acpi`]: RSDP, XSDT, MADT and the DMAR so guests find the unit the Linux way;
-//! - [`platform`]: the machine minus the CPU (serial, fw_cfg, debug-exit, bus dispatch);
-//! - [`guest`]: builds vtd-guest, the project's bare-metal VT-d test kernel, from source.
+//! - [`platform`]: the machine minus the CPU (serial, fw_cfg, debug-exit, bus dispatch).
 //!
 //! The `vtd-vmm` binary puts these in a KVM virtual machine.
 
 pub mod acpi;
 pub mod edu;
-pub mod guest;
 pub mod ioapic;
 pub mod irq;
 pub mod multiboot;

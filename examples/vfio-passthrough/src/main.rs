@@ -59,6 +59,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::Parser;
+
 use vfio_ioctls::{VfioDevice, VfioIommufd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vtd_accel::{
@@ -70,20 +72,13 @@ use vtd_regs::VtdConfig;
 
 type Mem = GuestMemoryMmap<()>;
 
-const USAGE: &str = "\
-usage: vfio-passthrough --device /dev/vfio/devices/vfioN --bdf BB:DD.F [--iommu PROPS] [--memory MIB]
-
+const ABOUT: &str = "\
 Binds one VFIO device (cdev, bound to a vfio-pci driver) to a VT-d vIOMMU's nested
-first-stage translation on the host IOMMU (iommufd), prints the binding and exits.
+first-stage translation on the host IOMMU (iommufd), prints the binding and exits.";
 
-options:
-  --device PATH   the device's VFIO cdev, e.g. /dev/vfio/devices/vfio0
-  --bdf BB:DD.F   the device's bus:device.function in the guest (hex; a 0000: prefix is allowed)
-  --iommu PROPS   intel-iommu properties, QEMU syntax (default: x-scalable-mode=on,x-flts=on)
-  --memory MIB    guest RAM in MiB, mapped at GPA 0 (default: 256)
-  -h, --help      print this text
-
+const AFTER_HELP: &str = "\
 Needs a host with an IOMMU and iommufd (/dev/iommu, Linux CONFIG_IOMMUFD, intel_iommu=on,sm_on).
+RUST_LOG filters the vtd crates' tracing events on standard error (e.g. RUST_LOG=vtd_accel=debug).
 Exits 0 after printing the binding, 2 on any error.";
 
 const DEFAULT_IOMMU: &str = "x-scalable-mode=on,x-flts=on";
@@ -92,12 +87,38 @@ const DEFAULT_MEMORY_MIB: u64 = 256;
 const MAX_MEMORY_MIB: u64 = 1 << 20;
 
 /// The command line.
-#[derive(Debug)]
+#[derive(Debug, Parser)]
+#[command(
+    name = "vfio-passthrough",
+    version,
+    about = ABOUT,
+    override_usage = "vfio-passthrough --device /dev/vfio/devices/vfioN --bdf BB:DD.F [--iommu PROPS] [--memory MIB]",
+    after_help = AFTER_HELP
+)]
 struct Args {
+    /// The device's VFIO cdev, e.g. /dev/vfio/devices/vfio0
+    #[arg(long, value_name = "PATH")]
     device: PathBuf,
+    /// The device's bus:device.function in the guest (hex; a 0000: prefix is allowed)
+    #[arg(long, value_name = "BB:DD.F", value_parser = parse_bdf)]
     bdf: Bdf,
+    /// intel-iommu properties, QEMU syntax
+    #[arg(long, value_name = "PROPS", default_value = DEFAULT_IOMMU)]
     iommu: String,
+    /// Guest RAM in MiB, mapped at GPA 0
+    #[arg(long = "memory", value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB, value_parser = parse_memory)]
     memory_mib: u64,
+}
+
+/// `--memory`: 1 MiB to [`MAX_MEMORY_MIB`].
+fn parse_memory(v: &str) -> Result<u64, String> {
+    let mib: u64 = v
+        .parse()
+        .map_err(|_| "expected a size in MiB".to_string())?;
+    if mib == 0 || mib > MAX_MEMORY_MIB {
+        return Err(format!("expected 1..={MAX_MEMORY_MIB} MiB"));
+    }
+    Ok(mib)
 }
 
 /// A failed step: what was being done and why it failed.
@@ -120,22 +141,14 @@ fn at<E: fmt::Display>(step: &'static str) -> impl FnOnce(E) -> Failure {
     }
 }
 
-/// What the command line asks for.
-enum Command {
-    Help,
-    Run(Args),
-}
-
 /// Parses `BB:DD.F` (hex), optionally prefixed by segment `0000:`.
 fn parse_bdf(s: &str) -> Result<Bdf, String> {
-    let bad = || format!("invalid --bdf `{s}`: expected BB:DD.F in hex, e.g. 00:02.0");
+    let bad = || "expected BB:DD.F in hex, e.g. 00:02.0".to_string();
     let (bus, devfn) = match s.split(':').collect::<Vec<_>>()[..] {
         [bus, devfn] => (bus, devfn),
         [seg, bus, devfn] => {
             if seg.len() > 4 || u16::from_str_radix(seg, 16) != Ok(0) {
-                return Err(format!(
-                    "invalid --bdf `{s}`: only PCI segment 0000 is behind this vIOMMU"
-                ));
+                return Err("only PCI segment 0000 is behind this vIOMMU".to_string());
             }
             (bus, devfn)
         }
@@ -153,55 +166,6 @@ fn parse_bdf(s: &str) -> Result<Bdf, String> {
         Ok(n)
     };
     Ok(Bdf::new(hex(bus, 0xff)?, hex(dev, 0x1f)?, hex(func, 7)?))
-}
-
-fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut device = None;
-    let mut bdf = None;
-    let mut iommu = None;
-    let mut memory_mib = None;
-    let mut it = argv.into_iter();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        if name == "-h" || name == "--help" {
-            return Ok(Command::Help);
-        }
-        if !matches!(name.as_str(), "--device" | "--bdf" | "--iommu" | "--memory") {
-            return Err(format!("unknown argument `{arg}`"));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it.next().ok_or_else(|| format!("{name} needs a value"))?,
-        };
-        let slot_taken = match name.as_str() {
-            "--device" => device.replace(PathBuf::from(&value)).is_some(),
-            "--bdf" => bdf.replace(parse_bdf(&value)?).is_some(),
-            "--iommu" => iommu.replace(value.clone()).is_some(),
-            _ => {
-                let mib: u64 = value
-                    .parse()
-                    .map_err(|_| format!("invalid --memory `{value}`: expected a size in MiB"))?;
-                if mib == 0 || mib > MAX_MEMORY_MIB {
-                    return Err(format!(
-                        "invalid --memory `{value}`: expected 1..={MAX_MEMORY_MIB} MiB"
-                    ));
-                }
-                memory_mib.replace(mib).is_some()
-            }
-        };
-        if slot_taken {
-            return Err(format!("{name} given twice"));
-        }
-    }
-    Ok(Command::Run(Args {
-        device: device.ok_or("missing --device (the VFIO cdev, /dev/vfio/devices/vfioN)")?,
-        bdf: bdf.ok_or("missing --bdf (the device's guest BB:DD.F)")?,
-        iommu: iommu.unwrap_or_else(|| DEFAULT_IOMMU.to_owned()),
-        memory_mib: memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
-    }))
 }
 
 fn run(args: &Args) -> Result<(), Failure> {
@@ -356,17 +320,20 @@ fn run(args: &Args) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Command::Help) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Run(args)) => args,
-        Err(e) => {
-            eprintln!("vfio-passthrough: parsing arguments failed: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    // args_os: a non-UTF-8 argument is clap's usage error (status 2), not a panic; --help
+    // and --version exit 0.
+    let args = match Args::try_parse_from(std::env::args_os()) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
     };
+    // The vtd crates' tracing events on standard error, filtered by RUST_LOG (errors only when
+    // it is unset or invalid).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
