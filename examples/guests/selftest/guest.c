@@ -726,6 +726,14 @@ void guest_main(u32 magic, u32 info)
     print("pci 00:00.0 id %x\n", (u64)pci_read(0, 0));
     u32 id = pci_read(0x08, 0);
     print("pci 00:01.0 id %x class-rev %x\n", (u64)id, (u64)pci_read(0x08, 0x08));
+    /* The register number's low bits in 0xcf8 count: QEMU (hw/pci/pci_host.c) ORs the latched
+     * address with the data port's low bits, so 0xcf8 = ...|2 and inw(0xcfc) reads offset 2
+     * (the device ID), and 0xcf8 = ...|1 and inb(0xcfe) reads offset 3. */
+    outl(0xcf8, 0x80000800u | 2);
+    u32 low_word = inw(0xcfc);
+    outl(0xcf8, 0x80000800u | 1);
+    u32 low_byte = inb(0xcfe);
+    print("pci cf8 low bits: word %x byte %x\n", (u64)low_word, (u64)low_byte);
     if (id != 0x11e81234) {
         print("edu not found\n");
         exit_code(2);

@@ -4,7 +4,10 @@
 //! Mechanism #1 (PCI Local Bus spec 3.0, 3.2.2.3.2): a 32-bit write to 0xcf8 latches
 //! `enable << 31 | bus << 16 | device << 11 | function << 8 | register`; 1-, 2- or 4-byte
 //! accesses at 0xcfc..=0xcff then reach the latched function's configuration space at
-//! `register + (port - 0xcfc)` (facts/qemu-q35-platform.md). Absent functions, other buses and
+//! `register | (port - 0xcfc)`. The spec reserves the register's low two bits, but QEMU
+//! (hw/pci/pci_host.c, `pci_host_data_read`: `config_reg | (addr & 3)`) latches all eight bits
+//! and ORs them with the port's, so `0xcf8 = ...|2; inw(0xcfc)` reads offset 2 there; vtd-vmm
+//! does the same (the self-test guest compares both machines). Absent functions, other buses and
 //! accesses with the enable bit clear read all ones and ignore writes, as on QEMU.
 //!
 //! Test kernels do not assign resources: they rely on firmware (SeaBIOS) having done it, so a
@@ -403,7 +406,7 @@ impl PciBus {
             return None;
         }
         let devfn = (self.address >> 8) as u8;
-        let offset = (self.address & 0xfc) as usize + (port - CONFIG_DATA_PORT) as usize;
+        let offset = (self.address & 0xff) as usize | (port - CONFIG_DATA_PORT) as usize;
         Some((devfn, offset))
     }
 
@@ -503,6 +506,37 @@ mod tests {
             &(0x8000_0000u32 | (devfn as u32) << 8 | (offset & 0xfc) as u32).to_le_bytes(),
         );
         assert!(bus.io_write(0xcfc + (offset & 3) as u16, &value.to_le_bytes()[..size]));
+    }
+
+    /// The register number's low bits latched in 0xcf8 select bytes as the data port's do
+    /// (QEMU hw/pci/pci_host.c ORs them): offset 2 is the device ID, not the vendor ID.
+    #[test]
+    fn config_address_low_bits_select_the_register_byte() {
+        let mut bus = PciBus::new();
+        let mut space = ConfigSpace::new(0x1234, 0x11e8, 0x10, 0x00ff00);
+        space.set_u8(0x3c, 0x0a);
+        bus.add(0x08, Box::new(Dev(space, Vec::new()))).unwrap();
+        let addr = 0x8000_0800u32;
+        let mut word = [0u8; 2];
+        bus.io_write(0xcf8, &(addr | 2).to_le_bytes());
+        assert!(bus.io_read(0xcfc, &mut word));
+        assert_eq!(u16::from_le_bytes(word), 0x11e8, "device ID at 0xcf8|2, port 0xcfc");
+        let mut byte = [0u8; 1];
+        bus.io_write(0xcf8, &(addr | 1).to_le_bytes());
+        assert!(bus.io_read(0xcfe, &mut byte));
+        assert_eq!(byte[0], 0x11, "offset 1|2 = 3");
+        // The latched value reads back unchanged, low bits included (QEMU config_reg).
+        let mut latched = [0u8; 4];
+        assert!(bus.io_read(0xcf8, &mut latched));
+        assert_eq!(u32::from_le_bytes(latched), addr | 1);
+        // Writes reach the ORed offset too: 0xcf8 = 0x3d|0 and port 0xcfe writes 0x3f, the
+        // last byte of the dword holding the interrupt line (0x3c).
+        bus.io_write(0xcf8, &(addr | 0x3c).to_le_bytes());
+        assert!(bus.io_write(0xcfc, &[0x0b]));
+        assert_eq!(cfg_read(&mut bus, 0x08, 0x3c, 1), 0x0b);
+        bus.io_write(0xcf8, &(addr | 0x3d).to_le_bytes());
+        assert!(bus.io_write(0xcfe, &[0x0c]));
+        assert_eq!(cfg_read(&mut bus, 0x08, 0x3c, 1), 0x0b, "0x3d|2 = 0x3f, not the line");
     }
 
     struct Dev(ConfigSpace, Vec<(usize, u64, Vec<u8>)>);

@@ -146,6 +146,7 @@ const PLATFORM: &[&str] = &[
     "dmar drhd base 0xfed90000 segment 0",
     "check dmar covers 00:01.0: ok",
     "pci 00:01.0 id 0x11e81234 class-rev 0xff0010",
+    "pci cf8 low bits: word 0x11e8 byte 0x11",
     "edu bar0 0xfea00000 sizing 0xfff00000 bar1 0x0",
     "edu command 0x103 line 10 pin 1",
     "edu cap 0x40: 0x800005",
