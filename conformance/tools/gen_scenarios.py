@@ -393,6 +393,26 @@ def identity(out):
         out.append(s)
 
 
+# QEMU's firmware keeps the top 128 KiB of RAM: multiboot mem_upper is 0x3fb80 KiB at
+# 256 MiB, and scenario data must end below memory_mb MiB - 128 KiB.
+FIRMWARE_RESERVED_TOP = 0x20000
+
+
+def memory_top(out):
+    for mb in (64, 256):
+        top = (mb << 20) - FIRMWARE_RESERVED_TOP
+        s = S(f"ram-top-usable-{mb}m", memory_mb=mb,
+              description=f"the last usable page of {mb} MiB, below the 128 KiB the firmware "
+                          f"keeps: written by the CPU, copied by edu DMA with translation off, "
+                          f"read back")
+        s.w64(top - 16, 0x1122334455667788, 0x99AABBCCDDEEFF00)
+        s.dma("to_device", top - 0x1000, 0x1000)
+        s.fill(top - 0x1000, 0x1000, 0x5A)
+        s.dma("from_device", top - 0x1000, 0x1000)
+        s.dump(top - 32, 32)
+        out.append(s)
+
+
 def registers(out):
     s = S("regs-readback", description="RW registers read back what was written; GCMD reads 0")
     s.wr(RTADDR, 8, 0x1000000)
@@ -1345,6 +1365,7 @@ def invalidation(out):
 def build():
     out = []
     identity(out)
+    memory_top(out)
     registers(out)
     legacy_translation(out)
     legacy_faults(out)

@@ -72,6 +72,15 @@ pub enum LoadError {
         /// Its length.
         len: u64,
     },
+    /// Multiboot v1 passes 32-bit physical addresses (module start and end, command lines,
+    /// the module list): something that must be named there was placed above 4 GiB.
+    #[error("{what} at {addr:#x} lies above 4 GiB, which multiboot's 32-bit fields cannot name")]
+    AboveFourGiB {
+        /// What would be named.
+        what: &'static str,
+        /// Its guest-physical address (the end, for a module's end).
+        addr: u64,
+    },
     /// A segment overlaps the boot information at 0x9000-0x95ff.
     #[error("segment at {addr:#x} ({len:#x} bytes) overlaps the boot information at 0x9000")]
     OverlapsBootInfo {
@@ -404,6 +413,11 @@ fn align_up(v: u64) -> u64 {
     v.saturating_add(PAGE - 1) & !(PAGE - 1)
 }
 
+/// `addr` as a multiboot 32-bit address field, refused rather than truncated.
+fn addr32(what: &'static str, addr: u64) -> Result<u32, LoadError> {
+    u32::try_from(addr).map_err(|_| LoadError::AboveFourGiB { what, addr })
+}
+
 fn place<M: GuestMemoryBackend>(
     mem: &M,
     what: &'static str,
@@ -419,8 +433,9 @@ fn place<M: GuestMemoryBackend>(
 }
 
 /// Loads `kernel` (parsed from `image`) and `modules` into `mem` and writes the multiboot
-/// information block for `cmdline` and `mmap`. `ram_below_4g` sets mem_upper as QEMU does
-/// (below-4G RAM in KiB minus the first MiB).
+/// information block for `cmdline` and `mmap`. `ram_below_4g` (the RAM below 4 GiB the
+/// firmware leaves to the kernel, `platform::usable_ram_below_4g`) sets mem_upper as QEMU
+/// does (in KiB, minus the first MiB).
 pub fn load<M: GuestMemoryBackend>(
     mem: &M,
     image: &[u8],
@@ -490,7 +505,12 @@ pub fn load<M: GuestMemoryBackend>(
         let end = start + m.data.len() as u64;
         place(mem, "module", start, &m.data)?;
         placed.push((start, end));
-        for v in [start as u32, end as u32, (strings_addr + cmd_off) as u32, 0] {
+        for v in [
+            addr32("module", start)?,
+            addr32("module end", end)?,
+            addr32("module command line", strings_addr + cmd_off)?,
+            0,
+        ] {
             list.extend_from_slice(&v.to_le_bytes());
         }
         next = align_up(end);
@@ -513,12 +533,12 @@ pub fn load<M: GuestMemoryBackend>(
     put(4, 640); // mem_lower (KiB)
     put(8, (ram_below_4g / 1024).saturating_sub(1024) as u32); // mem_upper, as QEMU
     put(12, 0x8000_ffff); // boot_device: QEMU's fixed value
-    put(16, (strings_addr + cmdline_off) as u32);
+    put(16, addr32("command line", strings_addr + cmdline_off)?);
     put(20, modules.len() as u32);
-    put(24, list_addr as u32);
+    put(24, addr32("module list", list_addr)?);
     put(44, map.len() as u32);
     put(48, MMAP_ADDR as u32);
-    put(64, (strings_addr + loader_off) as u32);
+    put(64, addr32("boot loader name", strings_addr + loader_off)?);
     place(mem, "information block", INFO_ADDR, &info)?;
 
     Ok(BootInfo {
@@ -745,6 +765,22 @@ mod tests {
             load(&m, &low, &k, "", &[], &[], 16 << 20),
             Err(LoadError::OverlapsBootInfo { .. })
         ));
+        // Nothing named in the information block may lie above 4 GiB: a kernel whose bss ends
+        // past 4 GiB puts the module list and command lines there (RAM contiguous across 4 GiB,
+        // as a library user's memory may be). Truncating would point the kernel at low memory.
+        let across = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 1 << 20),
+            (GuestAddress(0xffff_0000), 0x2_0000),
+        ])
+        .unwrap();
+        let top = elf32(0xffff_0000, 0xffff_0000, b"x", 0xf000);
+        let k = KernelImage::parse(&top).unwrap();
+        let e = load(&across, &top, &k, "", &[], &[], 16 << 20).unwrap_err();
+        assert!(
+            matches!(e, LoadError::AboveFourGiB { addr, .. } if addr >= 1 << 32),
+            "{e}"
+        );
+        assert!(e.to_string().contains("above 4 GiB"), "{e}");
         // A huge bss is refused before anything is zeroed.
         let huge = elf32(0x10_0000, 0x10_0000, b"x", u32::MAX - 0x100);
         let k = KernelImage::parse(&huge).unwrap();

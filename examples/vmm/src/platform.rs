@@ -67,8 +67,22 @@ pub fn ram_below_4g(memory: u64) -> u64 {
     ram_ranges(memory)[0].1
 }
 
+/// The top of RAM below 4 GiB that QEMU's firmware keeps for itself: on QEMU 10.0.2 a multiboot
+/// kernel sees mem_upper 0x3fb80 KiB at 256 MiB (not 0x3fc00), and the scenario interpreter
+/// finds the last 128 KiB outside RAM at 64, 256 and 1024 MiB, with and without scalable mode
+/// (measured with `vtd-conformance run --target qemu`). vtd-vmm reports the same, so a kernel
+/// that fits on one machine fits on the other.
+pub const FIRMWARE_RESERVED_TOP: u64 = 0x2_0000;
+
+/// RAM below 4 GiB a kernel may use: [`ram_below_4g`] less [`FIRMWARE_RESERVED_TOP`]. This is
+/// what multiboot's mem_upper describes (plus the first MiB).
+pub fn usable_ram_below_4g(memory: u64) -> u64 {
+    ram_below_4g(memory).saturating_sub(FIRMWARE_RESERVED_TOP)
+}
+
 /// The memory map multiboot reports, shaped like SeaBIOS's E820 map: conventional memory up
-/// to the EBDA, the BIOS area (where the ACPI tables and boot GDT are) reserved, then RAM.
+/// to the EBDA, the BIOS area (where the ACPI tables and boot GDT are) reserved, then RAM, with
+/// the firmware's top of low RAM ([`FIRMWARE_RESERVED_TOP`]) reserved.
 pub fn memory_map(memory: u64) -> Vec<MemoryMapEntry> {
     let mut map = vec![
         MemoryMapEntry {
@@ -88,16 +102,25 @@ pub fn memory_map(memory: u64) -> Vec<MemoryMapEntry> {
         },
     ];
     for (start, len) in ram_ranges(memory) {
-        let (start, len) = if start == 0 {
-            (0x10_0000, len.saturating_sub(0x10_0000))
+        if start == 0 {
+            let usable = usable_ram_below_4g(memory);
+            map.push(MemoryMapEntry {
+                addr: 0x10_0000,
+                len: usable.saturating_sub(0x10_0000),
+                kind: 1,
+            });
+            map.push(MemoryMapEntry {
+                addr: usable,
+                len: len - usable,
+                kind: 2,
+            });
         } else {
-            (start, len)
-        };
-        map.push(MemoryMapEntry {
-            addr: start,
-            len,
-            kind: 1,
-        });
+            map.push(MemoryMapEntry {
+                addr: start,
+                len,
+                kind: 1,
+            });
+        }
     }
     map
 }
@@ -536,7 +559,15 @@ mod tests {
             vec![(0, 0x8000_0000), (1 << 32, (4 << 30) - 0x8000_0000)]
         );
         let map = memory_map(256 << 20);
-        assert_eq!(map.last().unwrap().addr, 0x10_0000);
-        assert_eq!(map.last().unwrap().len, (256 << 20) - 0x10_0000);
+        let ram = &map[map.len() - 2];
+        assert_eq!((ram.addr, ram.kind), (0x10_0000, 1));
+        // QEMU 10.0.2: the firmware keeps the top 128 KiB (mem_upper 0x3fb80 at 256 MiB).
+        assert_eq!(ram.len, (256 << 20) - 0x10_0000 - 0x2_0000);
+        let top = map.last().unwrap();
+        assert_eq!((top.addr, top.len, top.kind), ((256 << 20) - 0x2_0000, 0x2_0000, 2));
+        assert_eq!((usable_ram_below_4g(256 << 20) >> 10) - 1024, 0x3fb80);
+        let split = memory_map(4 << 30);
+        assert_eq!(split.last().unwrap().addr, 1 << 32);
+        assert_eq!(split[split.len() - 2].addr, 0x8000_0000 - 0x2_0000);
     }
 }

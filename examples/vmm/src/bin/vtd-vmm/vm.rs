@@ -329,7 +329,7 @@ pub fn run(setup: Setup<'_>) -> Result<Outcome, VmError> {
         setup.cmdline,
         setup.modules,
         &platform::memory_map(setup.memory),
-        platform::ram_below_4g(setup.memory),
+        platform::usable_ram_below_4g(setup.memory),
     )
     .map_err(setup_err("loading the kernel"))?;
     let tables = acpi::build(&setup.config, VTD_BASE).map_err(setup_err("ACPI tables"))?;
