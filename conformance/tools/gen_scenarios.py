@@ -2,7 +2,9 @@
 """Generates the conformance corpus (conformance/scenarios/*.json).
 
 The JSON files are the corpus under version control and what the tests run; this
-script is how they were written and how to regenerate them after a change here:
+script is how they were written and how to regenerate them after a change here
+(files named example-*.json are the hand-written examples of conformance/README.md,
+which this script leaves alone):
 
     python3 conformance/tools/gen_scenarios.py            # rewrite the corpus
     python3 conformance/tools/gen_scenarios.py --check    # fail if a file is stale
@@ -1372,8 +1374,17 @@ def build():
     scalable(out)
     invalidation(out)
     names = [s.name for s in out]
+    assert not any(n.startswith(HAND_WRITTEN_PREFIX) for n in names), "reserved prefix"
     assert len(names) == len(set(names)), "duplicate scenario names"
     return out
+
+
+# Hand-written format examples (conformance/README.md): not generated, never removed.
+HAND_WRITTEN_PREFIX = "example-"
+
+
+def generated(f):
+    return f.endswith(".json") and not f.startswith(HAND_WRITTEN_PREFIX)
 
 
 def main():
@@ -1388,7 +1399,7 @@ def main():
     if not check:
         os.makedirs(corpus, exist_ok=True)
         for f in os.listdir(corpus):
-            if f.endswith(".json") and f not in wanted:
+            if generated(f) and f not in wanted:
                 os.remove(os.path.join(corpus, f))
     for f, text in wanted.items():
         path = os.path.join(corpus, f)
@@ -1399,7 +1410,7 @@ def main():
                 with open(path, "w") as fh:
                     fh.write(text)
     if check:
-        extra = [f for f in os.listdir(corpus) if f.endswith(".json") and f not in wanted]
+        extra = [f for f in os.listdir(corpus) if generated(f) and f not in wanted]
         if stale or extra:
             print("stale:", " ".join(stale + extra))
             sys.exit(1)
