@@ -133,7 +133,7 @@ pub fn find_vmm() -> Option<PathBuf> {
     })
 }
 
-/// The QEMU command line for a scenario (see SCENARIOS.md).
+/// The QEMU command line for a scenario (see README.md, "Machines").
 pub fn qemu_command(qemu: &Path, scenario: &Scenario, kernel: &Path, module: &Path) -> Command {
     let mut c = Command::new(qemu);
     let iommu = if scenario.iommu.is_empty() {

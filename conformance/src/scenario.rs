@@ -595,9 +595,7 @@ mod tests {
     fn register_offsets_near_u64_max_are_refused() {
         for off in ["0xfffffffffffffff8", "0xfffffffffffffffc"] {
             for op in ["mmio_read", "mmio_write", "poll"] {
-                let step = format!(
-                    r#"{{"op":"{op}","off":"{off}","size":4,"value":0,"mask":1}}"#
-                );
+                let step = format!(r#"{{"op":"{op}","off":"{off}","size":4,"value":0,"mask":1}}"#);
                 let step = if op == "mmio_read" {
                     format!(r#"{{"op":"{op}","off":"{off}","size":4}}"#)
                 } else if op == "mmio_write" {
@@ -620,9 +618,14 @@ mod tests {
         assert_eq!(scenario_ram_end(256), 0x0ffe_0000);
         for (gpa, len) in [("0xffe0000", 16), ("0xfffff00", 16), ("0xffdfff8", 16)] {
             let e = parse(&format!(r#"{{"op":"dump","gpa":"{gpa}","len":{len}}}"#)).unwrap_err();
-            assert!(e.to_string().contains("128 KiB the firmware keeps"), "{gpa}: {e}");
-            let e = parse(&format!(r#"{{"op":"fill","gpa":"{gpa}","len":{len},"byte":1}}"#))
-                .unwrap_err();
+            assert!(
+                e.to_string().contains("128 KiB the firmware keeps"),
+                "{gpa}: {e}"
+            );
+            let e = parse(&format!(
+                r#"{{"op":"fill","gpa":"{gpa}","len":{len},"byte":1}}"#
+            ))
+            .unwrap_err();
             assert!(e.to_string().contains("past the end of RAM"), "{gpa}: {e}");
         }
         parse(r#"{"op":"dump","gpa":"0xffdfff0","len":16}"#).expect("last usable 16 bytes");

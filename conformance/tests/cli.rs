@@ -30,8 +30,14 @@ fn usage_errors_exit_2() {
         (&[][..], "Usage: vtd-conformance"),
         (&["frobnicate"][..], "unrecognized subcommand 'frobnicate'"),
         (&["run", "x.json"][..], "--target <TARGET>"),
-        (&["run", "--target", "kvm", "x.json"][..], "invalid value 'kvm'"),
-        (&["diff", "--timeout", "0", "x.json"][..], "expected a positive number of seconds"),
+        (
+            &["run", "--target", "kvm", "x.json"][..],
+            "invalid value 'kvm'",
+        ),
+        (
+            &["diff", "--timeout", "0", "x.json"][..],
+            "expected a positive number of seconds",
+        ),
         (&["encode", "x.json"][..], "-o <OUT>"),
     ] {
         let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
@@ -90,5 +96,9 @@ fn check_refuses_the_firmware_reserved_top_of_ram() {
     );
     let r = conformance(&["check".as_ref(), f.as_os_str()]);
     assert_eq!(r.code, Some(1), "{r:?}");
-    assert!(r.stdout.contains("128 KiB the firmware keeps"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("128 KiB the firmware keeps"),
+        "{}",
+        r.stdout
+    );
 }

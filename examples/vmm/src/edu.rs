@@ -1,5 +1,5 @@
-//! An edu-compatible DMA test device (QEMU hw/misc/edu.c semantics, with the register map of
-//! shared/conformance/SCENARIOS.md and the configuration space of facts/qemu-q35-platform.md)
+//! An edu-compatible DMA test device (QEMU hw/misc/edu.c and docs/specs/edu.rst semantics and
+//! register map, with the configuration space QEMU's q35 gives it at 00:01.0)
 //! whose every DMA access is translated by the vIOMMU with the device's requester ID.
 //!
 //! The device knows nothing of KVM: its interrupts leave through [`DeviceInterrupts`] (a
@@ -140,7 +140,7 @@ impl<M: GuestRam + Send + Sync> Edu<M> {
             unit,
             irq,
             requester_id,
-            // QEMU's edu defaults to a 28-bit mask; the platform runs it (as SCENARIOS.md says)
+            // QEMU's edu defaults to a 28-bit mask; the platform runs it (as conformance/README.md says)
             // with dma_mask=0xffffffffffffffff, i.e. no clamping.
             dma_mask: u64::MAX,
             liveness: 0,
@@ -158,7 +158,7 @@ impl<M: GuestRam + Send + Sync> Edu<M> {
         }
     }
 
-    /// Pre-assigns resources as SeaBIOS leaves them (facts/qemu-q35-platform.md): BAR0 at
+    /// Pre-assigns resources as SeaBIOS leaves them on QEMU's q35: BAR0 at
     /// `bar0`, COMMAND = 0x103 (I/O and memory decode, SERR; no bus mastering), interrupt line
     /// `irq_line`.
     pub fn assign_like_firmware(&mut self, bar0: u32, irq_line: u8) {

@@ -1,5 +1,5 @@
 //! A userspace IOAPIC (82093AA register interface, version 0x20, 24 pins) at 0xfec00000 for a
-//! split-irqchip VM (facts/qemu-q35-platform.md).
+//! split-irqchip VM (QEMU hw/intc/ioapic.c).
 //!
 //! Each redirection entry (RTE) turns into a message-signalled interrupt whose address and data
 //! are built exactly as QEMU's `ioapic_entry_parse` builds them, so a remappable-format RTE

@@ -112,7 +112,7 @@ impl<M: GuestRam + Send + Sync> IrqRouter<M> {
     }
 
     /// Sends IOAPIC messages through interrupt remapping (the IOAPIC has no requester ID the
-    /// unit checks: facts/qemu-q35-platform.md) to the APICs. Called without the IOAPIC lock:
+    /// unit checks: QEMU hw/i386/intel_iommu.c) to the APICs. Called without the IOAPIC lock:
     /// the unit may raise its own fault event on the way.
     fn deliver(&self, messages: Vec<IoApicMessage>) {
         for m in messages {

@@ -1,5 +1,5 @@
 //! Building blocks of the programs that compose the vtd crates into a machine: the platform
-//! QEMU's q35 presents to bare-metal test kernels (shared/facts/qemu-q35-platform.md), with the
+//! QEMU's q35 presents to bare-metal test kernels (QEMU hw/i386/pc_q35.c with `-nodefaults`), with the
 //! vIOMMU (`vtd_core::VtdUnit`) in the middle of every DMA and interrupt.
 //!
 //! - [`edu`]: the edu-compatible DMA test device whose every DMA access translates through the

@@ -1,5 +1,5 @@
 //! Multiboot (v1) loading as QEMU's `-kernel` does it (hw/i386/multiboot.c), which is what
-//! bare-metal test kernels expect (facts/qemu-q35-platform.md):
+//! bare-metal test kernels expect (QEMU hw/i386/multiboot.c and the Multiboot 0.6.96 specification):
 //!
 //! - the multiboot header is looked for in the first 8 KiB, 4-byte aligned, with a valid
 //!   checksum;

@@ -520,7 +520,11 @@ mod tests {
         let mut word = [0u8; 2];
         bus.io_write(0xcf8, &(addr | 2).to_le_bytes());
         assert!(bus.io_read(0xcfc, &mut word));
-        assert_eq!(u16::from_le_bytes(word), 0x11e8, "device ID at 0xcf8|2, port 0xcfc");
+        assert_eq!(
+            u16::from_le_bytes(word),
+            0x11e8,
+            "device ID at 0xcf8|2, port 0xcfc"
+        );
         let mut byte = [0u8; 1];
         bus.io_write(0xcf8, &(addr | 1).to_le_bytes());
         assert!(bus.io_read(0xcfe, &mut byte));
@@ -536,7 +540,11 @@ mod tests {
         assert_eq!(cfg_read(&mut bus, 0x08, 0x3c, 1), 0x0b);
         bus.io_write(0xcf8, &(addr | 0x3d).to_le_bytes());
         assert!(bus.io_write(0xcfe, &[0x0c]));
-        assert_eq!(cfg_read(&mut bus, 0x08, 0x3c, 1), 0x0b, "0x3d|2 = 0x3f, not the line");
+        assert_eq!(
+            cfg_read(&mut bus, 0x08, 0x3c, 1),
+            0x0b,
+            "0x3d|2 = 0x3f, not the line"
+        );
     }
 
     struct Dev(ConfigSpace, Vec<(usize, u64, Vec<u8>)>);

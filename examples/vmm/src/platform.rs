@@ -1,4 +1,4 @@
-//! The q35-like machine bare-metal test kernels expect (facts/qemu-q35-platform.md), without
+//! The q35-like machine bare-metal test kernels expect (QEMU's q35 with `-nodefaults`), without
 //! the CPU: guest RAM layout and memory map, the port-I/O devices (16550 serial at 0x3f8,
 //! isa-debug-exit at 0xf4, fw_cfg at 0x510, PIC and reset ports), PCI mechanism #1 with the
 //! edu device at 00:01.0, the IOAPIC, and the VT-d unit's registers at 0xfed90000.
@@ -564,7 +564,10 @@ mod tests {
         // QEMU 10.0.2: the firmware keeps the top 128 KiB (mem_upper 0x3fb80 at 256 MiB).
         assert_eq!(ram.len, (256 << 20) - 0x10_0000 - 0x2_0000);
         let top = map.last().unwrap();
-        assert_eq!((top.addr, top.len, top.kind), ((256 << 20) - 0x2_0000, 0x2_0000, 2));
+        assert_eq!(
+            (top.addr, top.len, top.kind),
+            ((256 << 20) - 0x2_0000, 0x2_0000, 2)
+        );
         assert_eq!((usable_ram_below_4g(256 << 20) >> 10) - 1024, 0x3fb80);
         let split = memory_map(4 << 30);
         assert_eq!(split.last().unwrap().addr, 1 << 32);

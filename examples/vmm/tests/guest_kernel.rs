@@ -1,5 +1,5 @@
 //! vtd-guest, the project's bare-metal VT-d test kernel, on vtd-vmm and (when installed) on
-//! QEMU 10.0.2 with the command line of facts/qemu-q35-platform.md: legacy and scalable
+//! QEMU 10.0.2 with the command line vtd-vmm's --help documents: legacy and scalable
 //! first-stage translation, DMA through edu, faults, interrupt remapping. On both machines the
 //! kernel must pass (isa-debug-exit code 0, status 1), and the two serial transcripts must be
 //! identical.

@@ -1,8 +1,8 @@
 //! The KVM side of vtd-vmm: VM and vCPU setup for a multiboot entry, and the run loop.
 //!
 //! Ideas from rust-vmm's kvm-ioctls examples and Firecracker's x86_64 vCPU setup (segment
-//! and LAPIC LINT programming), adapted to the multiboot entry state of
-//! facts/qemu-q35-platform.md.
+//! and LAPIC LINT programming), adapted to the multiboot entry state (Multiboot 0.6.96 specification, section 3.2,
+//! and QEMU pc-bios/optionrom/multiboot.S).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -182,7 +182,7 @@ fn map_memory(vm: &VmFd, mem: &GuestMemoryMmap<()>) -> Result<(), VmError> {
     Ok(())
 }
 
-/// vCPU state at a multiboot entry (facts/qemu-q35-platform.md): 32-bit protected mode with flat
+/// vCPU state at a multiboot entry (Multiboot 0.6.96 specification, 3.2): 32-bit protected mode with flat
 /// segments, paging off, CR0 = PE | ET, EFLAGS = 2, EAX = 0x2BADB002, EBX = the information
 /// block. CPUID is what KVM supports (so long mode is reported) with APIC ID 0 and the
 /// hypervisor bit; MSR 0x10a is never set.
