@@ -18,6 +18,7 @@
 //! The unit executes a doorbell synchronously, so each poll succeeds or fails on its first
 //! read; a failure is reported, never waited for.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -31,9 +32,10 @@ use vtd_regs::inv::{
 use vtd_regs::regs::{EventControl, Fsts, Gcmd, Gsts, Iqa, Iqercd, Irta, offset as reg};
 use vtd_tables::GuestRam;
 use vtd_tables::builder::{
-    ContextTablesBuilder, FrameAllocator, PageSize, PageTableBuilder, PageTableFormat,
+    BuildError, ContextTablesBuilder, FrameAllocator, PageSize, PageTableBuilder, PageTableFormat,
+    PasidTablesBuilder,
 };
-use vtd_tables::entries::ContextEntry;
+use vtd_tables::entries::{ContextEntry, PasidEntry};
 
 /// Guest memory as the tests build it.
 pub type Mem = GuestMemoryMmap<()>;
@@ -101,11 +103,14 @@ pub enum QueueStall {
 }
 
 /// A guest with its RAM, the unit, an event log subscribed first, and its driver state.
-pub struct Guest {
+///
+/// Generic over the guest memory type so a VMM-like user (the demo) can run the same driver
+/// over memory with a dirty bitmap (`GuestMemoryMmap<AtomicBitmap>`); the tests use [`Mem`].
+pub struct Guest<M: GuestRam = Mem> {
     /// Guest RAM.
-    pub mem: Mem,
+    pub mem: M,
     /// The unit.
-    pub unit: Arc<Unit>,
+    pub unit: Arc<VtdUnit<M>>,
     /// The unit's interrupt sink (fault and completion MSIs).
     pub sink: Arc<RecordingSink>,
     /// Every event the unit published, from creation on.
@@ -116,9 +121,14 @@ pub struct Guest {
     pub gcmd: Gcmd,
     /// The invalidation queue, once enabled.
     pub queue: Option<Queue>,
+    /// The scalable-mode root table, once [`Guest::enable_scalable_mode`] set it up.
+    pub scalable_root: Option<u64>,
+    /// Each device's PASID directory (Linux allocates one per device,
+    /// drivers/iommu/intel/pasid.c `intel_pasid_alloc_table`).
+    pub pasid_dirs: BTreeMap<u16, u64>,
 }
 
-impl std::fmt::Debug for Guest {
+impl<M: GuestRam> std::fmt::Debug for Guest<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guest")
             .field("gcmd", &self.gcmd)
@@ -127,7 +137,7 @@ impl std::fmt::Debug for Guest {
     }
 }
 
-impl Guest {
+impl Guest<Mem> {
     /// A guest of `ram_mb` MiB with a unit configured by QEMU property syntax.
     pub fn new(props: &str, ram_mb: u64) -> Self {
         let cfg = VtdConfig::from_qemu_props(props).expect("valid intel-iommu properties");
@@ -147,8 +157,16 @@ impl Guest {
     pub fn with_memory(cfg: VtdConfig, mem: Mem) -> Self {
         Self::build(cfg, mem, FRAMES_LARGE)
     }
+}
 
-    fn build(cfg: VtdConfig, mem: Mem, frames: (u64, u64)) -> Self {
+impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
+    /// A guest over existing memory of any type (at least 48 MiB from 0); table frames come
+    /// from 16..48 MiB, as with [`Guest::with_memory`].
+    pub fn over_memory(cfg: VtdConfig, mem: M) -> Self {
+        Self::build(cfg, mem, FRAMES_LARGE)
+    }
+
+    fn build(cfg: VtdConfig, mem: M, frames: (u64, u64)) -> Self {
         let sink = Arc::new(RecordingSink::default());
         let unit = Arc::new(VtdUnit::new(cfg, mem.clone(), sink.clone()).expect("valid config"));
         let log = Arc::new(EventLog::default());
@@ -161,6 +179,8 @@ impl Guest {
             frames: FrameAllocator::new(frames.0, frames.1),
             gcmd: Gcmd::new(),
             queue: None,
+            scalable_root: None,
+            pasid_dirs: BTreeMap::new(),
         }
     }
 
@@ -394,6 +414,269 @@ impl Guest {
         let q = self.queue.as_ref().expect("QI enabled");
         self.w64(reg::IQT, q.tail as u64 * q.descriptor_size());
     }
+
+    /// Scalable-mode bring-up as Linux 6.12 `init_dmars` does it on a unit with ECAP.SMTS:
+    /// queued invalidation first (scalable mode has no register-based invalidation for PASID
+    /// caches), then `iommu_set_root_entry` (RTADDR with TTM = 01, SRTP, and unless
+    /// CAP.ESRTPS the global context-cache, PASID-cache and IOTLB flushes it issues), then
+    /// the fault event unmasked (`dmar_set_interrupt`) and translation on
+    /// (`iommu_enable_translation`). Returns the root table's address.
+    pub fn enable_scalable_mode(&mut self) -> Result<u64, BuildError> {
+        if self.queue.is_none() {
+            self.enable_qi(true);
+        }
+        let root = self.frames.alloc(&self.mem, 1)?;
+        self.w64(reg::RTADDR, root | 1 << 10);
+        self.command(Gcmd::new().with_srtp(true), true);
+        if !self.unit.config().esrtps {
+            self.submit(&[
+                context_cache(ContextCacheGranularity::Global),
+                pasid_cache(0, PasidCacheGranularity::Global),
+                iotlb(IotlbGranularity::Global),
+            ]);
+        }
+        self.enable_fault_msi();
+        self.enable_translation();
+        self.scalable_root = Some(root);
+        Ok(root)
+    }
+
+    /// The scalable context-table slot of `sid`, creating its context table (Linux
+    /// `iommu_context_addr` with `alloc = 1`): the root entry's lower half covers devfn
+    /// 0..=127, the upper half 128..=255, 128 256-bit entries per table (spec 9.2, 9.4).
+    fn scalable_context_slot(&mut self, sid: u16) -> Result<u64, BuildError> {
+        let root = self
+            .scalable_root
+            .expect("enable_scalable_mode before attaching devices");
+        let devfn = sid as u8;
+        let slot = root + u64::from(sid >> 8) * 16 + if devfn >= 0x80 { 8 } else { 0 };
+        let raw = self.mem.read_u64(slot)?;
+        let table = if raw & 1 != 0 {
+            raw & !0xfff
+        } else {
+            let t = self.frames.alloc(&self.mem, 1)?;
+            self.mem.write_u64(slot, t | 1)?;
+            t
+        };
+        Ok(table + u64::from(devfn & 0x7f) * 32)
+    }
+
+    /// Gives `sid` its PASID directory and a present scalable context entry, once (Linux
+    /// drivers/iommu/intel/pasid.c `device_pasid_table_setup`: RID_PASID 0, PASIDE when the
+    /// device can use PASIDs, PRE when it can issue page requests). The entry goes from not
+    /// present to present, so as Linux only a caching-mode unit gets flushes (device-selective
+    /// context cache, global PASID cache, global IOTLB). Returns the directory.
+    pub fn setup_device(&mut self, sid: u16, paside: bool, pre: bool) -> Result<u64, BuildError> {
+        if let Some(&dir) = self.pasid_dirs.get(&sid) {
+            return Ok(dir);
+        }
+        let slot = self.scalable_context_slot(sid)?;
+        let pasids = PasidTablesBuilder::new(&self.mem, &mut self.frames, DEVICE_PDTS)?;
+        let dir = pasids.dir();
+        let entry = pasids
+            .context_entry()
+            .with_paside(paside)
+            .with_pre(pre)
+            .with_rid_pasid(0);
+        self.mem.write_words(slot, &entry.0)?;
+        self.pasid_dirs.insert(sid, dir);
+        if self.unit.config().caching_mode {
+            self.submit(&[
+                context_cache(ContextCacheGranularity::Device { did: 0, sid, fm: 0 }),
+                pasid_cache(0, PasidCacheGranularity::Global),
+                iotlb(IotlbGranularity::Global),
+            ]);
+        }
+        Ok(dir)
+    }
+
+    /// A first-stage domain for (`sid`, `pasid`): a new 4-level first-stage table and the PASID
+    /// entry Linux 6.12 writes for it (`intel_pasid_setup_first_level`: FSPTPTR, DID, AW,
+    /// PGTT = 1), followed by `pasid_flush_caches` (PASID-selective PASID-cache and
+    /// all-in-PASID PASID-IOTLB invalidation on a caching-mode unit; nothing else, since the
+    /// entry was not present). The device must have been set up with [`Guest::setup_device`].
+    pub fn attach_first_stage(
+        &mut self,
+        sid: u16,
+        pasid: u32,
+        did: u16,
+    ) -> Result<FirstStageDomain, BuildError> {
+        let dir = *self
+            .pasid_dirs
+            .get(&sid)
+            .expect("setup_device before attach_first_stage");
+        let pt = PageTableBuilder::new(
+            &self.mem,
+            &mut self.frames,
+            PageTableFormat::FirstStage { levels: 4 },
+        )?;
+        let root = pt.root();
+        let mut pasids = PasidTablesBuilder::at(&self.mem, dir, DEVICE_PDTS);
+        // AW 2: Linux writes the unit's AGAW, 2 (48-bit) for the 4-level first-stage tables
+        // it builds here.
+        pasids.set_entry(
+            &mut self.frames,
+            pasid,
+            PasidEntry::first_stage(root, false, did, 2),
+        )?;
+        if self.unit.config().caching_mode {
+            self.submit(&[
+                pasid_cache(did, PasidCacheGranularity::Pasid { pasid }),
+                pasid_iotlb_all(did, pasid),
+            ]);
+        }
+        Ok(FirstStageDomain {
+            sid,
+            pasid,
+            did,
+            root,
+        })
+    }
+
+    /// Removes a PASID entry as Linux 6.12 `intel_pasid_tear_down_entry` does: clear it, then
+    /// PASID-selective PASID-cache and all-in-PASID PASID-IOTLB invalidation (first-stage
+    /// entry), with the wait of `qi_submit_sync`.
+    pub fn detach_first_stage(&mut self, domain: &FirstStageDomain) -> Result<(), BuildError> {
+        let dir = *self.pasid_dirs.get(&domain.sid).expect("device was set up");
+        let mut pasids = PasidTablesBuilder::at(&self.mem, dir, DEVICE_PDTS);
+        pasids.set_entry(&mut self.frames, domain.pasid, PasidEntry([0; 8]))?;
+        self.submit(&[
+            pasid_cache(
+                domain.did,
+                PasidCacheGranularity::Pasid {
+                    pasid: domain.pasid,
+                },
+            ),
+            pasid_iotlb_all(domain.did, domain.pasid),
+        ]);
+        Ok(())
+    }
+
+    /// Clears `sid`'s context entry (Linux `domain_context_clear_one` and
+    /// `intel_context_flush_present`): device-selective context-cache invalidation, then for
+    /// each domain the device used, domain-selective PASID-cache and IOTLB invalidation. The
+    /// device's PASID directory is forgotten (a replugged device gets a new one, as Linux frees
+    /// the table in `intel_pasid_free_table`; its frames come from the bump allocator, so a
+    /// long run replugs a bounded number of times per megabyte of table frames).
+    pub fn release_device(&mut self, sid: u16, dids: &[u16]) -> Result<(), BuildError> {
+        if self.pasid_dirs.remove(&sid).is_none() {
+            return Ok(());
+        }
+        let slot = self.scalable_context_slot(sid)?;
+        self.mem.write_words(slot, &[0; 4])?;
+        let mut descs = vec![context_cache(ContextCacheGranularity::Device {
+            did: dids.first().copied().unwrap_or(0),
+            sid,
+            fm: 0,
+        })];
+        for &did in dids {
+            descs.push(pasid_cache(did, PasidCacheGranularity::Domain));
+            descs.push(iotlb(IotlbGranularity::Domain { did }));
+        }
+        self.submit(&descs);
+        Ok(())
+    }
+
+    /// Maps `iova` to `gpa` with a first-stage leaf of `size` (Linux `intel_iommu_map` through
+    /// `__domain_mapping`). A not-present to present change needs no invalidation unless the
+    /// unit is in caching mode (`intel_iommu_iotlb_sync_map`), which this driver then sends.
+    pub fn fs_map(
+        &mut self,
+        domain: &FirstStageDomain,
+        iova: u64,
+        gpa: u64,
+        size: PageSize,
+        write: bool,
+    ) -> Result<(), BuildError> {
+        let mut pt = PageTableBuilder::at(
+            &self.mem,
+            domain.root,
+            PageTableFormat::FirstStage { levels: 4 },
+        );
+        pt.map(&mut self.frames, iova, gpa, size, true, write)?;
+        if self.unit.config().caching_mode {
+            self.flush_range(domain, iova, size.bytes());
+        }
+        Ok(())
+    }
+
+    /// Clears the first-stage leaf of `iova` at `size` without any invalidation (the first half
+    /// of an unmap; see [`Guest::fs_unmap_strict`] and [`Guest::fs_unmap_lazy`]). Returns
+    /// whether a leaf was there.
+    pub fn fs_clear(
+        &mut self,
+        domain: &FirstStageDomain,
+        iova: u64,
+        size: PageSize,
+    ) -> Result<bool, BuildError> {
+        let mut pt = PageTableBuilder::at(
+            &self.mem,
+            domain.root,
+            PageTableFormat::FirstStage { levels: 4 },
+        );
+        pt.unmap(iova, size)
+    }
+
+    /// Strict unmap (Linux's default `iommu.strict=1` path: `intel_iommu_tlb_sync` right
+    /// after the unmap): the leaf cleared, then a page-selective-within-PASID PASID-IOTLB
+    /// invalidation of the range and a wait.
+    pub fn fs_unmap_strict(
+        &mut self,
+        domain: &FirstStageDomain,
+        iova: u64,
+        size: PageSize,
+    ) -> Result<bool, BuildError> {
+        let was = self.fs_clear(domain, iova, size)?;
+        self.flush_range(domain, iova, size.bytes());
+        Ok(was)
+    }
+
+    /// Lazy unmap (Linux `iommu.strict=0`, the IOVA flush queue of drivers/iommu/dma-iommu.c):
+    /// the leaf is cleared now and the IOVA parked in `queue`; once the queue is full, one
+    /// all-in-PASID PASID-IOTLB invalidation (`intel_flush_iotlb_all`) with a wait covers every
+    /// parked range, and they are returned: only then may the caller reuse those IOVAs.
+    pub fn fs_unmap_lazy(
+        &mut self,
+        domain: &FirstStageDomain,
+        queue: &mut FlushQueue,
+        iova: u64,
+        size: PageSize,
+    ) -> Result<Vec<(u64, PageSize)>, BuildError> {
+        self.fs_clear(domain, iova, size)?;
+        queue.parked.push((iova, size));
+        if queue.parked.len() >= queue.capacity {
+            return Ok(self.flush_queue(domain, queue));
+        }
+        Ok(Vec::new())
+    }
+
+    /// Flushes a lazy-unmap queue now (Linux's flush-queue timer): one all-in-PASID
+    /// PASID-IOTLB invalidation and a wait; returns the ranges that may be reused.
+    pub fn flush_queue(
+        &mut self,
+        domain: &FirstStageDomain,
+        queue: &mut FlushQueue,
+    ) -> Vec<(u64, PageSize)> {
+        if queue.parked.is_empty() {
+            return Vec::new();
+        }
+        self.submit(&[pasid_iotlb_all(domain.did, domain.pasid)]);
+        std::mem::take(&mut queue.parked)
+    }
+
+    /// PASID-IOTLB invalidation of `[iova, iova + len)` as Linux 6.12
+    /// drivers/iommu/intel/cache.c `cache_tag_flush_range` computes it
+    /// (`calculate_psi_aligned_address`: the smallest naturally aligned power-of-two block
+    /// covering the range), then a wait.
+    pub fn flush_range(&mut self, domain: &FirstStageDomain, iova: u64, len: u64) {
+        let (addr, am) = psi_aligned(iova, len);
+        let desc = if am >= 52 {
+            pasid_iotlb_all(domain.did, domain.pasid)
+        } else {
+            pasid_iotlb_page(domain.did, domain.pasid, addr, am, false)
+        };
+        self.submit(&[desc]);
+    }
 }
 
 /// Page-selective-within-PASID PASID-IOTLB invalidation (Linux `qi_flush_piotlb`).
@@ -441,4 +724,75 @@ pub fn iotlb(granularity: IotlbGranularity) -> InvDesc {
         drain_write: false,
         ignored: Default::default(),
     })
+}
+
+/// PASID directory size the driver gives each device: PDTS 0, one 4 KiB directory of 128
+/// entries, PASIDs 0..8191 (Linux sizes it from the device's PASID capability; no device this
+/// driver serves uses more).
+pub const DEVICE_PDTS: u8 = 0;
+
+/// A first-stage domain attached to one requester and PASID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstStageDomain {
+    /// Requester ID.
+    pub sid: u16,
+    /// PASID (0 = the RID_PASID requests without PASID use).
+    pub pasid: u32,
+    /// Domain ID.
+    pub did: u16,
+    /// First-stage table root (FSPTPTR).
+    pub root: u64,
+}
+
+/// IOVAs unmapped lazily and not yet invalidated (Linux's per-domain IOVA flush queue).
+#[derive(Clone, Debug)]
+pub struct FlushQueue {
+    parked: Vec<(u64, PageSize)>,
+    capacity: usize,
+}
+
+impl FlushQueue {
+    /// A queue flushed once it holds `capacity` ranges (at least one).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            parked: Vec::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// Ranges waiting for the invalidation.
+    pub fn len(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.parked.is_empty()
+    }
+}
+
+/// Linux 6.12 drivers/iommu/intel/cache.c `calculate_psi_aligned_address`: the address and
+/// address mask (AM) of the smallest naturally aligned block of 4 KiB pages covering
+/// `[start, start + len)`. An AM of 52 or more means "flush everything".
+pub fn psi_aligned(start: u64, len: u64) -> (u64, u8) {
+    let end = start.saturating_add(len.max(1) - 1);
+    let pages = (end >> 12) - (start >> 12) + 1;
+    let aligned = pages.next_power_of_two();
+    let bitmask = aligned - 1;
+    let mut mask = aligned.trailing_zeros();
+    let pfn = start >> 12;
+    if bitmask & pfn != 0 {
+        let end_pfn = pfn + pages - 1;
+        let shared = !(pfn ^ end_pfn) & !bitmask;
+        mask = if shared != 0 {
+            shared.trailing_zeros()
+        } else {
+            64
+        };
+    }
+    if mask >= 52 {
+        return (0, 64);
+    }
+    (start & !((4096u64 << mask) - 1), mask as u8)
 }
