@@ -126,6 +126,8 @@ pub struct Guest<M: GuestRam = Mem> {
     /// Each device's PASID directory (Linux allocates one per device,
     /// drivers/iommu/intel/pasid.c `intel_pasid_alloc_table`).
     pub pasid_dirs: BTreeMap<u16, u64>,
+    /// PASID directories of released devices, for reuse by the same requester ID.
+    pub retired_dirs: BTreeMap<u16, u64>,
 }
 
 impl<M: GuestRam> std::fmt::Debug for Guest<M> {
@@ -181,6 +183,7 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
             queue: None,
             scalable_root: None,
             pasid_dirs: BTreeMap::new(),
+            retired_dirs: BTreeMap::new(),
         }
     }
 
@@ -419,8 +422,10 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
     /// queued invalidation first (scalable mode has no register-based invalidation for PASID
     /// caches), then `iommu_set_root_entry` (RTADDR with TTM = 01, SRTP, and unless
     /// CAP.ESRTPS the global context-cache, PASID-cache and IOTLB flushes it issues), then
-    /// the fault event unmasked (`dmar_set_interrupt`) and translation on
-    /// (`iommu_enable_translation`). Returns the root table's address.
+    /// the fault event unmasked (`dmar_set_interrupt`). Translation stays off: Linux enables it
+    /// (`iommu_enable_translation`, at the end of `intel_iommu_init`) only after the devices
+    /// found at boot got their default domains, so call [`Guest::enable_translation`] after
+    /// attaching them. Returns the root table's address.
     pub fn enable_scalable_mode(&mut self) -> Result<u64, BuildError> {
         if self.queue.is_none() {
             self.enable_qi(true);
@@ -436,7 +441,6 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
             ]);
         }
         self.enable_fault_msi();
-        self.enable_translation();
         self.scalable_root = Some(root);
         Ok(root)
     }
@@ -471,7 +475,12 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
             return Ok(dir);
         }
         let slot = self.scalable_context_slot(sid)?;
-        let pasids = PasidTablesBuilder::new(&self.mem, &mut self.frames, DEVICE_PDTS)?;
+        // A directory left by a released device is reused: its PASID entries were torn
+        // down before the release, and reuse keeps a plug/unplug loop's frames bounded.
+        let pasids = match self.retired_dirs.remove(&sid) {
+            Some(dir) => PasidTablesBuilder::at(&self.mem, dir, DEVICE_PDTS),
+            None => PasidTablesBuilder::new(&self.mem, &mut self.frames, DEVICE_PDTS)?,
+        };
         let dir = pasids.dir();
         let entry = pasids
             .context_entry()
@@ -501,16 +510,28 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
         pasid: u32,
         did: u16,
     ) -> Result<FirstStageDomain, BuildError> {
-        let dir = *self
-            .pasid_dirs
-            .get(&sid)
-            .expect("setup_device before attach_first_stage");
         let pt = PageTableBuilder::new(
             &self.mem,
             &mut self.frames,
             PageTableFormat::FirstStage { levels: 4 },
         )?;
-        let root = pt.root();
+        self.attach_first_stage_table(sid, pasid, did, pt.root())
+    }
+
+    /// As [`Guest::attach_first_stage`], with an existing first-stage table: a domain that
+    /// outlived a device (Linux keeps a domain while any device or the owner holds it) is
+    /// attached again after the device comes back.
+    pub fn attach_first_stage_table(
+        &mut self,
+        sid: u16,
+        pasid: u32,
+        did: u16,
+        root: u64,
+    ) -> Result<FirstStageDomain, BuildError> {
+        let dir = *self
+            .pasid_dirs
+            .get(&sid)
+            .expect("setup_device before attach_first_stage");
         let mut pasids = PasidTablesBuilder::at(&self.mem, dir, DEVICE_PDTS);
         // AW 2: Linux writes the unit's AGAW, 2 (48-bit) for the 4-level first-stage tables
         // it builds here.
@@ -555,13 +576,15 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
     /// Clears `sid`'s context entry (Linux `domain_context_clear_one` and
     /// `intel_context_flush_present`): device-selective context-cache invalidation, then for
     /// each domain the device used, domain-selective PASID-cache and IOTLB invalidation. The
-    /// device's PASID directory is forgotten (a replugged device gets a new one, as Linux frees
-    /// the table in `intel_pasid_free_table`; its frames come from the bump allocator, so a
-    /// long run replugs a bounded number of times per megabyte of table frames).
+    /// device's PASID directory is retired (Linux frees it in `intel_pasid_free_table`); a
+    /// device set up again at the same requester ID gets it back, so the bump allocator's
+    /// frames stay bounded over any number of unplugs and replugs. Its PASID entries must have
+    /// been torn down ([`Guest::detach_first_stage`]) first.
     pub fn release_device(&mut self, sid: u16, dids: &[u16]) -> Result<(), BuildError> {
-        if self.pasid_dirs.remove(&sid).is_none() {
+        let Some(dir) = self.pasid_dirs.remove(&sid) else {
             return Ok(());
-        }
+        };
+        self.retired_dirs.insert(sid, dir);
         let slot = self.scalable_context_slot(sid)?;
         self.mem.write_words(slot, &[0; 4])?;
         let mut descs = vec![context_cache(ContextCacheGranularity::Device {
@@ -617,22 +640,39 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
         pt.unmap(iova, size)
     }
 
-    /// Strict unmap (Linux's default `iommu.strict=1` path: `intel_iommu_tlb_sync` right
-    /// after the unmap): the leaf cleared, then a page-selective-within-PASID PASID-IOTLB
-    /// invalidation of the range and a wait.
+    /// Clears the leaves of `size` covering `[iova, iova + len)` (`iova` aligned to `size`).
+    fn fs_clear_range(
+        &mut self,
+        domain: &FirstStageDomain,
+        iova: u64,
+        len: u64,
+        size: PageSize,
+    ) -> Result<(), BuildError> {
+        let mut at = iova;
+        while at < iova.saturating_add(len) {
+            self.fs_clear(domain, at, size)?;
+            at += size.bytes();
+        }
+        Ok(())
+    }
+
+    /// Strict unmap (Linux's default `iommu.strict=1`: `iommu_unmap` then the IOTLB sync
+    /// right away): the leaves of `size` covering `[iova, iova + len)` cleared, then one
+    /// PASID-IOTLB invalidation of the range ([`Guest::flush_range`]) and a wait.
     pub fn fs_unmap_strict(
         &mut self,
         domain: &FirstStageDomain,
         iova: u64,
+        len: u64,
         size: PageSize,
-    ) -> Result<bool, BuildError> {
-        let was = self.fs_clear(domain, iova, size)?;
-        self.flush_range(domain, iova, size.bytes());
-        Ok(was)
+    ) -> Result<(), BuildError> {
+        self.fs_clear_range(domain, iova, len, size)?;
+        self.flush_range(domain, iova, len);
+        Ok(())
     }
 
     /// Lazy unmap (Linux `iommu.strict=0`, the IOVA flush queue of drivers/iommu/dma-iommu.c):
-    /// the leaf is cleared now and the IOVA parked in `queue`; once the queue is full, one
+    /// the leaves are cleared now and the range parked in `queue`; once the queue is full, one
     /// all-in-PASID PASID-IOTLB invalidation (`intel_flush_iotlb_all`) with a wait covers every
     /// parked range, and they are returned: only then may the caller reuse those IOVAs.
     pub fn fs_unmap_lazy(
@@ -640,10 +680,11 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
         domain: &FirstStageDomain,
         queue: &mut FlushQueue,
         iova: u64,
+        len: u64,
         size: PageSize,
-    ) -> Result<Vec<(u64, PageSize)>, BuildError> {
-        self.fs_clear(domain, iova, size)?;
-        queue.parked.push((iova, size));
+    ) -> Result<Vec<(u64, u64)>, BuildError> {
+        self.fs_clear_range(domain, iova, len, size)?;
+        queue.parked.push((iova, len));
         if queue.parked.len() >= queue.capacity {
             return Ok(self.flush_queue(domain, queue));
         }
@@ -656,7 +697,7 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
         &mut self,
         domain: &FirstStageDomain,
         queue: &mut FlushQueue,
-    ) -> Vec<(u64, PageSize)> {
+    ) -> Vec<(u64, u64)> {
         if queue.parked.is_empty() {
             return Vec::new();
         }
@@ -747,7 +788,7 @@ pub struct FirstStageDomain {
 /// IOVAs unmapped lazily and not yet invalidated (Linux's per-domain IOVA flush queue).
 #[derive(Clone, Debug)]
 pub struct FlushQueue {
-    parked: Vec<(u64, PageSize)>,
+    parked: Vec<(u64, u64)>,
     capacity: usize,
 }
 

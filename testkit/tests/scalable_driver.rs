@@ -52,7 +52,8 @@ fn first_stage_maps_and_strict_and_lazy_unmaps() {
     assert_eq!(read(&g, sid, Some(1), 0x1234), Ok(0x301_0234));
 
     // Strict: the translation is gone with the unmap.
-    assert!(g.fs_unmap_strict(&d0, 0x1000, PageSize::Size4K).unwrap());
+    g.fs_unmap_strict(&d0, 0x1000, 0x1000, PageSize::Size4K)
+        .unwrap();
     assert_eq!(
         read(&g, sid, None, 0x1234),
         Err(FaultReason::FirstStageNotPresent)
@@ -60,15 +61,12 @@ fn first_stage_maps_and_strict_and_lazy_unmaps() {
     // Lazy: the IOTLB still holds the 2 MiB leaf until the queue flushes.
     let mut fq = FlushQueue::new(2);
     let freed = g
-        .fs_unmap_lazy(&d0, &mut fq, 0x4020_0000, PageSize::Size2M)
+        .fs_unmap_lazy(&d0, &mut fq, 0x4020_0000, 0x20_0000, PageSize::Size2M)
         .unwrap();
     assert!(freed.is_empty());
     assert_eq!(fq.len(), 1);
     assert_eq!(read(&g, sid, None, 0x4031_2345), Ok(0x331_2345));
-    assert_eq!(
-        g.flush_queue(&d0, &mut fq),
-        vec![(0x4020_0000, PageSize::Size2M)]
-    );
+    assert_eq!(g.flush_queue(&d0, &mut fq), vec![(0x4020_0000, 0x20_0000)]);
     assert_eq!(
         read(&g, sid, None, 0x4031_2345),
         Err(FaultReason::FirstStageNotPresent)
@@ -77,6 +75,15 @@ fn first_stage_maps_and_strict_and_lazy_unmaps() {
     assert_eq!(read(&g, sid, Some(1), 0x1234), Ok(0x301_0234));
     g.detach_first_stage(&d1).unwrap();
     assert!(read(&g, sid, Some(1), 0x1234).is_err());
+    g.detach_first_stage(&d0).unwrap();
     g.release_device(sid, &[3, 4]).unwrap();
     assert!(read(&g, sid, None, 0x4031_2345).is_err());
+    // Replug: the same directory and the same (now empty) table come back, no new frames.
+    let before = g.frames.next_free();
+    g.setup_device(sid, true, false).unwrap();
+    let again = g.attach_first_stage_table(sid, 0, 3, d0.root).unwrap();
+    assert_eq!(g.frames.next_free(), before);
+    g.fs_map(&again, 0x1000, 0x300_0000, PageSize::Size4K, true)
+        .unwrap();
+    assert_eq!(read(&g, sid, None, 0x1234), Ok(0x300_0234));
 }
