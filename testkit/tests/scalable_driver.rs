@@ -47,6 +47,7 @@ fn first_stage_maps_and_strict_and_lazy_unmaps() {
         .unwrap();
     g.fs_map(&d1, 0x1000, 0x301_0000, PageSize::Size4K, true)
         .unwrap();
+    g.enable_translation();
     assert_eq!(read(&g, sid, None, 0x1234), Ok(0x300_0234));
     assert_eq!(read(&g, sid, None, 0x4031_2345), Ok(0x331_2345));
     assert_eq!(read(&g, sid, Some(1), 0x1234), Ok(0x301_0234));
