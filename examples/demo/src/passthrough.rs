@@ -1,0 +1,160 @@
+//! Passthrough devices: assigned through vtd-accel's nested binding to a simulated host IOMMU.
+//! Their DMA never walks in vtd-core: the host IOMMU translates it through the guest's
+//! first-stage table nested over the host's second stage (GPA -> HPA), with its own IOTLB that
+//! only the binder's forwarded invalidations keep in step with the guest.
+//!
+//! The device is a simple DMA engine: the guest writes a 32-byte command block in its control
+//! page (kind, length, data IOVA, tag, status), the device reads it by DMA, moves the data in
+//! page-sized DMA transactions (what a PCIe device does: no transaction crosses a 4 KiB
+//! boundary), and writes the status by DMA.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+
+use vtd_accel::{DeviceId, SimHostIommu};
+use vtd_tables::GuestRam;
+
+use crate::dma::CONTROL_IOVA;
+use crate::emulated::{GUEST_SALT, Kick};
+use crate::machine::{Ram, check_pattern, fill_pattern};
+use crate::stats::Stats;
+
+/// Command kinds.
+pub const CMD_TO_MEMORY: u32 = 1;
+/// The device reads guest memory.
+pub const CMD_FROM_MEMORY: u32 = 2;
+/// Status the device writes when done.
+pub const STATUS_DONE: u64 = 0x600d;
+/// Status the device writes when a DMA failed or the data did not match.
+pub const STATUS_ERROR: u64 = 0xbad;
+
+/// The device model.
+pub struct PassthroughDevice {
+    /// Pattern key.
+    pub index: u64,
+    seed: u64,
+    sim: Arc<SimHostIommu<Ram>>,
+    dev: DeviceId,
+    pasid: Option<u32>,
+    stats: Arc<Stats>,
+    buf: Vec<u8>,
+}
+
+impl PassthroughDevice {
+    /// Device `index` behind host device `dev`, issuing requests with `pasid`.
+    pub fn new(
+        index: u64,
+        seed: u64,
+        sim: Arc<SimHostIommu<Ram>>,
+        dev: DeviceId,
+        pasid: Option<u32>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            index,
+            seed,
+            sim,
+            dev,
+            pasid,
+            stats,
+            buf: vec![0; 4096],
+        }
+    }
+
+    /// The device thread's loop.
+    pub fn run(mut self, kicks: Receiver<Kick>, irq: Sender<u64>) {
+        while let Ok(Kick::Notify) = kicks.recv() {
+            self.command();
+            if irq.send(self.index).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn command(&mut self) {
+        let mut cmd = [0u8; 24];
+        if self
+            .sim
+            .dma_read(self.dev, self.pasid, CONTROL_IOVA, &mut cmd)
+            .is_err()
+        {
+            self.stats.fail(format!(
+                "passthrough device {}: command block not readable",
+                self.index
+            ));
+            return;
+        }
+        let word = |i: usize| u64::from_le_bytes(cmd[i..i + 8].try_into().unwrap_or_default());
+        let kind = word(0) as u32;
+        let len = word(0) >> 32;
+        let (iova, tag) = (word(8), word(16));
+        let ok = self.transfer(kind, iova, len, tag);
+        let status = if ok { STATUS_DONE } else { STATUS_ERROR };
+        if self
+            .sim
+            .dma_write(
+                self.dev,
+                self.pasid,
+                CONTROL_IOVA + 24,
+                &status.to_le_bytes(),
+            )
+            .is_err()
+        {
+            self.stats.fail(format!(
+                "passthrough device {}: status not writable",
+                self.index
+            ));
+        }
+    }
+
+    fn transfer(&mut self, kind: u32, iova: u64, len: u64, tag: u64) -> bool {
+        let mut off = 0;
+        while off < len {
+            let at = iova + off;
+            let n = (4096 - at % 4096).min(len - off) as usize;
+            let chunk = &mut self.buf[..n];
+            match kind {
+                CMD_TO_MEMORY => {
+                    fill_pattern(chunk, self.seed, self.index, tag, off);
+                    if self.sim.dma_write(self.dev, self.pasid, at, chunk).is_err() {
+                        return false;
+                    }
+                }
+                CMD_FROM_MEMORY => {
+                    if self.sim.dma_read(self.dev, self.pasid, at, chunk).is_err() {
+                        return false;
+                    }
+                    let bad = check_pattern(chunk, self.seed ^ GUEST_SALT, self.index, tag, off);
+                    if !self.stats.check(bad.is_none(), || {
+                        format!(
+                            "passthrough device {}: request {tag} read wrong data at offset {}",
+                            self.index,
+                            off + bad.unwrap_or(0) as u64
+                        )
+                    }) {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+            off += n as u64;
+        }
+        self.stats.passthrough.add(len);
+        true
+    }
+}
+
+/// Writes a command block at `gpa` (the control page's guest-physical address).
+pub fn post_command(mem: &Ram, gpa: u64, kind: u32, iova: u64, len: u64, tag: u64) {
+    let mut cmd = [0u8; 32];
+    cmd[0..8].copy_from_slice(&(u64::from(kind) | len << 32).to_le_bytes());
+    cmd[8..16].copy_from_slice(&iova.to_le_bytes());
+    cmd[16..24].copy_from_slice(&tag.to_le_bytes());
+    // The layout keeps control pages inside RAM.
+    let _ = GuestRam::write(mem, gpa, &cmd);
+}
+
+/// Reads the status the device wrote.
+pub fn read_status(mem: &Ram, gpa: u64) -> u64 {
+    GuestRam::read_u64(mem, gpa + 24).unwrap_or(0)
+}

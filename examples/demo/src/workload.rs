@@ -1,0 +1,742 @@
+//! The vCPU side: boots the guest's IOMMU driver, then runs rounds of work until told to
+//! stop.
+//!
+//! A round is what a busy guest does between two looks at its interrupt handlers: for every
+//! device it maps a buffer (4 KiB pages scattered over its pool, or one 2 MiB page), posts a
+//! request, notifies the device; the devices run in parallel on their threads; on each
+//! completion interrupt it checks the status and every byte the device moved (read back
+//! through guest physical memory), and unmaps (strictly or lazily, by the seed). Every eighth
+//! round one emulated device gets a deliberate fault (an unmapped IOVA, or a write to a
+//! read-only page) and the fault handler must find exactly that record: requester, reason,
+//! address and access. Every [`REPLUG_EVERY`] rounds a passthrough device is hot-unplugged and
+//! replugged. The choice of every operation comes from the seed and the round number, so the
+//! same seed gives the same sequence of operations.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vtd_accel::{Bdf, HostAttachment, PciTopology};
+use vtd_core::{FaultDisposition, VtdEvent};
+use vtd_regs::fault::FaultReason;
+use vtd_regs::inv::InvDesc;
+use vtd_regs::regs::{FRCD_HI_F, Fsts, offset as reg};
+use vtd_testkit::driver::Guest;
+
+use crate::dma::{Buffer, DeviceDma, MAX_HUGE_LEN, MAX_SMALL_LEN};
+use crate::emulated::{EmulatedDevice, EmulatedDriver, GUEST_SALT, Kick, POISON, Request};
+use crate::machine::{Machine, MachineError, PASSTHROUGH_DEVICES, Ram, Rng, region};
+use crate::passthrough::{
+    CMD_FROM_MEMORY, CMD_TO_MEMORY, PassthroughDevice, STATUS_DONE, post_command, read_status,
+};
+use crate::stats::{MigrationSummary, Progress, RunFacts, Stats, Summary};
+
+/// Rounds between two hot-unplug/replug cycles.
+pub const REPLUG_EVERY: u64 = 64;
+/// Rounds between two deliberate faults.
+const FAULT_EVERY: u64 = 8;
+/// How long a device may take to answer a notify before the run is declared hung.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The PASID the second passthrough device uses (the first uses none: PASID 0, RID_PASID).
+pub const PASSTHROUGH_PASID: u32 = 5;
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Run time; `None` until interrupted.
+    pub duration: Option<Duration>,
+    /// Emulated devices.
+    pub devices: usize,
+    /// Workload seed.
+    pub seed: u64,
+    /// Print the live progress line.
+    pub progress: bool,
+    /// The progress line is on a terminal.
+    pub tty: bool,
+}
+
+struct EmulatedSlot {
+    driver: EmulatedDriver,
+    kick: Sender<Kick>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct PassthroughSlot {
+    index: u64,
+    host: usize,
+    sid: u16,
+    did: u16,
+    pasid: u32,
+    fs_root: u64,
+    dma: DeviceDma,
+    kick: Option<Sender<Kick>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A fault the workload asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ExpectedFault {
+    sid: u16,
+    reason: FaultReason,
+    page: u64,
+    write: bool,
+}
+
+/// One pending request of a round.
+enum Pending {
+    Emulated {
+        slot: usize,
+        request: Request,
+        tag: u64,
+        buffer: Option<Buffer>,
+        lazy: bool,
+    },
+    Passthrough {
+        slot: usize,
+        to_memory: bool,
+        tag: u64,
+        buffer: Buffer,
+        lazy: bool,
+    },
+}
+
+/// The running machine and its workload.
+pub struct Workload {
+    machine: Machine,
+    stats: Arc<Stats>,
+    opts: Options,
+    emulated: Vec<EmulatedSlot>,
+    passthrough: Vec<PassthroughSlot>,
+    irq_tx: Sender<u64>,
+    irq_rx: Receiver<u64>,
+    round: u64,
+    not_run: Vec<String>,
+}
+
+impl std::fmt::Debug for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workload")
+            .field("round", &self.round)
+            .finish_non_exhaustive()
+    }
+}
+
+fn emulated_sid(i: usize) -> u16 {
+    Bdf::new(0, 4 + i as u8, 0).sid()
+}
+
+impl Workload {
+    /// Builds the machine and boots the guest's IOMMU driver: scalable mode, every device's
+    /// context and PASID entries, translation on; then starts the device threads.
+    pub fn boot(opts: Options) -> Result<Self, String> {
+        let stats = Arc::new(Stats::default());
+        let mut machine = Machine::new(opts.devices).map_err(|e: MachineError| e.to_string())?;
+        stats
+            .bindings
+            .fetch_add(machine.hosts.len() as u64, Ordering::Relaxed);
+        let (irq_tx, irq_rx) = mpsc::channel();
+        let guest = &mut machine.guest;
+        guest
+            .enable_scalable_mode()
+            .map_err(|e| format!("scalable-mode bring-up: {e}"))?;
+        let mut emulated = Vec::new();
+        for i in 0..opts.devices {
+            let sid = emulated_sid(i);
+            guest
+                .setup_device(sid, false, false)
+                .map_err(|e| format!("device {sid:#x}: {e}"))?;
+            let domain = guest
+                .attach_first_stage(sid, 0, 10 + i as u16)
+                .map_err(|e| format!("device {sid:#x}: {e}"))?;
+            let dma = DeviceDma::new(guest, domain, region(i), &stats)?;
+            let driver = EmulatedDriver::new(i as u64, sid, dma, &machine.ram);
+            emulated.push(EmulatedSlot {
+                driver,
+                kick: mpsc::channel().0,
+                thread: None,
+            });
+        }
+        let mut passthrough = Vec::new();
+        for (j, host) in machine.hosts.iter().enumerate() {
+            let sid = host.bdf.sid();
+            let pasid = if j == 1 { PASSTHROUGH_PASID } else { 0 };
+            let did = 100 + j as u16;
+            guest
+                .setup_device(sid, pasid != 0, false)
+                .map_err(|e| format!("device {sid:#x}: {e}"))?;
+            let domain = guest
+                .attach_first_stage(sid, pasid, did)
+                .map_err(|e| format!("device {sid:#x}: {e}"))?;
+            let index = (opts.devices + j) as u64;
+            let dma = DeviceDma::new(guest, domain, region(opts.devices + j), &stats)?;
+            passthrough.push(PassthroughSlot {
+                index,
+                host: j,
+                sid,
+                did,
+                pasid,
+                fs_root: domain.root,
+                dma,
+                kick: None,
+                thread: None,
+            });
+        }
+        // Linux turns translation on last; the binders bind on that (TE replay).
+        guest.enable_translation();
+        let mut w = Self {
+            machine,
+            stats,
+            opts,
+            emulated,
+            passthrough,
+            irq_tx,
+            irq_rx,
+            round: 0,
+            not_run: vec![
+                "live migration: vtd-migrate is not built yet".into(),
+                "page requests: the unit has no page request queue yet".into(),
+            ],
+        };
+        for i in 0..w.emulated.len() {
+            w.start_emulated(i);
+        }
+        for j in 0..w.passthrough.len() {
+            w.check_bound(j, "boot");
+            w.start_passthrough(j);
+        }
+        w.account_events(&[]);
+        Ok(w)
+    }
+
+    fn start_emulated(&mut self, i: usize) {
+        let slot = &mut self.emulated[i];
+        let dev = EmulatedDevice::new(
+            self.machine.unit(),
+            &self.machine.ram,
+            slot.driver.sid,
+            slot.driver.index,
+            self.opts.seed,
+            self.stats.clone(),
+        );
+        let (tx, rx) = mpsc::channel();
+        let irq = self.irq_tx.clone();
+        slot.kick = tx;
+        slot.thread = Some(
+            std::thread::Builder::new()
+                .name(format!("emulated-{i}"))
+                .spawn(move || dev.run(rx, irq))
+                .expect("spawn a device thread"),
+        );
+    }
+
+    fn start_passthrough(&mut self, j: usize) {
+        let slot = &mut self.passthrough[j];
+        let host = &self.machine.hosts[slot.host];
+        let (dev_id, _) = host
+            .device
+            .iommufd_ids()
+            .expect("sim devices are iommufd devices");
+        let pasid = (slot.pasid != 0).then_some(slot.pasid);
+        let dev = PassthroughDevice::new(
+            slot.index,
+            self.opts.seed,
+            host.sim.clone(),
+            dev_id,
+            pasid,
+            self.stats.clone(),
+        );
+        let (tx, rx) = mpsc::channel();
+        let irq = self.irq_tx.clone();
+        slot.kick = Some(tx);
+        slot.thread = Some(
+            std::thread::Builder::new()
+                .name(format!("passthrough-{j}"))
+                .spawn(move || dev.run(rx, irq))
+                .expect("spawn a device thread"),
+        );
+    }
+
+    /// Checks that passthrough device `j`'s PASID is bound to a nested HWPT on its host.
+    fn check_bound(&self, j: usize, when: &str) {
+        let slot = &self.passthrough[j];
+        let host = &self.machine.hosts[slot.host];
+        let bound = host.binder.bindings().iter().any(|b| {
+            b.bdf == host.bdf
+                && b.pasid == slot.pasid
+                && matches!(b.host, HostAttachment::Nested(_))
+        });
+        self.stats.check(bound, || {
+            format!(
+                "{when}: passthrough device {} PASID {} is not bound to a nested HWPT: {:?}",
+                slot.index,
+                slot.pasid,
+                host.binder.bindings()
+            )
+        });
+    }
+
+    /// Runs rounds until the time is up or `stop` is set; returns the summary.
+    pub fn run(mut self, stop: &AtomicBool) -> Summary {
+        let started = Instant::now();
+        let mut progress = Progress::new(self.opts.tty);
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if self.opts.duration.is_some_and(|d| started.elapsed() >= d) {
+                break;
+            }
+            if !self.round() {
+                break;
+            }
+            if self.opts.progress {
+                progress.tick(&self.stats, started);
+            }
+        }
+        let elapsed = started.elapsed();
+        if self.opts.progress {
+            progress.finish();
+        }
+        self.shutdown();
+        let iotlb = self.machine.unit().stats().iotlb;
+        self.stats.summary(RunFacts {
+            seed: self.opts.seed,
+            elapsed,
+            emulated_devices: self.emulated.len(),
+            passthrough_devices: PASSTHROUGH_DEVICES,
+            iotlb: (iotlb.hits, iotlb.misses),
+            migration: MigrationSummary::default(),
+            not_run: std::mem::take(&mut self.not_run),
+        })
+    }
+
+    fn shutdown(&mut self) {
+        for s in &mut self.emulated {
+            let _ = s.kick.send(Kick::Stop);
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
+        }
+        for s in &mut self.passthrough {
+            if let Some(k) = s.kick.take() {
+                let _ = k.send(Kick::Stop);
+            }
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// One round; false when the run cannot go on (a device hung).
+    fn round(&mut self) -> bool {
+        let round = self.round;
+        self.round += 1;
+        let seed = self.opts.seed;
+        let mut rng = Rng::new(seed, round);
+        let mut expected = Vec::new();
+        let mut pending = Vec::new();
+        let fault_device = (round % FAULT_EVERY == FAULT_EVERY - 1 && !self.emulated.is_empty())
+            .then(|| rng.below(self.emulated.len() as u64) as usize);
+        let fault_kind = if (round / FAULT_EVERY) % 2 == 0 {
+            Request::BadIova
+        } else {
+            Request::ReadOnly
+        };
+        let mem = self.machine.ram.clone();
+        // Post.
+        for i in 0..self.emulated.len() {
+            let tag = round << 8 | i as u64;
+            let request = match fault_device {
+                Some(d) if d == i => fault_kind,
+                _ if rng.below(2) == 0 => Request::Read,
+                _ => Request::Write,
+            };
+            let huge = rng.below(4) == 0;
+            let len = if huge {
+                4096 + rng.below(MAX_HUGE_LEN - 4096)
+            } else {
+                1 + rng.below(MAX_SMALL_LEN)
+            };
+            let lazy = rng.below(2) == 0;
+            let guest = &mut self.machine.guest;
+            let slot = &mut self.emulated[i];
+            let sid = slot.driver.sid;
+            let (buffer, data) = match request {
+                Request::BadIova => {
+                    let iova = EmulatedDriver::hole(tag);
+                    expected.push(ExpectedFault {
+                        sid,
+                        reason: FaultReason::FirstStageNotPresent,
+                        page: iova & !0xfff,
+                        write: false,
+                    });
+                    (None, (iova, len.min(4096 - (iova & 0xfff))))
+                }
+                _ => {
+                    let device_writes = request == Request::Read;
+                    let buf = match slot.driver.dma.map(
+                        guest,
+                        &mut rng,
+                        len,
+                        huge,
+                        device_writes,
+                        &self.stats,
+                    ) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            self.stats.fail(format!("emulated device {i}: {e}"));
+                            return false;
+                        }
+                    };
+                    match request {
+                        Request::Write => slot.driver.dma.write_pattern(
+                            &mem,
+                            &buf,
+                            seed ^ GUEST_SALT,
+                            slot.driver.index,
+                            tag,
+                        ),
+                        Request::ReadOnly => {
+                            expected.push(ExpectedFault {
+                                sid,
+                                reason: FaultReason::SmWriteNotPermitted,
+                                page: buf.iova & !0xfff,
+                                write: true,
+                            });
+                            slot.driver.dma.fill(&mem, &buf, POISON)
+                        }
+                        _ => slot.driver.dma.fill(&mem, &buf, POISON),
+                    }
+                    let data = (buf.iova, buf.len);
+                    (Some(buf), data)
+                }
+            };
+            slot.driver.post(&mem, request, tag, data);
+            pending.push(Pending::Emulated {
+                slot: i,
+                request,
+                tag,
+                buffer,
+                lazy,
+            });
+        }
+        for j in 0..self.passthrough.len() {
+            if self.passthrough[j].kick.is_none() {
+                continue;
+            }
+            let slot = &mut self.passthrough[j];
+            let tag = round << 8 | slot.index;
+            let to_memory = rng.below(2) == 0;
+            let huge = rng.below(4) == 0;
+            let len = if huge {
+                4096 + rng.below(MAX_HUGE_LEN - 4096)
+            } else {
+                1 + rng.below(MAX_SMALL_LEN)
+            };
+            let lazy = rng.below(2) == 0;
+            let guest = &mut self.machine.guest;
+            let buf = match slot
+                .dma
+                .map(guest, &mut rng, len, huge, to_memory, &self.stats)
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    self.stats
+                        .fail(format!("passthrough device {}: {e}", slot.index));
+                    return false;
+                }
+            };
+            if to_memory {
+                slot.dma.fill(&mem, &buf, POISON);
+            } else {
+                slot.dma
+                    .write_pattern(&mem, &buf, seed ^ GUEST_SALT, slot.index, tag);
+            }
+            let kind = if to_memory {
+                CMD_TO_MEMORY
+            } else {
+                CMD_FROM_MEMORY
+            };
+            post_command(&mem, slot.dma.control_gpa(0), kind, buf.iova, buf.len, tag);
+            pending.push(Pending::Passthrough {
+                slot: j,
+                to_memory,
+                tag,
+                buffer: buf,
+                lazy,
+            });
+        }
+        // Notify every device, then take the interrupts.
+        let mut waiting = 0;
+        for s in &self.emulated {
+            if s.kick.send(Kick::Notify).is_ok() {
+                waiting += 1;
+            }
+        }
+        for s in &self.passthrough {
+            if let Some(k) = &s.kick {
+                if k.send(Kick::Notify).is_ok() {
+                    waiting += 1;
+                }
+            }
+        }
+        for _ in 0..waiting {
+            if self.irq_rx.recv_timeout(DEVICE_TIMEOUT).is_err() {
+                self.stats.fail(format!(
+                    "round {round}: a device did not complete within {DEVICE_TIMEOUT:?}"
+                ));
+                return false;
+            }
+        }
+        // Check, then unmap.
+        for p in pending {
+            match p {
+                Pending::Emulated {
+                    slot,
+                    request,
+                    tag,
+                    buffer,
+                    lazy,
+                } => {
+                    let s = &mut self.emulated[slot];
+                    let index = s.driver.index;
+                    match s.driver.complete(&mem) {
+                        Ok(status) => {
+                            let want = match request {
+                                Request::Read | Request::Write => 0,
+                                Request::BadIova | Request::ReadOnly => 1,
+                            };
+                            self.stats.check(status == want, || {
+                                format!("emulated device {index} request {tag} ({request:?}): status {status}, expected {want}")
+                            });
+                        }
+                        Err(e) => self
+                            .stats
+                            .fail(format!("emulated device {index} request {tag}: {e}")),
+                    }
+                    if let Some(buf) = buffer {
+                        match request {
+                            Request::Read => {
+                                let bad = s.driver.dma.check_pattern(&mem, &buf, seed, index, tag);
+                                self.stats.check(bad.is_none(), || {
+                                    format!("emulated device {index} request {tag}: guest read back wrong data at offset {bad:?}")
+                                });
+                            }
+                            Request::ReadOnly => {
+                                let intact = s.driver.dma.check_fill(&mem, &buf, POISON);
+                                self.stats.check(intact, || {
+                                    format!("emulated device {index} request {tag}: read-only buffer was written")
+                                });
+                            }
+                            _ => {}
+                        }
+                        if let Err(e) =
+                            s.driver
+                                .dma
+                                .unmap(&mut self.machine.guest, &buf, lazy, &self.stats)
+                        {
+                            self.stats.fail(e);
+                            return false;
+                        }
+                    }
+                }
+                Pending::Passthrough {
+                    slot,
+                    to_memory,
+                    tag,
+                    buffer,
+                    lazy,
+                } => {
+                    let s = &mut self.passthrough[slot];
+                    let status = read_status(&mem, s.dma.control_gpa(0));
+                    self.stats.check(status == STATUS_DONE, || {
+                        format!(
+                            "passthrough device {} request {tag}: status {status:#x}",
+                            s.index
+                        )
+                    });
+                    if to_memory {
+                        let bad = s.dma.check_pattern(&mem, &buffer, seed, s.index, tag);
+                        self.stats.check(bad.is_none(), || {
+                            format!("passthrough device {} request {tag}: guest read back wrong data at offset {bad:?}", s.index)
+                        });
+                    }
+                    // The device rewrites the status on the next command; clear it so a stale one
+                    // cannot pass.
+                    let _ = vtd_tables::GuestRam::write_u64(&mem, s.dma.control_gpa(0) + 24, 0);
+                    if let Err(e) = s
+                        .dma
+                        .unmap(&mut self.machine.guest, &buffer, lazy, &self.stats)
+                    {
+                        self.stats.fail(e);
+                        return false;
+                    }
+                }
+            }
+        }
+        // Host faults reach the guest through the binders; none is expected.
+        for h in &self.machine.hosts {
+            let n = h.binder.process_host_faults();
+            self.stats.check(n == 0, || {
+                format!("round {round}: {n} host faults on {:?}", h.bdf)
+            });
+        }
+        self.handle_faults(&expected, round);
+        self.account_events(&expected);
+        if round % REPLUG_EVERY == REPLUG_EVERY - 1 && !self.passthrough.is_empty() {
+            let j = ((round / REPLUG_EVERY) % self.passthrough.len() as u64) as usize;
+            if let Err(e) = self.replug(j) {
+                self.stats.fail(e);
+                return false;
+            }
+        }
+        self.stats.rounds.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The guest's fault handler (Linux drivers/iommu/intel/dmar.c `dmar_fault`): from
+    /// FSTS.FRI, read each record with F set, clear F, then clear FSTS's PFO/PPF/PRO; each
+    /// record must be one the round asked for, and each asked-for fault must be found.
+    fn handle_faults(&mut self, expected: &[ExpectedFault], round: u64) {
+        let guest: &Guest<Ram> = &self.machine.guest;
+        let cap = guest.unit.config().cap();
+        let records = u64::from(cap.nfr()) + 1;
+        let fro = cap.fault_recording_offset();
+        let fsts = guest.fsts();
+        let mut seen = Vec::new();
+        if fsts.ppf() {
+            let mut index = u64::from(fsts.fri()) % records;
+            for _ in 0..records {
+                let (lo, hi) = guest.frcd(index);
+                if hi & FRCD_HI_F == 0 {
+                    break;
+                }
+                seen.push(ExpectedFault {
+                    sid: hi as u16,
+                    reason: FaultReason::from_code((hi >> 32) as u8)
+                        .unwrap_or(FaultReason::ReadNotPermitted),
+                    page: lo & !0xfff,
+                    // FRCD T1 (bit 126): 1 = read request, 0 = write request.
+                    write: hi & (1 << 62) == 0,
+                });
+                guest.w32(fro + 16 * index + 12, 1 << 31);
+                index = (index + 1) % records;
+            }
+        }
+        self.stats.check(!fsts.pfo(), || {
+            format!("round {round}: primary fault overflow")
+        });
+        guest.w32(
+            reg::FSTS,
+            Fsts::new()
+                .with_pfo(true)
+                .with_ppf(true)
+                .with_pro(true)
+                .into_bits(),
+        );
+        for f in &seen {
+            self.stats.fault_seen(&format!("{:?}", f.reason));
+        }
+        for f in expected {
+            self.stats.fault_expected(&format!("{:?}", f.reason));
+        }
+        self.stats.check(seen == expected, || {
+            format!("round {round}: fault records {seen:x?}, expected {expected:x?}")
+        });
+    }
+
+    /// Counts what the unit published since the last round: invalidations by descriptor type,
+    /// and DMA faults (each must have been recorded, and only the asked-for ones may occur).
+    fn account_events(&mut self, expected: &[ExpectedFault]) {
+        let mut faults = 0;
+        for e in self.machine.guest.log.take() {
+            match e {
+                VtdEvent::Invalidation { desc, .. } => self.stats.invalidation(match desc {
+                    InvDesc::ContextCache(_) => "context-cache",
+                    InvDesc::Iotlb(_) => "iotlb",
+                    InvDesc::DeviceTlb(_) => "device-tlb",
+                    InvDesc::Iec(_) => "interrupt-entry-cache",
+                    InvDesc::Wait(_) => "wait",
+                    InvDesc::PageGroupResponse(_) => "page-group-response",
+                    InvDesc::PasidIotlb(_) => "pasid-iotlb",
+                    InvDesc::PasidCache(_) => "pasid-cache",
+                    InvDesc::PasidDeviceTlb(_) => "pasid-device-tlb",
+                }),
+                VtdEvent::WaitCompleted { .. } => self.stats.invalidation("wait"),
+                VtdEvent::DmaFault { fault, disposition } => {
+                    faults += 1;
+                    self.stats.check(
+                        matches!(disposition, FaultDisposition::Recorded { .. }),
+                        || format!("fault {fault:?} was not recorded: {disposition:?}"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        self.stats.check(faults == expected.len(), || {
+            format!("{faults} DMA fault events, {} asked for", expected.len())
+        });
+    }
+
+    /// Hot-unplugs passthrough device `j` and plugs it back: the guest releases it as Linux's
+    /// `intel_iommu_release_device` does (tables unmapped, PASID entry torn down, context
+    /// entry cleared, each with its invalidations), the VMM unregisters it from its binder
+    /// (the host puts it back on its default HWPT) and stops its thread; then the VMM
+    /// registers it again and restarts the thread, and the guest probes it again.
+    fn replug(&mut self, j: usize) -> Result<(), String> {
+        let slot = &mut self.passthrough[j];
+        let guest = &mut self.machine.guest;
+        let host = &self.machine.hosts[slot.host];
+        // Guest: remove.
+        slot.dma.flush(guest);
+        slot.dma.unmap_control(guest)?;
+        guest
+            .detach_first_stage(&slot.dma.domain)
+            .map_err(|e| format!("unplug: PASID teardown: {e}"))?;
+        guest
+            .release_device(slot.sid, &[slot.did])
+            .map_err(|e| format!("unplug: context teardown: {e}"))?;
+        // VMM: stop the device, unregister it.
+        if let Some(k) = slot.kick.take() {
+            let _ = k.send(Kick::Stop);
+        }
+        if let Some(t) = slot.thread.take() {
+            let _ = t.join();
+        }
+        let device = host
+            .binder
+            .unregister(host.bdf)
+            .map_err(|e| format!("unplug: {e}"))?;
+        let (dev_id, parent) = device.iommufd_ids().unwrap_or_default();
+        let attached = host.sim.attachments(dev_id);
+        self.stats.check(
+            attached.len() == 1 && attached.get(&vtd_accel::NO_PASID) == Some(&parent),
+            || format!("unplug: host attachments {attached:?}, expected only the default HWPT {parent:?}"),
+        );
+        self.stats.unplugs.fetch_add(1, Ordering::Relaxed);
+        // VMM: plug it back (VFIO realize), then the guest probes it.
+        host.binder
+            .register(host.bdf, device, PciTopology::default())
+            .map_err(|e| format!("replug: {e}"))?;
+        self.stats.bindings.fetch_add(1, Ordering::Relaxed);
+        guest
+            .setup_device(slot.sid, slot.pasid != 0, false)
+            .map_err(|e| format!("replug: {e}"))?;
+        slot.dma.domain = guest
+            .attach_first_stage_table(slot.sid, slot.pasid, slot.did, slot.fs_root)
+            .map_err(|e| format!("replug: {e}"))?;
+        slot.dma.map_control(guest, &self.stats)?;
+        // With caching mode off the guest announces new context and PASID entries with no
+        // invalidation (Linux `device_pasid_table_setup`, `pasid_flush_caches`), so nothing
+        // tells the binder about them. The VMM sees the driver enable bus mastering in the
+        // device's PCI command register (a config write it traps) before any DMA, and
+        // re-evaluates the bindings there.
+        host.binder.resync_all();
+        self.check_bound(j, "replug");
+        self.start_passthrough(j);
+        self.stats.replugs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! Runs the `vtd-demo` binary as a user would and checks what it reports: exit status 0, and a
+//! JSON summary whose figures show every path of the system at work and nothing unasked-for.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vtd_testkit::process::run_bounded;
+
+const DEMO: &str = env!("CARGO_BIN_EXE_vtd-demo");
+
+fn demo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(DEMO);
+    cmd.args(args);
+    cmd
+}
+
+fn u(v: &Value, path: &[&str]) -> u64 {
+    let mut at = v;
+    for p in path {
+        at = &at[*p];
+    }
+    at.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {v:#}"))
+}
+
+/// The summary's figures that every run, however short, must show.
+fn check_summary(s: &Value, devices: u64) {
+    assert_eq!(s["ok"], Value::Bool(true), "{s:#}");
+    assert_eq!(u(s, &["failures"]), 0, "{s:#}");
+    assert!(u(s, &["checks"]) > 1000, "{s:#}");
+    assert_eq!(u(s, &["emulated_devices"]), devices);
+    assert_eq!(u(s, &["passthrough_devices"]), 2);
+    for path in ["emulated", "passthrough"] {
+        assert!(u(s, &[path, "ops"]) > 100, "{path}: {s:#}");
+        assert!(u(s, &[path, "bytes"]) > 1 << 20, "{path}: {s:#}");
+    }
+    assert!(u(s, &["iotlb", "hits"]) > 0);
+    assert!(u(s, &["iotlb", "misses"]) > 0);
+    assert!(u(s, &["maps_4k"]) > 0 && u(s, &["maps_2m"]) > 0, "{s:#}");
+    assert!(
+        u(s, &["strict_unmaps"]) > 0 && u(s, &["lazy_unmaps"]) > 0,
+        "{s:#}"
+    );
+    assert!(u(s, &["invalidations", "pasid-iotlb"]) > 0, "{s:#}");
+    assert!(u(s, &["invalidations", "wait"]) > 0, "{s:#}");
+    // Deliberate faults of both kinds, each seen exactly as often as asked for.
+    let expected = &s["faults"]["expected"];
+    assert_eq!(expected, &s["faults"]["seen"], "{s:#}");
+    assert!(u(expected, &["FirstStageNotPresent"]) > 0, "{s:#}");
+    assert!(u(expected, &["SmWriteNotPermitted"]) > 0, "{s:#}");
+    assert_eq!(expected.as_object().map(|o| o.len()), Some(2), "{s:#}");
+    // Hot-unplug and replug happened, each replug registered the device again.
+    let replugs = u(s, &["replugs"]);
+    assert!(replugs > 0, "{s:#}");
+    assert_eq!(u(s, &["unplugs"]), replugs);
+    assert_eq!(u(s, &["bindings"]), 2 + replugs);
+}
+
+#[test]
+fn short_run_exits_zero_with_every_path_in_the_summary() {
+    let out = run_bounded(
+        demo(&["--seconds", "2", "--json", "--devices", "3", "--seed", "7"]),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(!out.timed_out, "{}", out.stderr);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stderr: {}\nstdout: {}",
+        out.stderr,
+        out.stdout
+    );
+    let s: Value = serde_json::from_str(&out.stdout).expect("JSON summary on stdout");
+    assert_eq!(u(&s, &["seed"]), 7);
+    check_summary(&s, 3);
+    // Not a terminal: the progress goes to stderr as plain lines, never carriage returns.
+    assert!(!out.stderr.contains('\r'));
+}
+
+#[test]
+fn interrupt_ends_cleanly_with_the_summary() {
+    let mut child = demo(&["--seconds", "0", "--json", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the demo did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let s: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    check_summary(&s, 2);
+    assert!(stderr.is_empty(), "--quiet prints no progress: {stderr}");
+}
+
+#[test]
+fn socket_is_refused_clearly_until_the_inspector_exists() {
+    let out = run_bounded(
+        demo(&["--socket", "/tmp/vtd-demo-test.sock", "--seconds", "1"]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("--socket"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    for args in [
+        &["--devices", "0"][..],
+        &["--devices", "33"],
+        &["--seconds", "x"],
+    ] {
+        let out = run_bounded(demo(args), Duration::from_secs(30)).unwrap();
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("error"), "{args:?}: {}", out.stderr);
+    }
+}
