@@ -47,6 +47,7 @@ mod events;
 mod faults;
 mod ir;
 mod irq;
+mod prq;
 mod qi;
 mod regfile;
 mod shadow;
@@ -66,6 +67,11 @@ pub use events::{
 };
 pub use ir::MsiSource;
 pub use irq::{InterruptSink, Msi, RecordingSink};
+pub use prq::{
+    MAX_OUTSTANDING_GROUPS, OutstandingGroup, PageGroupResponseEvent, PageRequest,
+    PageRequestError, PageRequestOutcome, PrqState, PrqStateError, ResponseOrigin,
+};
+pub use vtd_regs::prq::ResponseCode;
 pub use unit::{RestoreError, TranslateError, UnitSnapshot, UnitStats, VtdUnit};
 
 // What a VMM needs next to the unit, so one `use vtd_core::{...}` serves it.
