@@ -29,12 +29,12 @@ use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd_core::{EventLog, RecordingSink, VtdUnit};
 use vtd_regs::VtdConfig;
+use vtd_regs::inv::PageGroupResponse;
 use vtd_regs::inv::{
     ContextCacheGranularity, ContextCacheInv, DescWidth, InvDesc, IotlbGranularity, IotlbInv,
     PasidCacheGranularity, PasidCacheInv, PasidIotlbGranularity, PasidIotlbInv, StatusWrite,
     WaitInv,
 };
-use vtd_regs::inv::PageGroupResponse;
 use vtd_regs::prq::{
     PAGE_REQUEST_SIZE, PageRequestDescError, PageRequestDescriptor, Pqa, Prs, QUEUE_OFFSET_MASK,
     ResponseCode,
@@ -378,7 +378,10 @@ impl Guest {
             if head == tail {
                 break;
             }
-            let words = self.mem.read_words::<4>(q.base + head).expect("queue in RAM");
+            let words = self
+                .mem
+                .read_words::<4>(q.base + head)
+                .expect("queue in RAM");
             batch.requests.push(PageRequestDescriptor::decode(words));
             head = (head + PAGE_REQUEST_SIZE) % ring;
         }

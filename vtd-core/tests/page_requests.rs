@@ -167,7 +167,11 @@ fn overflow_sets_pro_answers_group_ends_and_the_queue_wraps() {
         let out = g.unit.page_request(&request(i, true, 0x1000)).unwrap();
         assert_eq!(out, PageRequestOutcome::Queued { slot: i as u32 });
     }
-    assert_eq!(g.sink.take().len(), 1, "only the first group end raised the event");
+    assert_eq!(
+        g.sink.take().len(),
+        1,
+        "only the first group end raised the event"
+    );
     g.log.take();
     let out = g.unit.page_request(&request(200, true, 0x5000)).unwrap();
     let PageRequestOutcome::Overflow {
@@ -251,7 +255,10 @@ fn requests_the_guest_did_not_enable_are_blocked() {
     let (lo, hi) = g.frcd(0);
     let record = FaultRecord::decode(lo, hi).expect("fault recorded");
     assert_eq!(record.reason, FaultReason::SmContextPageRequestDisabled);
-    assert_eq!((record.sid, record.pasid, record.address), (SID, Some(7), 0x4000));
+    assert_eq!(
+        (record.sid, record.pasid, record.address),
+        (SID, Some(7), 0x4000)
+    );
     // The fault event went out, no page request event, nothing queued.
     assert_eq!(g.sink.take().len(), 1);
     assert_eq!((g.r64(reg::PQT), g.r32(reg::PRS)), (0, 0));
@@ -285,7 +292,10 @@ fn a_unit_without_prs_has_no_page_request_queue() {
     // A page group response is a descriptor for a capability the unit lacks.
     let desc = PageRequestDescriptor::decode([1 | (SID as u64) << 16, 4, 0, 0]).unwrap();
     let err = g.try_submit(&[Guest::page_group_response(&desc, ResponseCode::Success)]);
-    assert!(matches!(err, Err(QueueStall::Error { iqei: 3, .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(QueueStall::Error { iqei: 3, .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
