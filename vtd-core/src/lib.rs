@@ -5,6 +5,9 @@
 //! [`VtdUnit::read`] / [`VtdUnit::write`], translates emulated devices' DMA with
 //! [`VtdUnit::translate`] or a per-device [`DeviceAddressSpace`] (a `vm_memory::iommu::Iommu`),
 //! and remaps MSIs with [`VtdUnit::remap_msi`]. Observers subscribe to the [`EventBus`].
+//! With page requests configured (ECAP.PRS), devices with PRI send them with
+//! [`VtdUnit::page_request`] and receive the guest's answers as
+//! [`VtdEvent::PageGroupResponse`] (see the `prq` module).
 //!
 //! One `use vtd_core::{...}` brings what a VMM needs: the configuration ([`VtdConfig`]),
 //! the DMA request and result types ([`DmaRequest`], [`AccessKind`], [`Translation`]), the
