@@ -5,6 +5,7 @@ use vtd_regs::inv::{
     ContextCacheGranularity, DescWidth, InvDesc, IotlbGranularity, PasidCacheGranularity,
     PasidIotlbGranularity, RawDesc,
 };
+use vtd_regs::prq::ResponseCode;
 use vtd_regs::regs::{EventControl, Fsts, Gsts, Iqa, Iqercd, offset as reg};
 use vtd_tables::GuestRam;
 use vtd_tables::walk::DeviceContext;
@@ -127,6 +128,15 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             if !self.supports(&desc) {
                 return self.queue_error(st, head, iqei::INVALID_TYPE);
             }
+            // Response codes 2-0xE are reserved (spec 6.5.2.x): a descriptor programming one
+            // is invalid, not a response to forward (QEMU forwards them as Response Failure).
+            let response_code = match &desc {
+                InvDesc::PageGroupResponse(r) => match ResponseCode::from_bits(r.response_code) {
+                    Some(code) => Some(code),
+                    None => return self.queue_error(st, head, iqei::RESERVED_FIELD),
+                },
+                _ => None,
+            };
             let source = InvalidationSource::Queue {
                 index: head,
                 ends_batch: false,
@@ -155,6 +165,9 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             } else {
                 self.execute_invalidation(st, &desc, source);
                 batch.opened(st);
+                if let (InvDesc::PageGroupResponse(r), Some(code)) = (&desc, response_code) {
+                    self.page_group_response(st, r, code, head);
+                }
             }
             st.descriptors += 1;
             head = (head + 1) % count;

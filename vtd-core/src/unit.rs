@@ -91,6 +91,8 @@ pub(crate) struct State {
     pub(crate) wait_deferred: bool,
     /// Replay-walk entry reads left for the current doorbell (caching-mode shadowing).
     pub(crate) replay_budget: u32,
+    /// Page groups with queued requests and no response yet (ECAP.PRS).
+    pub(crate) prq: crate::prq::GroupTracker,
 }
 
 /// The emulated remapping unit.
@@ -147,6 +149,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 tickets: Tickets::default(),
                 wait_deferred: false,
                 replay_budget: crate::shadow::REPLAY_BUDGET,
+                prq: Default::default(),
             }),
             delivery: Delivery::default(),
             config,
@@ -248,6 +251,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         st.faults = FaultState::new(self.walk.cap);
         st.root = None;
         st.ir = None;
+        st.prq.clear();
         self.te.store(false, Ordering::Release);
         self.root.store(0, Ordering::Release);
         self.flush_all_caches();
@@ -302,6 +306,14 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         }
         if touches(reg::ICS, 4) || touches(reg::IECTL, 4) {
             self.after_ics_iectl_write(&mut st);
+        }
+        if self.walk.ecap.prs() {
+            if touches(reg::PRS, 4) {
+                self.after_prs_write(&mut st);
+            }
+            if touches(reg::PECTL, 4) {
+                self.after_pectl_write(&mut st);
+            }
         }
         let iva = self.walk.ecap.iotlb_register_offset();
         if touches(iva + 12, 4) {
