@@ -242,8 +242,10 @@ impl ReservedRules {
     /// (bit 11) without ECAP.SC and the address bits below a large page. Bits 63 and 61:52
     /// are ignored.
     pub const fn second_stage_pte_mask(&self, level: u8, ps: bool) -> u64 {
+        // Bits 63 and 61:52 are ignored; TM (62) is defined with ECAP.DT (QEMU
+        // hw/i386/intel_iommu_internal.h VTD_SPTE_PAGE_L*_RSVD_MASK agree).
         let ignored = 0xbff0_0000_0000_0000u64;
-        let mut m = self.above_haw & !ignored;
+        let mut m = self.above_haw & !ignored & !bit(62);
         if !self.ecap.dt() {
             m |= bit(62);
         }
