@@ -188,9 +188,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             return Err(iqei::INVALID_TYPE);
         }
         match desc {
-            InvDesc::Wait(w) if w.page_drain && !self.walk.ecap.pds() => {
-                Err(iqei::RESERVED_FIELD)
-            }
+            InvDesc::Wait(w) if w.page_drain && !self.walk.ecap.pds() => Err(iqei::RESERVED_FIELD),
             InvDesc::Iotlb(i) => match i.granularity {
                 IotlbGranularity::Page { am, .. } if am > self.walk.cap.mamv() => {
                     Err(iqei::RESERVED_FIELD)

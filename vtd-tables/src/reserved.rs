@@ -70,7 +70,11 @@ impl ReservedRules {
 
     /// Checks a present legacy root entry (fault 0x0A, LRT.3).
     pub fn check_root_entry(&self, e: &RootEntry) -> Result<(), FaultReason> {
-        check(&e.0, &self.root_entry_mask(), FaultReason::RootEntryReserved)
+        check(
+            &e.0,
+            &self.root_entry_mask(),
+            FaultReason::RootEntryReserved,
+        )
     }
 
     /// Reserved bits of a legacy context entry (spec 9.3): lo 11:4 and SSPTPTR above HAW;

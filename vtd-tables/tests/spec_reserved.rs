@@ -89,8 +89,15 @@ impl World {
         .unwrap();
         pt.map(&mut self.frames, 0, 0, PageSize::Size2M, true, true)
             .unwrap();
-        pt.map(&mut self.frames, 0x20_0000, 0x20_0000, PageSize::Size2M, true, true)
-            .unwrap();
+        pt.map(
+            &mut self.frames,
+            0x20_0000,
+            0x20_0000,
+            PageSize::Size2M,
+            true,
+            true,
+        )
+        .unwrap();
         pt.map(&mut self.frames, DATA, DATA, PageSize::Size4K, true, true)
             .unwrap();
         pt.root()
@@ -134,15 +141,33 @@ fn with_pasid(pasid: u32, iova: u64, access: AccessKind, privileged: bool) -> Dm
 type Row = (&'static str, usize, u32, fn(Ecap) -> Ecap, &'static str);
 
 const PASID_ENTRY_ROWS: &[Row] = &[
-    ("SSADE", 0, 9, |e| e.with_slads(true), "9.6 SSADE / 11.4.3 SLADS"),
-    ("SLEE (old)", 0, 5, |e| e.with_ers(true), "9.6 bit 5 / 11.4.3 ERS"),
+    (
+        "SSADE",
+        0,
+        9,
+        |e| e.with_slads(true),
+        "9.6 SSADE / 11.4.3 SLADS",
+    ),
+    (
+        "SLEE (old)",
+        0,
+        5,
+        |e| e.with_ers(true),
+        "9.6 bit 5 / 11.4.3 ERS",
+    ),
     ("PGSNP", 1, 24, |e| e.with_sc(true), "9.6 PGSNP / 11.4.3 SC"),
     ("CD", 1, 25, |e| e.with_mts(true), "9.6 CD / 11.4.3 MTS"),
     ("EMTE", 1, 26, |e| e.with_mts(true), "9.6 EMTE / 11.4.3 MTS"),
     ("PAT", 1, 40, |e| e.with_mts(true), "9.6 PAT / 11.4.3 MTS"),
     ("SRE", 2, 0, |e| e.with_srs(true), "9.6 SRE / 11.4.3 SRS"),
     ("ERE", 2, 1, |e| e.with_ers(true), "9.6 ERE / 11.4.3 ERS"),
-    ("EAFE", 2, 7, |e| e.with_eafs(true), "9.6 EAFE / 11.4.3 EAFS"),
+    (
+        "EAFE",
+        2,
+        7,
+        |e| e.with_eafs(true),
+        "9.6 EAFE / 11.4.3 EAFS",
+    ),
 ];
 
 #[test]
@@ -193,9 +218,18 @@ fn pasid_entry_always_reserved_fields() {
             .with_mts(true)
     });
     let rules = ReservedRules::from_caps(cap, ecap);
-    for (word, bit) in [(0, 10), (0, 11), (1, 16), (1, 22), (1, 27), (1, 31), (2, 8), (2, 11)]
-        .into_iter()
-        .chain((3..8).map(|w| (w, 17)))
+    for (word, bit) in [
+        (0, 10),
+        (0, 11),
+        (1, 16),
+        (1, 22),
+        (1, 27),
+        (1, 31),
+        (2, 8),
+        (2, 11),
+    ]
+    .into_iter()
+    .chain((3..8).map(|w| (w, 17)))
     {
         let mut pe = PasidEntry::first_stage(0x20_0000, false, 3, 2);
         pe.0[word] |= 1 << bit;
@@ -319,9 +353,11 @@ fn pgsnp_is_accepted_only_with_snoop_control() {
         let (cap, ecap) = caps(|e| e.with_sc(sc));
         let mut w = World::new(cap, ecap);
         let fs = w.first_stage(4, 0x1000);
-        w.install(0, PasidEntry::first_stage(fs, false, 3, 2).with_pgsnp(true), |c| {
-            c
-        });
+        w.install(
+            0,
+            PasidEntry::first_stage(fs, false, 3, 2).with_pgsnp(true),
+            |c| c,
+        );
         assert_eq!(
             w.translate(read(0x1000)).map(|t| t.output),
             if sc {
@@ -386,7 +422,9 @@ fn scalable_context_fields_are_reserved_without_their_capability() {
     let rows: &[(&str, usize, u32, fn(Ecap) -> Ecap)] = &[
         ("DTE", 0, 2, |e| e.with_dt(true)),
         ("PRE", 0, 4, |e| e.with_prs(true)),
-        ("RID_PRIV", 1, 20, |e| Ecap::from_bits(e.into_bits() | 1 << 53)),
+        ("RID_PRIV", 1, 20, |e| {
+            Ecap::from_bits(e.into_bits() | 1 << 53)
+        }),
     ];
     for &(name, word, bit, grant) in rows {
         let (cap, ecap) = caps(|e| e);
@@ -407,7 +445,9 @@ fn scalable_context_fields_are_reserved_without_their_capability() {
     let (cap, ecap) = caps(|e| e);
     let mut w = World::new(cap, ecap);
     let fs = w.first_stage(4, 0x1000);
-    w.install(0, PasidEntry::first_stage(fs, false, 3, 2), |c| c.with_dte(true));
+    w.install(0, PasidEntry::first_stage(fs, false, 3, 2), |c| {
+        c.with_dte(true)
+    });
     assert_eq!(
         w.translate(read(0x1000)).unwrap_err(),
         FaultReason::SmContextEntryReserved
@@ -468,8 +508,14 @@ fn paging_entry_fields_follow_the_capabilities() {
     assert_eq!(all.first_stage_pte_mask(3, true) & (1 << 7), 0);
     assert_ne!(all.first_stage_pte_mask(4, true) & (1 << 7), 0);
     // XD (63) and the ignored bits 62:52 of a first-stage entry are never reserved.
-    assert_eq!(all.first_stage_pte_mask(1, false) & 0xfff0_0000_0000_0000, 0);
-    assert_eq!(none.first_stage_pte_mask(1, false) & 0xfff0_0000_0000_0000, 0);
+    assert_eq!(
+        all.first_stage_pte_mask(1, false) & 0xfff0_0000_0000_0000,
+        0
+    );
+    assert_eq!(
+        none.first_stage_pte_mask(1, false) & 0xfff0_0000_0000_0000,
+        0
+    );
 }
 
 // --- Fault-reason tables: PASID path (3.4.3, 7.1.3) -----------------------------------------
@@ -649,8 +695,15 @@ fn nested_fault_reasons() {
         empty_ss,
         PageTableFormat::SecondStage { levels: 4 },
     );
-    ss.map(&mut n.w.frames, fs_root, fs_root, PageSize::Size4K, true, false)
-        .unwrap();
+    ss.map(
+        &mut n.w.frames,
+        fs_root,
+        fs_root,
+        PageSize::Size4K,
+        true,
+        false,
+    )
+    .unwrap();
     assert_eq!(
         n.run(empty_ss, read(0x1000)).unwrap_err(),
         FaultReason::NestedFirstStageReadDenied
@@ -665,8 +718,15 @@ fn nested_fault_reasons() {
     .unwrap();
     ro.map(&mut n.w.frames, 0, 0, PageSize::Size2M, true, false)
         .unwrap();
-    ro.map(&mut n.w.frames, 0x20_0000, 0x20_0000, PageSize::Size2M, true, false)
-        .unwrap();
+    ro.map(
+        &mut n.w.frames,
+        0x20_0000,
+        0x20_0000,
+        PageSize::Size2M,
+        true,
+        false,
+    )
+    .unwrap();
     ro.map(&mut n.w.frames, DATA, DATA, PageSize::Size4K, true, true)
         .unwrap();
     // Clear A in the first-stage root entry so the walk must write it.
@@ -711,8 +771,15 @@ fn nested_fault_reasons() {
         PageTableFormat::FirstStage { levels: 4 },
     )
     .unwrap();
-    fs.map(&mut n.w.frames, 0x1000, 1 << 40, PageSize::Size4K, true, true)
-        .unwrap();
+    fs.map(
+        &mut n.w.frames,
+        0x1000,
+        1 << 40,
+        PageSize::Size4K,
+        true,
+        true,
+    )
+    .unwrap();
     let mut ss3 = PageTableBuilder::new(
         &n.w.mem,
         &mut n.w.frames,
@@ -721,8 +788,15 @@ fn nested_fault_reasons() {
     .unwrap();
     ss3.map(&mut n.w.frames, 0, 0, PageSize::Size2M, true, true)
         .unwrap();
-    ss3.map(&mut n.w.frames, 0x20_0000, 0x20_0000, PageSize::Size2M, true, true)
-        .unwrap();
+    ss3.map(
+        &mut n.w.frames,
+        0x20_0000,
+        0x20_0000,
+        PageSize::Size2M,
+        true,
+        true,
+    )
+    .unwrap();
     let pe = PasidEntry::nested(fs.root(), false, ss3.root(), 1, 6);
     n.w.install(0, pe, |c| c);
     assert_eq!(
@@ -789,8 +863,15 @@ fn outputs_in_the_interrupt_range_are_blocked() {
         PageTableFormat::FirstStage { levels: 4 },
     )
     .unwrap();
-    pt.map(&mut w.frames, 0x1000, 0xfee0_0000, PageSize::Size4K, true, true)
-        .unwrap();
+    pt.map(
+        &mut w.frames,
+        0x1000,
+        0xfee0_0000,
+        PageSize::Size4K,
+        true,
+        true,
+    )
+    .unwrap();
     pt.map(&mut w.frames, 0x2000, DATA, PageSize::Size4K, true, true)
         .unwrap();
     w.install(0, PasidEntry::first_stage(pt.root(), false, 3, 2), |c| c);
