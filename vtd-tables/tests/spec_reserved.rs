@@ -419,26 +419,30 @@ fn execute_requests_exist_only_with_ers() {
 #[test]
 fn scalable_context_fields_are_reserved_without_their_capability() {
     // 9.4: DTE needs ECAP.DT, PRE needs ECAP.PRS, RID_PRIV (bit 84) needs ECAP.RPRIVS (53).
-    let rows: &[(&str, usize, u32, fn(Ecap) -> Ecap)] = &[
-        ("DTE", 0, 2, |e| e.with_dt(true)),
-        ("PRE", 0, 4, |e| e.with_prs(true)),
-        ("RID_PRIV", 1, 20, |e| {
-            Ecap::from_bits(e.into_bits() | 1 << 53)
-        }),
+    let rows: &[Row] = &[
+        ("DTE", 0, 2, |e| e.with_dt(true), "9.4 DTE / 11.4.3 DT"),
+        ("PRE", 0, 4, |e| e.with_prs(true), "9.4 PRE / 11.4.3 PRS"),
+        (
+            "RID_PRIV",
+            1,
+            20,
+            |e| Ecap::from_bits(e.into_bits() | 1 << 53),
+            "9.4 RID_PRIV / 11.4.3 RPRIVS",
+        ),
     ];
-    for &(name, word, bit, grant) in rows {
+    for &(name, word, bit, grant, section) in rows {
         let (cap, ecap) = caps(|e| e);
         let mut ce = ScalableContextEntry::new(0x20_0000, 0);
         ce.0[word] |= 1 << bit;
         assert_eq!(
             ReservedRules::from_caps(cap, ecap).check_scalable_context_entry(&ce),
             Err(FaultReason::SmContextEntryReserved),
-            "{name} without its capability"
+            "{name} ({section}) without its capability"
         );
         assert_eq!(
             ReservedRules::from_caps(cap, grant(ecap)).check_scalable_context_entry(&ce),
             Ok(()),
-            "{name} with its capability"
+            "{name} ({section}) with its capability"
         );
     }
     // The walk reports it as 0x42.
