@@ -27,21 +27,16 @@ mod fr {
     pub const PTE_ACCESS: R = R::PagingEntryAccessError;
     pub const ROOT_TABLE_INVALID: R = R::RootTableAccessError;
     pub const CONTEXT_TABLE_INVALID: R = R::ContextTableAccessError;
-    pub const ROOT_RESERVED: R = R::RootEntryReserved;
-    pub const CONTEXT_RESERVED: R = R::ContextEntryReserved;
     pub const PTE_RESERVED: R = R::PagingEntryReserved;
     pub const SM_ROOT_TABLE_INVALID: R = R::SmRootTableAddressInvalid;
     pub const SM_ROOT_ACCESS: R = R::SmRootEntryAccessError;
     pub const SM_ROOT_NOT_PRESENT: R = R::SmRootEntryNotPresent;
-    pub const SM_ROOT_RESERVED: R = R::SmRootEntryReserved;
     pub const SM_CONTEXT_ACCESS: R = R::SmContextEntryAccessError;
     pub const SM_CONTEXT_NOT_PRESENT: R = R::SmContextEntryNotPresent;
-    pub const SM_CONTEXT_RESERVED: R = R::SmContextEntryReserved;
     pub const SM_PASID_DISABLED: R = R::SmContextPasidDisabled;
     pub const SM_PASID_TOO_LARGE: R = R::SmPasidBeyondDirectorySize;
     pub const SM_PASID_DIR_ACCESS: R = R::PasidDirectoryAccessError;
     pub const SM_PASID_DIR_NOT_PRESENT: R = R::PasidDirectoryEntryNotPresent;
-    pub const SM_PASID_DIR_RESERVED: R = R::PasidDirectoryEntryReserved;
     pub const SM_PASID_ACCESS: R = R::PasidEntryAccessError;
     pub const SM_PASID_NOT_PRESENT: R = R::PasidEntryNotPresent;
     pub const SM_PASID_INVALID: R = R::PasidEntryInvalid;
@@ -381,9 +376,7 @@ pub fn lookup_context(
             if !re.present() {
                 return Err(StepFault::new(fr::ROOT_NOT_PRESENT));
             }
-            rules
-                .check_root_entry(&re)
-                .map_err(|_| StepFault::new(fr::ROOT_RESERVED))?;
+            rules.check_root_entry(&re).map_err(StepFault::new)?;
             let ce_addr = re.context_table() + devfn as u64 * 16;
             let ce = ContextEntry(
                 mem.read_words::<2>(ce_addr)
@@ -395,7 +388,7 @@ pub fn lookup_context(
             }
             rules
                 .check_context_entry(&ce)
-                .map_err(|_| StepFault::new(fr::CONTEXT_RESERVED).with_fpd(ce.fpd()))?;
+                .map_err(|r| StepFault::new(r).with_fpd(ce.fpd()))?;
             let valid = match ce.translation_type() {
                 LegacyTranslationType::MultiLevel => {
                     cfg.cap.supports_second_stage_levels(ce.aw() + 2)
@@ -421,7 +414,7 @@ pub fn lookup_context(
             };
             rules
                 .check_scalable_root_entry(&re, devfn)
-                .map_err(|_| StepFault::new(fr::SM_ROOT_RESERVED))?;
+                .map_err(StepFault::new)?;
             let ce_addr = table + (devfn & 0x7f) as u64 * 32;
             let ce = ScalableContextEntry(
                 mem.read_words::<4>(ce_addr)
@@ -433,7 +426,7 @@ pub fn lookup_context(
             }
             rules
                 .check_scalable_context_entry(&ce)
-                .map_err(|_| StepFault::new(fr::SM_CONTEXT_RESERVED).with_fpd(ce.fpd()))?;
+                .map_err(|r| StepFault::new(r).with_fpd(ce.fpd()))?;
             Ok(DeviceContext::Scalable(ce))
         }
         TranslationTableMode::Reserved2 | TranslationTableMode::AbortDma => {
@@ -481,7 +474,7 @@ pub fn lookup_pasid_entry(
     }
     rules
         .check_pasid_dir_entry(&de)
-        .map_err(|_| StepFault::new(fr::SM_PASID_DIR_RESERVED).with_fpd(fpd))?;
+        .map_err(|r| StepFault::new(r).with_fpd(fpd))?;
     let pe_addr = de.table() + (pasid & 0x3f) as u64 * 64;
     let pe = PasidEntry(
         mem.read_words::<8>(pe_addr)
