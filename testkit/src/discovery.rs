@@ -51,7 +51,7 @@ pub const QEMU_MAJOR: u32 = 10;
 
 /// How to get QEMU 10.0.2 on this project's Debian machines: the script adds Debian's
 /// bookworm-backports suite from the mirror the machine's apt sources already name.
-pub const QEMU_INSTALL: &str = "bash .ci/install-qemu (as root, from the repository)";
+pub const QEMU_INSTALL: &str = "bash .ci/install-qemu (as root, in the repository: adds Debian's bookworm-backports suite from the mirror apt already uses, then installs qemu-system-x86)";
 
 /// The QEMU binary to use: `VTD_QEMU` if set, else [`QEMU_BIN`] from PATH.
 pub fn qemu_binary() -> PathBuf {
