@@ -210,6 +210,10 @@ pub struct Summary {
     pub passthrough: PathSummary,
     /// The unit's IOTLB.
     pub iotlb: IotlbSummary,
+    /// The host IOMMUs' IOTLBs (passthrough DMA never walks in the unit).
+    pub host_iotlb: IotlbSummary,
+    /// Invalidation entries the binders forwarded to the host IOMMUs.
+    pub host_invalidations: u64,
     /// Invalidations the unit carried out, by descriptor type.
     pub invalidations: BTreeMap<String, u64>,
     /// Maps by leaf size and unmaps by policy.
@@ -257,6 +261,10 @@ pub struct RunFacts {
     pub passthrough_devices: usize,
     /// IOTLB hits and misses.
     pub iotlb: (u64, u64),
+    /// The host IOMMUs' IOTLB hits and misses (passthrough DMA).
+    pub host_iotlb: (u64, u64),
+    /// Invalidation entries the binders forwarded to the host IOMMUs.
+    pub host_invalidations: u64,
     /// Migration figures.
     pub migration: MigrationSummary,
     /// Stages not run.
@@ -268,7 +276,15 @@ impl Stats {
     pub fn summary(&self, facts: RunFacts) -> Summary {
         let secs = facts.elapsed.as_secs_f64();
         let t = self.tallies();
-        let (hits, misses) = facts.iotlb;
+        let rate = |(hits, misses): (u64, u64)| IotlbSummary {
+            hits,
+            misses,
+            hit_rate: if hits + misses > 0 {
+                hits as f64 / (hits + misses) as f64
+            } else {
+                0.0
+            },
+        };
         let failures = self.failures.load(Ordering::Relaxed);
         Summary {
             seed: facts.seed,
@@ -278,15 +294,9 @@ impl Stats {
             passthrough_devices: facts.passthrough_devices,
             emulated: self.emulated.report(secs),
             passthrough: self.passthrough.report(secs),
-            iotlb: IotlbSummary {
-                hits,
-                misses,
-                hit_rate: if hits + misses > 0 {
-                    hits as f64 / (hits + misses) as f64
-                } else {
-                    0.0
-                },
-            },
+            iotlb: rate(facts.iotlb),
+            host_iotlb: rate(facts.host_iotlb),
+            host_invalidations: facts.host_invalidations,
             invalidations: t.invalidations.clone(),
             maps_4k: self.maps_4k.load(Ordering::Relaxed),
             maps_2m: self.maps_2m.load(Ordering::Relaxed),
@@ -338,6 +348,14 @@ impl Summary {
             self.iotlb.hits,
             self.iotlb.misses,
             100.0 * self.iotlb.hit_rate
+        )?;
+        writeln!(
+            out,
+            "  host IOTLBs: {} hits, {} misses, hit rate {:.1}%; {} invalidations forwarded",
+            self.host_iotlb.hits,
+            self.host_iotlb.misses,
+            100.0 * self.host_iotlb.hit_rate,
+            self.host_invalidations
         )?;
         writeln!(
             out,
