@@ -125,7 +125,8 @@ struct Shared {
     take_snapshot: Box<SnapshotFn>,
     bindings: RwLock<Option<Arc<dyn BindingSource>>>,
     clients: AtomicUsize,
-    cached: Mutex<Option<(Instant, Arc<Vec<u8>>)>>,
+    /// The last encoded snapshot, when it was built and the event sequence number then.
+    cached: Mutex<Option<(Instant, u64, Arc<Vec<u8>>)>>,
     options: ServerOptions,
     uid: u32,
 }
@@ -365,11 +366,14 @@ fn build_snapshot(shared: &Shared) -> Snapshot {
     snap
 }
 
-/// The encoded snapshot message, rebuilt at most once per `snapshot_reuse`.
+/// The encoded snapshot message, rebuilt at most once per `snapshot_reuse` while the unit
+/// reports no event (an event means registers or tables may have changed: a client that saw
+/// it must get a snapshot from after it; only cache counters can be that much older).
 fn snapshot_line(shared: &Shared) -> std::io::Result<Arc<Vec<u8>>> {
     let mut cached = shared.cached.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((at, line)) = &*cached {
-        if at.elapsed() < shared.options.snapshot_reuse {
+    let seq = shared.feed.next_seq();
+    if let Some((at, at_seq, line)) = &*cached {
+        if at.elapsed() < shared.options.snapshot_reuse && *at_seq == seq {
             return Ok(line.clone());
         }
     }
@@ -377,7 +381,7 @@ fn snapshot_line(shared: &Shared) -> std::io::Result<Arc<Vec<u8>>> {
     let mut line = serde_json::to_vec(&msg).map_err(std::io::Error::other)?;
     line.push(b'\n');
     let line = Arc::new(line);
-    *cached = Some((Instant::now(), line.clone()));
+    *cached = Some((Instant::now(), seq, line.clone()));
     Ok(line)
 }
 
