@@ -107,10 +107,10 @@ fn devices_drill_down_from_bdf_to_pasid_entry_and_first_stage_root() {
     has(
         &s,
         &[
-            "PASID         1 of 00:03.0",
+            "PASID          1 of 00:03.0",
             "FSPTPTR",
             &format!("{:#x}", p.fs_table.unwrap()),
-            "SRE WPE EAFE  0 0 0",
+            "SRE WPE EAFE   0 0 0",
             "qword 0",
             &format!("{:#018x}", p.raw[0]),
             "first-stage root at",

@@ -296,7 +296,17 @@ impl App {
     pub fn on_events(&mut self, batch: EventBatch) {
         self.dropped = batch.dropped;
         for rec in batch.events {
-            self.rates.count(rec.event.type_name(), rec.time_us);
+            match rec.event {
+                // Rates are of what the Invalidations and Faults tabs list.
+                Event::Invalidation(_)
+                | Event::PageResponse { .. }
+                | Event::PageRequest { .. }
+                | Event::DmaFault { .. }
+                | Event::InterruptFault { .. } => {
+                    self.rates.count(rec.event.type_name(), rec.time_us)
+                }
+                _ => {}
+            }
             match rec.event {
                 Event::DmaFault { .. } | Event::InterruptFault { .. } => {
                     push_bounded(&mut self.fault_events, rec, FAULT_CAPACITY)

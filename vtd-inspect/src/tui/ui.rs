@@ -98,7 +98,7 @@ fn render_footer(app: &App, frame: &mut Frame, area: Rect) {
 
 fn kv(name: &str, value: String) -> Line<'static> {
     Line::from(vec![
-        Span::styled(format!("{name:<14}"), Style::new().fg(Color::Cyan)),
+        Span::styled(format!("{name:<14} "), Style::new().fg(Color::Cyan)),
         Span::raw(value),
     ])
 }
@@ -574,12 +574,7 @@ fn bindings(s: &Snapshot, frame: &mut Frame, area: Rect) {
 }
 
 fn invalidations(app: &App, frame: &mut Frame, area: Rect) {
-    let series: Vec<(&str, Vec<u64>)> = app
-        .rates
-        .series()
-        .filter(|(k, _)| *k != "register-write" && *k != "wait")
-        .take(4)
-        .collect();
+    let series: Vec<(&str, Vec<u64>)> = app.rates.series().take(4).collect();
     let spark_height = if series.is_empty() {
         3
     } else {
@@ -597,8 +592,13 @@ fn invalidations(app: &App, frame: &mut Frame, area: Rect) {
         for ((name, data), row) in series.iter().zip(rows.iter()) {
             let [label, spark] =
                 Layout::horizontal([Constraint::Length(24), Constraint::Min(10)]).areas(*row);
+            // The current second is still filling: show the last complete one.
             let last = data.iter().rev().nth(1).copied().unwrap_or(0);
-            frame.render_widget(Paragraph::new(format!("{name:<13} {last:>5}/s")), label);
+            let total: u64 = data.iter().sum();
+            frame.render_widget(
+                Paragraph::new(format!("{name:<13} {last:>4}/s\n{total:>13} in 60s")),
+                label,
+            );
             frame.render_widget(
                 Sparkline::default()
                     .data(data.as_slice())
