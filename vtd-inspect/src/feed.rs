@@ -17,7 +17,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use vtd_core::{FaultDisposition, InvalidationSource, ShadowEvent, VtdEvent, VtdObserver};
+use vtd_core::{
+    FaultDisposition, InvalidationSource, ResponseOrigin, ShadowEvent, VtdEvent, VtdObserver,
+};
 use vtd_regs::inv::{
     ContextCacheGranularity, IecGranularity, InvDesc, IotlbGranularity, PasidCacheGranularity,
     PasidIotlbGranularity,
@@ -200,9 +202,12 @@ impl VtdObserver for EventFeed {
                     InvalidationSource::Queue { .. } => c.queued.fetch_add(1, Ordering::Relaxed),
                     InvalidationSource::Register => c.register.fetch_add(1, Ordering::Relaxed),
                 };
-                if matches!(desc, InvDesc::PageGroupResponse(_)) {
-                    c.page_responses.fetch_add(1, Ordering::Relaxed);
-                }
+            }
+            VtdEvent::PageRequestQueued { .. } => {
+                c.page_requests.fetch_add(1, Ordering::Relaxed);
+            }
+            VtdEvent::PageGroupResponse(_) => {
+                c.page_responses.fetch_add(1, Ordering::Relaxed);
             }
             VtdEvent::DmaFault { .. } => {
                 c.dma_faults.fetch_add(1, Ordering::Relaxed);
@@ -365,16 +370,6 @@ pub fn decode_event(e: &VtdEvent) -> Event {
             entries: *entries,
             eime: *eime,
         },
-        VtdEvent::Invalidation {
-            desc: InvDesc::PageGroupResponse(r),
-            ..
-        } => Event::PageResponse {
-            rid: r.rid,
-            pasid: r.pasid,
-            response_code: r.response_code,
-            prg_index: r.prg_index,
-            last_in_group: r.last_in_group,
-        },
         VtdEvent::Invalidation { source, desc } => {
             Event::Invalidation(decode_invalidation(*source, desc))
         }
@@ -442,6 +437,36 @@ pub fn decode_event(e: &VtdEvent) -> Event {
                 pasid,
                 iova: 0,
                 size: 0,
+            },
+        },
+        VtdEvent::PageRequestQueued { request: r, slot } => Event::PageRequest {
+            sid: r.sid,
+            pasid: r.pasid,
+            address: r.address & !0xfff,
+            prg_index: r.prg_index,
+            last_in_group: r.last_in_group,
+            access: [
+                (r.read, 'r'),
+                (r.write, 'w'),
+                (r.execute, 'x'),
+                (r.privileged, 'p'),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, c)| *c)
+            .collect(),
+            slot: *slot,
+        },
+        VtdEvent::PageGroupResponse(r) => Event::PageResponse {
+            rid: r.sid,
+            pasid: r.pasid,
+            response_code: r.code.into_bits(),
+            prg_index: r.prg_index,
+            matched: r.matched,
+            origin: match r.origin {
+                ResponseOrigin::Guest { index } => format!("guest QI[{index}]"),
+                ResponseOrigin::Overflow => "overflow".into(),
+                ResponseOrigin::Blocked => "blocked".into(),
             },
         },
         VtdEvent::Reset => Event::Reset,

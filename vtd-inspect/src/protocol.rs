@@ -204,8 +204,7 @@ pub enum Event {
         /// Recorded, suppressed, overflow or coalesced.
         disposition: String,
     },
-    /// A page request from a device (spec 7.5). vtd-core does not emulate the page-request
-    /// queue yet; the variant is part of protocol version 1 so clients handle it when it comes.
+    /// A device's page request, written into the guest's page request queue (spec 7.5).
     PageRequest {
         /// Requester.
         sid: u16,
@@ -217,8 +216,13 @@ pub enum Event {
         prg_index: u16,
         /// Last request of its group.
         last_in_group: bool,
+        /// Access asked for ("r", "rw", "rwx", with "p" for privileged).
+        access: String,
+        /// Page request queue slot it was written to.
+        slot: u32,
     },
-    /// Software's page-group response (descriptor type 0x9, spec 7.10).
+    /// A page group response for a device (spec 7.10): the guest's descriptor (type 0x9), or
+    /// the unit's own answer to a request it dropped.
     PageResponse {
         /// Requester the response goes to.
         rid: u16,
@@ -228,8 +232,10 @@ pub enum Event {
         response_code: u8,
         /// Page request group index.
         prg_index: u16,
-        /// Last page of the group.
-        last_in_group: bool,
+        /// An outstanding group was answered by it.
+        matched: bool,
+        /// "guest" (with its queue slot), "overflow" or "blocked".
+        origin: String,
     },
     /// A passthrough device's nested binding changed (attach, replace, detach, failure).
     BindingChanged {

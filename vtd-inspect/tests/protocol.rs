@@ -37,13 +37,16 @@ fn every_event() -> Vec<Event> {
             address: 0x5000,
             prg_index: 6,
             last_in_group: true,
+            access: "rw".into(),
+            slot: 2,
         },
         Event::PageResponse {
             rid: 3,
             pasid: None,
             response_code: 0,
             prg_index: 6,
-            last_in_group: true,
+            matched: true,
+            origin: "guest QI[4]".into(),
         },
         Event::BindingChanged {
             bdf: "00:04.0".into(),
