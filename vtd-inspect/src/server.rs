@@ -117,6 +117,9 @@ pub fn authorize(peer_uid: u32, server_uid: u32) -> Result<(), String> {
     }
 }
 
+/// An encoded snapshot line, when it was built, and the event sequence number then.
+type CachedSnapshot = (Instant, u64, Arc<Vec<u8>>);
+
 type SnapshotFn = dyn Fn(&Limits) -> Snapshot + Send + Sync;
 
 struct Shared {
@@ -126,7 +129,7 @@ struct Shared {
     bindings: RwLock<Option<Arc<dyn BindingSource>>>,
     clients: AtomicUsize,
     /// The last encoded snapshot, when it was built and the event sequence number then.
-    cached: Mutex<Option<(Instant, u64, Arc<Vec<u8>>)>>,
+    cached: Mutex<Option<CachedSnapshot>>,
     options: ServerOptions,
     uid: u32,
 }

@@ -415,15 +415,15 @@ impl App {
                 let n = self.pasid_count();
                 step(&mut self.pasid, n, false);
             }
-            (Drill::List, KeyCode::Enter | KeyCode::Right | KeyCode::Char('l')) => {
-                if self.device_count() > 0 {
-                    self.drill = Drill::Context;
-                }
+            (Drill::List, KeyCode::Enter | KeyCode::Right | KeyCode::Char('l'))
+                if self.device_count() > 0 =>
+            {
+                self.drill = Drill::Context;
             }
-            (Drill::Context, KeyCode::Enter | KeyCode::Right | KeyCode::Char('l')) => {
-                if self.pasid_count() > 0 {
-                    self.drill = Drill::Pasid;
-                }
+            (Drill::Context, KeyCode::Enter | KeyCode::Right | KeyCode::Char('l'))
+                if self.pasid_count() > 0 =>
+            {
+                self.drill = Drill::Pasid;
             }
             (
                 Drill::Pasid,
