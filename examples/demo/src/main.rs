@@ -9,6 +9,7 @@
 
 mod dma;
 mod emulated;
+mod inspect;
 mod machine;
 mod passthrough;
 mod stats;
@@ -43,7 +44,7 @@ struct Cli {
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
-    /// Serve the live inspector on this Unix socket.
+    /// Serve the live inspector on this Unix socket (attach with `vtd-inspect --socket PATH`).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// No progress line.
@@ -60,14 +61,6 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Some(path) = &cli.socket {
-        eprintln!(
-            "vtd-demo: --socket {}: the inspector server (vtd-inspect) is not built yet, so \
-             this build cannot serve it; run without --socket",
-            path.display()
-        );
-        return ExitCode::from(2);
-    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
@@ -81,6 +74,7 @@ fn main() -> ExitCode {
         seed: cli.seed,
         progress: !cli.quiet,
         tty: std::io::stderr().is_terminal(),
+        socket: cli.socket,
     };
     let workload = match Workload::boot(opts) {
         Ok(w) => w,

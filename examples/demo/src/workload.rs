@@ -27,6 +27,7 @@ use vtd_testkit::driver::Guest;
 
 use crate::dma::{Buffer, DeviceDma, MAX_HUGE_LEN, MAX_SMALL_LEN};
 use crate::emulated::{EmulatedDevice, EmulatedDriver, GUEST_SALT, Kick, POISON, Request};
+use crate::inspect;
 use crate::machine::{Machine, MachineError, PASSTHROUGH_DEVICES, Ram, Rng, region};
 use crate::passthrough::{
     CMD_FROM_MEMORY, CMD_TO_MEMORY, PassthroughDevice, STATUS_DONE, post_command, read_status,
@@ -55,6 +56,8 @@ pub struct Options {
     pub progress: bool,
     /// The progress line is on a terminal.
     pub tty: bool,
+    /// Serve the inspector on this socket.
+    pub socket: Option<std::path::PathBuf>,
 }
 
 struct EmulatedSlot {
@@ -113,6 +116,7 @@ pub struct Workload {
     irq_rx: Receiver<u64>,
     round: u64,
     not_run: Vec<String>,
+    inspector: Option<vtd_inspect::server::InspectServer>,
 }
 
 impl std::fmt::Debug for Workload {
@@ -133,6 +137,15 @@ impl Workload {
     pub fn boot(opts: Options) -> Result<Self, String> {
         let stats = Arc::new(Stats::default());
         let mut machine = Machine::new(opts.devices).map_err(|e: MachineError| e.to_string())?;
+        // The inspector attaches before the guest programs the unit, so a client sees it all.
+        let inspector = match &opts.socket {
+            Some(path) => Some(inspect::serve(
+                machine.unit(),
+                path,
+                inspect::Bindings::new(machine.hosts.iter().map(|h| h.binder.clone()).collect()),
+            )?),
+            None => None,
+        };
         stats
             .bindings
             .fetch_add(machine.hosts.len() as u64, Ordering::Relaxed);
@@ -194,6 +207,7 @@ impl Workload {
             irq_tx,
             irq_rx,
             round: 0,
+            inspector,
             not_run: vec![
                 "live migration: vtd-migrate is not built yet".into(),
                 "page requests: vtd-core has the page request queue, but vtd-accel does not forward a passthrough device's page requests yet".into(),
@@ -736,6 +750,12 @@ impl Workload {
             || format!("unplug: host attachments {attached:?}, expected only the default HWPT {parent:?}"),
         );
         self.stats.unplugs.fetch_add(1, Ordering::Relaxed);
+        inspect::binding_changed(
+            self.inspector.as_ref(),
+            host.bdf.to_string(),
+            slot.pasid,
+            "unplugged",
+        );
         // VMM: plug it back (VFIO realize), then the guest probes it.
         host.binder
             .register(host.bdf, device, PciTopology::default())
@@ -755,6 +775,13 @@ impl Workload {
         // re-evaluates the bindings there.
         host.binder.resync_all();
         self.check_bound(j, "replug");
+        let bdf = self.machine.hosts[self.passthrough[j].host].bdf.to_string();
+        inspect::binding_changed(
+            self.inspector.as_ref(),
+            bdf,
+            self.passthrough[j].pasid,
+            "replugged",
+        );
         self.start_passthrough(j);
         self.stats.replugs.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -110,14 +110,93 @@ fn interrupt_ends_cleanly_with_the_summary() {
 }
 
 #[test]
-fn socket_is_refused_clearly_until_the_inspector_exists() {
+fn inspector_attaches_to_the_running_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("demo.sock");
+    let mut child = demo(&["--seconds", "6", "--json", "--quiet", "--socket"])
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match vtd_inspect::client::Client::connect(&sock) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => {
+                let _ = child.kill();
+                panic!("no inspector on {}: {e}", sock.display());
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    assert!(
+        client.server().software.starts_with("vtd-demo"),
+        "{:?}",
+        client.server()
+    );
+    // Once the guest booted, the snapshot shows its scalable-mode tables: every emulated device
+    // (00:04.0, 00:05.0) and both passthrough devices, and the binders' nested HWPTs.
+    let snapshot = loop {
+        let (snap, _) = client.snapshot().unwrap();
+        if snap
+            .bindings
+            .iter()
+            .filter(|b| !b.nested.is_empty())
+            .count()
+            == 2
+        {
+            break snap;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bindings never showed: {:?}",
+            snap.bindings
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let sids: Vec<u16> = snapshot.devices.iter().map(|d| d.sid).collect();
+    for sid in [0x20, 0x28, 0x100, 0x200] {
+        assert!(sids.contains(&sid), "{sid:#x} missing from {sids:x?}");
+    }
+    let pasids: Vec<u32> = snapshot
+        .bindings
+        .iter()
+        .flat_map(|b| b.nested.iter().map(|n| n.pasid))
+        .collect();
+    assert!(pasids.contains(&0) && pasids.contains(&5), "{pasids:?}");
+    client.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the demo did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    check_summary(&s, 2);
+    assert!(!sock.exists(), "the socket is removed at exit");
+}
+
+#[test]
+fn socket_errors_are_reported_clearly() {
     let out = run_bounded(
-        demo(&["--socket", "/tmp/vtd-demo-test.sock", "--seconds", "1"]),
+        demo(&["--socket", "/nonexistent-dir/demo.sock", "--seconds", "1"]),
         Duration::from_secs(30),
     )
     .unwrap();
-    assert_eq!(out.code, Some(2));
-    assert!(out.stderr.contains("--socket"), "{}", out.stderr);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--socket /nonexistent-dir/demo.sock"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stdout.is_empty());
 }
 

@@ -110,8 +110,8 @@ fn usage_errors() {
             "invalid value '2' for '--memory <MIB>': expected 4 to",
         ),
         (
-            &["--kernel", "k", "--socket", "/tmp/vtd.sock"][..],
-            "--socket /tmp/vtd.sock: the inspector is not built yet",
+            &["--kernel", "k", "--socket-linger", "5"][..],
+            "the following required arguments were not provided:\n  --socket <PATH>",
         ),
     ] {
         let r = vtd_vmm(args, &[]);

@@ -74,9 +74,13 @@ struct Options {
     /// Stop the guest after SECONDS (exit status 124)
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
-    /// Inspector socket: not available yet (vtd-inspect has no server)
+    /// Serve the vIOMMU's state and events to `vtd-inspect --socket PATH` on this Unix
+    /// socket (mode 0600, same user only, read-only)
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// With --socket: keep serving for SECONDS after the guest ended, to inspect its final state
+    #[arg(long, value_name = "SECONDS", requires = "socket", default_value = "0")]
+    socket_linger: u64,
     /// Print the machine's setup and exit statistics on standard error
     #[arg(short, long)]
     verbose: bool,
@@ -101,11 +105,6 @@ fn parse_memory(v: &str) -> Result<u64, String> {
 enum StartError {
     #[error("no kernel given: use --kernel FILE (see --help)")]
     NoKernel,
-    #[error(
-        "--socket {}: the inspector is not built yet (vtd-inspect has no server); run without --socket",
-        .0.display()
-    )]
-    SocketUnavailable(PathBuf),
     #[error("invalid --iommu `{props}`: {reason}")]
     InvalidIommu { props: String, reason: String },
     #[error("cannot read {what} `{}`: {source}", path.display())]
@@ -158,10 +157,6 @@ struct Prepared {
 }
 
 fn prepare(opts: &Options) -> Result<Prepared, StartError> {
-    if let Some(path) = &opts.socket {
-        // Say so rather than pretend: there is no inspection server to listen on yet.
-        return Err(StartError::SocketUnavailable(path.clone()));
-    }
     let kernel_path = opts.kernel.as_ref().ok_or(StartError::NoKernel)?;
     let config = VtdConfig::from_qemu_props(&opts.iommu).map_err(|e| StartError::InvalidIommu {
         props: opts.iommu.clone(),
@@ -235,6 +230,8 @@ fn main() -> ExitCode {
         cmdline: &prepared.cmdline,
         modules: &prepared.modules,
         verbose: opts.verbose,
+        socket: opts.socket.as_deref(),
+        socket_linger: std::time::Duration::from_secs(opts.socket_linger),
     };
     match vm::run(setup) {
         Ok(vm::Outcome::DebugExit(status)) => {
@@ -343,13 +340,22 @@ mod tests {
                 .to_string()
                 .contains("4 to")
         );
-        let socket = parse(&["--kernel", "k", "--socket", "/tmp/s"]).expect("parses");
+        let socket = parse(&[
+            "--kernel",
+            "k",
+            "--socket",
+            "/tmp/s",
+            "--socket-linger",
+            "3",
+        ])
+        .expect("parses");
+        assert_eq!(socket.socket, Some(PathBuf::from("/tmp/s")));
+        assert_eq!(socket.socket_linger, 3);
         assert!(
-            prepare(&socket)
-                .err()
-                .expect("refused")
+            parse(&["--kernel", "k", "--socket-linger", "3"])
+                .unwrap_err()
                 .to_string()
-                .contains("not built yet")
+                .contains("--socket")
         );
     }
 
