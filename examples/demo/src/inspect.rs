@@ -1,7 +1,8 @@
 //! `--socket PATH`: the demo serves its unit to `vtd-inspect` like any VMM embedding the
 //! inspector would. The server starts before the guest programs anything, so a client sees
 //! the whole boot; the passthrough bindings come from the demo's binders, and hot-unplug and
-//! replug are reported as binding changes.
+//! replug are reported as binding changes. The backend column names the simulated host IOMMU
+//! (`sim0`, `sim1`: one iommufd each).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,10 +37,10 @@ impl BindingSource for Bindings {
                     None => {
                         views.push(BindingView {
                             bdf,
-                            backend: format!("sim (iommufd {i})"),
+                            backend: format!("sim{i}"),
                             parent_hwpt: Some(b.parent),
                             nested: Vec::new(),
-                            state: "bound".into(),
+                            state: "blocked".into(),
                             last_error: None,
                             counters: vec![
                                 Field::new("hwpts_allocated", stats.hwpts_allocated),
@@ -50,14 +51,17 @@ impl BindingSource for Bindings {
                     }
                 };
                 let view = &mut views[at];
-                match b.host {
-                    HostAttachment::Nested(hwpt) => view.nested.push(NestedHwptView {
+                // "bound" once any PASID is nested: a device using only PASID 5 leaves its
+                // PASID 0 (requests without PASID) blocked, as the guest set it up.
+                if let HostAttachment::Nested(hwpt) = b.host {
+                    view.nested.push(NestedHwptView {
                         pasid: b.pasid,
                         hwpt,
                         fs_table: b.s1.map_or(0, |s| s.pgtbl_addr),
-                    }),
-                    HostAttachment::Blocked if b.pasid == 0 => view.state = "blocked".into(),
-                    _ => {}
+                    });
+                    if view.state == "blocked" {
+                        view.state = "bound".into();
+                    }
                 }
                 if b.dirty {
                     view.state = "failed".into();
