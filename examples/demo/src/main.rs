@@ -35,6 +35,10 @@ struct Cli {
     /// How long to run, in seconds; 0 runs until Ctrl-C (which ends cleanly with the summary).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Stop after this many workload rounds (whichever of --seconds and --rounds comes first);
+    /// with the same seed, the same rounds do the same operations.
+    #[arg(long, value_name = "N")]
+    rounds: Option<u64>,
     /// Emulated (virtio-blk-like) devices, each on its own thread (1..=32).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=MAX_DEVICES as i64))]
     devices: u16,
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     }
     let opts = Options {
         duration: (cli.seconds > 0).then(|| Duration::from_secs(cli.seconds)),
+        rounds: cli.rounds,
         devices: usize::from(cli.devices),
         seed: cli.seed,
         progress: !cli.quiet,

@@ -48,6 +48,8 @@ pub const PASSTHROUGH_PASID: u32 = 5;
 pub struct Options {
     /// Run time; `None` until interrupted.
     pub duration: Option<Duration>,
+    /// Round limit.
+    pub rounds: Option<u64>,
     /// Emulated devices.
     pub devices: usize,
     /// Workload seed.
@@ -299,7 +301,9 @@ impl Workload {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            if self.opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            if self.opts.duration.is_some_and(|d| started.elapsed() >= d)
+                || self.opts.rounds.is_some_and(|n| self.round >= n)
+            {
                 break;
             }
             if !self.round() {

@@ -80,6 +80,42 @@ fn short_run_exits_zero_with_every_path_in_the_summary() {
 }
 
 #[test]
+fn the_same_seed_gives_the_same_workload() {
+    let run = |seed: &str| {
+        let out = run_bounded(
+            demo(&[
+                "--seconds",
+                "0",
+                "--rounds",
+                "300",
+                "--seed",
+                seed,
+                "--json",
+                "--quiet",
+            ]),
+            Duration::from_secs(120),
+        )
+        .unwrap();
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let mut s: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(u(&s, &["rounds"]), 300);
+        // Timing and cache figures depend on the threads' interleaving; everything the
+        // workload decided does not.
+        let o = s.as_object_mut().unwrap();
+        for timing in ["seconds", "iotlb", "host_iotlb"] {
+            o.remove(timing);
+        }
+        for path in ["emulated", "passthrough"] {
+            o[path].as_object_mut().unwrap().remove("mib_per_s");
+        }
+        s
+    };
+    let a = run("42");
+    assert_eq!(a, run("42"));
+    assert_ne!(a["emulated"]["bytes"], run("43")["emulated"]["bytes"]);
+}
+
+#[test]
 fn interrupt_ends_cleanly_with_the_summary() {
     let mut child = demo(&["--seconds", "0", "--json", "--quiet"])
         .stdin(Stdio::null())
