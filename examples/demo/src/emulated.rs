@@ -14,8 +14,9 @@ use std::sync::mpsc::{Receiver, Sender};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::iommu::IommuMemory;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::iommu::{Iommu, IommuMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, Permissions};
 use vtd_core::DeviceAddressSpace;
 use vtd_tables::GuestRam;
 
@@ -64,6 +65,7 @@ pub struct EmulatedDevice {
     queue: Queue,
     stats: Arc<Stats>,
     buf: Vec<u8>,
+    ram: Ram,
 }
 
 impl EmulatedDevice {
@@ -108,6 +110,30 @@ impl EmulatedDevice {
             queue,
             stats,
             buf: Vec::new(),
+            ram: ram.clone(),
+        }
+    }
+
+    /// Marks the guest pages behind `[iova, iova + len)` dirty in guest memory's bitmap.
+    ///
+    /// `IommuMemory` logs the writes it makes with the IOMMU on in its own IOVA-indexed bitmap
+    /// instead of guest memory's (vm-memory iommu.rs replaces the slices' bitmap), so the
+    /// device model, the VMM's code, marks the guest-physical pages itself: live migration's
+    /// pre-copy rounds read guest memory's bitmap, and a page this device wrote must be sent
+    /// again. The range was written a moment ago and is still mapped (the guest unmaps only
+    /// after the completion), so the translation hits the unit's IOTLB.
+    fn mark_written(&self, iova: u64, len: usize) {
+        let Ok(ranges) = self
+            .mem
+            .iommu()
+            .translate(GuestAddress(iova), len, Permissions::Write)
+        else {
+            return;
+        };
+        for r in ranges {
+            if let Some((region, offset)) = self.ram.to_region_addr(r.base) {
+                region.bitmap().mark_dirty(offset.0 as usize, r.length);
+            }
         }
     }
 
@@ -178,6 +204,7 @@ impl EmulatedDevice {
                 if self.mem.write_slice(&self.buf, addr).is_err() {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
+                self.mark_written(addr.0, len);
                 self.stats.emulated.add(len as u64);
                 (VIRTIO_BLK_S_OK, len as u32)
             }
