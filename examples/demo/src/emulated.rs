@@ -114,6 +114,14 @@ impl EmulatedDevice {
         }
     }
 
+    /// Continues a queue whose driver posted and the device completed `index` requests (the
+    /// virtio queue state a migration carries: next available and next used index).
+    pub fn resume_at(mut self, index: u16) -> Self {
+        self.queue.set_next_avail(index);
+        self.queue.set_next_used(index);
+        self
+    }
+
     /// Marks the guest pages behind `[iova, iova + len)` dirty in guest memory's bitmap.
     ///
     /// `IommuMemory` logs the writes it makes with the IOMMU on in its own IOVA-indexed bitmap
@@ -185,12 +193,17 @@ impl EmulatedDevice {
                         "emulated device {}: status not writable",
                         self.index
                     ));
+                } else {
+                    self.mark_written(status.addr().0, 1);
                 }
                 moved + 1
             };
             if let Err(e) = self.queue.add_used(&self.mem, head, written) {
                 self.stats
                     .fail(format!("emulated device {}: used ring: {e}", self.index));
+            } else {
+                // add_used wrote the element and the index: both in the used ring's page.
+                self.mark_written(CONTROL_IOVA + USED_PAGE * 4096, 4096);
             }
         }
     }
@@ -341,6 +354,11 @@ impl EmulatedDriver {
         )
         .map_err(|e| format!("status: {e}"))?;
         Ok(status[0])
+    }
+
+    /// Requests posted (and, between rounds, completed): the queue's ring index.
+    pub fn ring_index(&self) -> u16 {
+        self.avail_idx
     }
 
     /// The data IOVA of a deliberate bad-IOVA request.

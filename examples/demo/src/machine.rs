@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vtd_accel::{
     Bdf, HostHwInfo, HostIommuDevice, HostMemory, NestedBinder, PciTopology, SimHostIommu,
 };
@@ -170,43 +170,61 @@ pub enum MachineError {
     Register(#[from] vtd_accel::RegisterError),
 }
 
+/// Maps guest RAM of `size` bytes.
+pub fn new_ram(size: u64) -> Result<Ram, MachineError> {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(|source| {
+        MachineError::Ram {
+            mib: size >> 20,
+            source,
+        }
+    })
+}
+
+/// The unit's configuration.
+pub fn unit_config() -> Result<VtdConfig, MachineError> {
+    let mut cfg = VtdConfig::from_qemu_props(UNIT_PROPS)?;
+    cfg.pasid_bits = PASID_BITS;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The host side of a machine whose unit is `unit` over `ram`: one simulated host IOMMU per
+/// passthrough device, guest RAM mapped in its IOAS (the VMM's VFIO memory listener), a binder
+/// subscribed to the unit, and the device registered with it (VFIO realize). On a migration
+/// target this runs before the unit's state is restored, as a destination VMM realizes its
+/// devices before it loads the incoming state.
+pub fn build_hosts(unit: &Arc<Unit>, ram: &Ram) -> Result<Vec<HostSide>, MachineError> {
+    let size = ram.last_addr().0 + 1;
+    let mut hosts = Vec::new();
+    for i in 0..PASSTHROUGH_DEVICES {
+        let host = HostMemory::new().with_region(host_base(i), size, ram.clone(), 0);
+        let sim = Arc::new(SimHostIommu::new(HostHwInfo::vtd_nesting_capable(), host));
+        let ioas = sim.alloc_ioas();
+        sim.ioas_map(ioas, 0, size, host_base(i), true)?;
+        let binder = NestedBinder::with_unit_faults(unit, sim.clone());
+        let (dev, parent) = sim.vfio_bind_default(ioas, binder.viommu_flags())?;
+        let name = format!("0000:{:02x}:00.0", i + 1);
+        let device = HostIommuDevice::query(&*sim, name, dev, parent)?;
+        let bdf = Bdf::new(i as u8 + 1, 0, 0);
+        binder.register(bdf, device.clone(), PciTopology::default())?;
+        hosts.push(HostSide {
+            sim,
+            binder,
+            device,
+            bdf,
+        });
+    }
+    Ok(hosts)
+}
+
 impl Machine {
     /// Builds the machine for `emulated` emulated devices and the passthrough devices; the
     /// passthrough devices are registered with their binders (the VMM's VFIO realize step),
     /// before the guest programs anything.
     pub fn new(emulated: usize) -> Result<Self, MachineError> {
-        let regions = emulated + PASSTHROUGH_DEVICES;
-        let size = region(regions);
-        let ram: Ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(
-            |source| MachineError::Ram {
-                mib: size >> 20,
-                source,
-            },
-        )?;
-        let mut cfg = VtdConfig::from_qemu_props(UNIT_PROPS)?;
-        cfg.pasid_bits = PASID_BITS;
-        cfg.validate()?;
-        let guest = Guest::over_memory(cfg, ram.clone());
-        let mut hosts = Vec::new();
-        for i in 0..PASSTHROUGH_DEVICES {
-            let host = HostMemory::new().with_region(host_base(i), size, ram.clone(), 0);
-            let sim = Arc::new(SimHostIommu::new(HostHwInfo::vtd_nesting_capable(), host));
-            let ioas = sim.alloc_ioas();
-            // The VMM's VFIO memory listener: all of guest RAM, GPA -> HPA, writable.
-            sim.ioas_map(ioas, 0, size, host_base(i), true)?;
-            let binder = NestedBinder::with_unit_faults(&guest.unit, sim.clone());
-            let (dev, parent) = sim.vfio_bind_default(ioas, binder.viommu_flags())?;
-            let name = format!("0000:{:02x}:00.0", i + 1);
-            let device = HostIommuDevice::query(&*sim, name, dev, parent)?;
-            let bdf = Bdf::new(i as u8 + 1, 0, 0);
-            binder.register(bdf, device.clone(), PciTopology::default())?;
-            hosts.push(HostSide {
-                sim,
-                binder,
-                device,
-                bdf,
-            });
-        }
+        let ram = new_ram(region(emulated + PASSTHROUGH_DEVICES))?;
+        let guest = Guest::over_memory(unit_config()?, ram.clone());
+        let hosts = build_hosts(&guest.unit, &ram)?;
         Ok(Self { ram, guest, hosts })
     }
 

@@ -11,6 +11,7 @@ mod dma;
 mod emulated;
 mod inspect;
 mod machine;
+mod migrate;
 mod passthrough;
 mod stats;
 mod workload;

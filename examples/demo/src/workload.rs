@@ -29,13 +29,17 @@ use crate::dma::{Buffer, DeviceDma, MAX_HUGE_LEN, MAX_SMALL_LEN};
 use crate::emulated::{EmulatedDevice, EmulatedDriver, GUEST_SALT, Kick, POISON, Request};
 use crate::inspect;
 use crate::machine::{Machine, MachineError, PASSTHROUGH_DEVICES, Ram, Rng, region};
+use crate::migrate::{PRECOPY_ROUNDS, PreCopy, Totals};
 use crate::passthrough::{
     CMD_FROM_MEMORY, CMD_TO_MEMORY, PassthroughDevice, STATUS_DONE, post_command, read_status,
 };
-use crate::stats::{MigrationSummary, Progress, RunFacts, Stats, Summary};
+use crate::stats::{Progress, RunFacts, Stats, Summary};
 
 /// Rounds between two hot-unplug/replug cycles.
 pub const REPLUG_EVERY: u64 = 64;
+/// Rounds between two live migrations, and the round of the first.
+pub const MIGRATE_EVERY: u64 = 1024;
+const MIGRATE_AT: u64 = 200;
 /// Rounds between two deliberate faults.
 const FAULT_EVERY: u64 = 8;
 /// How long a device may take to answer a notify before the run is declared hung.
@@ -119,6 +123,8 @@ pub struct Workload {
     round: u64,
     not_run: Vec<String>,
     inspector: Option<vtd_inspect::server::InspectServer>,
+    precopy: Option<PreCopy>,
+    migrations: Totals,
 }
 
 impl std::fmt::Debug for Workload {
@@ -210,8 +216,9 @@ impl Workload {
             irq_rx,
             round: 0,
             inspector,
+            precopy: None,
+            migrations: Totals::default(),
             not_run: vec![
-                "live migration: vtd-migrate is not built yet".into(),
                 "page requests: vtd-core has the page request queue, but vtd-accel does not forward a passthrough device's page requests yet".into(),
             ],
         };
@@ -235,7 +242,8 @@ impl Workload {
             slot.driver.index,
             self.opts.seed,
             self.stats.clone(),
-        );
+        )
+        .resume_at(slot.driver.ring_index());
         let (tx, rx) = mpsc::channel();
         let irq = self.irq_tx.clone();
         slot.kick = tx;
@@ -335,26 +343,13 @@ impl Workload {
             iotlb: (iotlb.hits, iotlb.misses),
             host_iotlb: (host.0, host.1),
             host_invalidations: host.2,
-            migration: MigrationSummary::default(),
+            migration: self.migrations.summary(),
             not_run: std::mem::take(&mut self.not_run),
         })
     }
 
     fn shutdown(&mut self) {
-        for s in &mut self.emulated {
-            let _ = s.kick.send(Kick::Stop);
-            if let Some(t) = s.thread.take() {
-                let _ = t.join();
-            }
-        }
-        for s in &mut self.passthrough {
-            if let Some(k) = s.kick.take() {
-                let _ = k.send(Kick::Stop);
-            }
-            if let Some(t) = s.thread.take() {
-                let _ = t.join();
-            }
-        }
+        self.stop_devices();
     }
 
     /// One round; false when the run cannot go on (a device hung).
@@ -620,8 +615,120 @@ impl Workload {
                 return false;
             }
         }
+        if let Err(e) = self.migration_step(round) {
+            self.stats.fail(e);
+            return false;
+        }
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// Starts a migration, runs a pre-copy round, or finishes one, as the round number says.
+    fn migration_step(&mut self, round: u64) -> Result<(), String> {
+        match &mut self.precopy {
+            Some(p) if p.rounds() < PRECOPY_ROUNDS => {
+                p.round(&self.machine.ram);
+                Ok(())
+            }
+            Some(_) => self.finish_migration(),
+            None if round % MIGRATE_EVERY == MIGRATE_AT => {
+                self.precopy =
+                    Some(PreCopy::start(&self.machine.ram).map_err(|e| format!("migration: {e}"))?);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn stop_devices(&mut self) {
+        for s in &mut self.emulated {
+            let _ = s.kick.send(Kick::Stop);
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
+        }
+        for s in &mut self.passthrough {
+            if let Some(k) = s.kick.take() {
+                let _ = k.send(Kick::Stop);
+            }
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Stop-and-copy: the devices pause, the last dirty pages and the unit's state go to the
+    /// target, the target's host side is realized (its own simulated host IOMMUs, binders and
+    /// device registrations), the unit's state is restored (its binders bind from the restored
+    /// tables), and the machine resumes there. Downtime runs from the pause to the resume,
+    /// less the byte-for-byte comparison of the two RAMs that checks the dirty tracking.
+    fn finish_migration(&mut self) -> Result<(), String> {
+        let Some(mut pre) = self.precopy.take() else {
+            return Ok(());
+        };
+        let paused = Instant::now();
+        self.stop_devices();
+        pre.round(&self.machine.ram);
+        let snapshot = self.machine.unit().snapshot();
+        let config = self.machine.unit().config().clone();
+        let target = pre.target.clone();
+        let sink = Arc::new(vtd_core::RecordingSink::default());
+        let unit = Arc::new(
+            vtd_core::VtdUnit::new(config, target.clone(), sink.clone())
+                .map_err(|e| format!("migration target: {e}"))?,
+        );
+        let log = Arc::new(vtd_core::EventLog::default());
+        unit.subscribe(log.clone());
+        let hosts = crate::machine::build_hosts(&unit, &target)
+            .map_err(|e| format!("migration target: {e}"))?;
+        self.stats
+            .bindings
+            .fetch_add(hosts.len() as u64, Ordering::Relaxed);
+        unit.restore(&snapshot)
+            .map_err(|e| format!("migration: restoring the unit: {e}"))?;
+        let compare = Instant::now();
+        let difference = pre.first_difference(&self.machine.ram);
+        let compared = compare.elapsed();
+        self.stats.check(difference.is_none(), || {
+            format!("migration: target RAM differs from the source at {difference:x?} (a dirty page was missed)")
+        });
+        pre.target_clean();
+        let source = std::mem::replace(&mut self.machine.ram, target.clone());
+        let guest = &mut self.machine.guest;
+        guest.mem = target;
+        guest.unit = unit;
+        guest.sink = sink;
+        guest.log = log;
+        self.machine.hosts = hosts;
+        if let Some(server) = self.inspector.take() {
+            // The inspector follows the machine: a client reconnects to the same socket.
+            let path = server.path().to_path_buf();
+            drop(server);
+            self.inspector = Some(inspect::serve(
+                self.machine.unit(),
+                &path,
+                inspect::Bindings::new(
+                    self.machine
+                        .hosts
+                        .iter()
+                        .map(|h| h.binder.clone())
+                        .collect(),
+                ),
+            )?);
+        }
+        for j in 0..self.passthrough.len() {
+            self.check_bound(j, "after migration");
+        }
+        for i in 0..self.emulated.len() {
+            self.start_emulated(i);
+        }
+        for j in 0..self.passthrough.len() {
+            self.start_passthrough(j);
+        }
+        drop(source);
+        let downtime = paused.elapsed().saturating_sub(compared);
+        self.migrations.add(pre.rounds(), pre.pages(), downtime);
+        Ok(())
     }
 
     /// The guest's fault handler (Linux drivers/iommu/intel/dmar.c `dmar_fault`): from

@@ -54,7 +54,17 @@ fn check_summary(s: &Value, devices: u64) {
     let replugs = u(s, &["replugs"]);
     assert!(replugs > 0, "{s:#}");
     assert_eq!(u(s, &["unplugs"]), replugs);
-    assert_eq!(u(s, &["bindings"]), 2 + replugs);
+    // Live migration: pre-copy rounds, then the stop-and-copy; every migration re-registers
+    // both passthrough devices on the target's host IOMMUs.
+    let migrations = u(s, &["migration", "migrations"]);
+    assert!(migrations > 0, "{s:#}");
+    assert!(
+        u(s, &["migration", "precopy_rounds"]) >= 4 * migrations,
+        "{s:#}"
+    );
+    assert!(u(s, &["migration", "dirty_pages"]) > 0, "{s:#}");
+    assert!(u(s, &["migration", "max_downtime_us"]) > 0, "{s:#}");
+    assert_eq!(u(s, &["bindings"]), 2 + replugs + 2 * migrations);
 }
 
 #[test]
@@ -99,6 +109,7 @@ fn the_same_seed_gives_the_same_workload() {
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         let mut s: Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(u(&s, &["rounds"]), 300);
+        assert_eq!(u(&s, &["migration", "migrations"]), 1);
         // Timing and cache figures depend on the threads' interleaving; everything the
         // workload decided does not.
         let o = s.as_object_mut().unwrap();
@@ -108,6 +119,10 @@ fn the_same_seed_gives_the_same_workload() {
         for path in ["emulated", "passthrough"] {
             o[path].as_object_mut().unwrap().remove("mib_per_s");
         }
+        o["migration"]
+            .as_object_mut()
+            .unwrap()
+            .remove("max_downtime_us");
         s
     };
     let a = run("42");
