@@ -9,8 +9,11 @@
 //! round one emulated device gets a deliberate fault (an unmapped IOVA, or a write to a
 //! read-only page) and the fault handler must find exactly that record: requester, reason,
 //! address and access. Every [`REPLUG_EVERY`] rounds a passthrough device is hot-unplugged and
-//! replugged. The choice of every operation comes from the seed and the round number, so the
-//! same seed gives the same sequence of operations.
+//! replugged. At round 200, and every [`MIGRATE_EVERY`] rounds after it, the machine is live
+//! migrated (see `migrate.rs`): pre-copy rounds run alongside the next rounds' work, then the
+//! stop-and-copy moves it to a fresh unit and RAM, and the work carries on there. The choice of
+//! every operation comes from the seed and the round number, so the same seed gives the same
+//! sequence of operations.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,8 +40,10 @@ use crate::stats::{Progress, RunFacts, Stats, Summary};
 
 /// Rounds between two hot-unplug/replug cycles.
 pub const REPLUG_EVERY: u64 = 64;
-/// Rounds between two live migrations, and the round of the first.
-pub const MIGRATE_EVERY: u64 = 1024;
+/// Rounds between two live migrations, and the round of the first (early, so even a short run
+/// migrates). Rare enough that an attached inspector, which reconnects to the target's server
+/// within a second, spends little of a long run reconnecting.
+pub const MIGRATE_EVERY: u64 = 32768;
 const MIGRATE_AT: u64 = 200;
 /// Rounds between two deliberate faults.
 const FAULT_EVERY: u64 = 8;
@@ -125,6 +130,8 @@ pub struct Workload {
     inspector: Option<vtd_inspect::server::InspectServer>,
     precopy: Option<PreCopy>,
     migrations: Totals,
+    /// Cache figures of the units and host IOMMUs left behind by migrations.
+    retired_figures: [u64; 5],
 }
 
 impl std::fmt::Debug for Workload {
@@ -218,6 +225,7 @@ impl Workload {
             inspector,
             precopy: None,
             migrations: Totals::default(),
+            retired_figures: [0; 5],
             not_run: vec![
                 "page requests: vtd-core has the page request queue, but vtd-accel does not forward a passthrough device's page requests yet".into(),
             ],
@@ -326,23 +334,15 @@ impl Workload {
             progress.finish();
         }
         self.shutdown();
-        let iotlb = self.machine.unit().stats().iotlb;
-        let host = self.machine.hosts.iter().fold((0, 0, 0), |acc, h| {
-            let st = h.sim.stats();
-            (
-                acc.0 + st.iotlb_hits,
-                acc.1 + st.iotlb_misses,
-                acc.2 + st.invalidation_entries,
-            )
-        });
+        let [hits, misses, host_hits, host_misses, host_inv] = self.cache_figures();
         self.stats.summary(RunFacts {
             seed: self.opts.seed,
             elapsed,
             emulated_devices: self.emulated.len(),
             passthrough_devices: PASSTHROUGH_DEVICES,
-            iotlb: (iotlb.hits, iotlb.misses),
-            host_iotlb: (host.0, host.1),
-            host_invalidations: host.2,
+            iotlb: (hits, misses),
+            host_iotlb: (host_hits, host_misses),
+            host_invalidations: host_inv,
             migration: self.migrations.summary(),
             not_run: std::mem::take(&mut self.not_run),
         })
@@ -640,6 +640,23 @@ impl Workload {
         }
     }
 
+    /// IOTLB hits and misses of the unit, of the host IOMMUs, and the host invalidation
+    /// entries, including those of the machines migrated away from.
+    fn cache_figures(&self) -> [u64; 5] {
+        let iotlb = self.machine.unit().stats().iotlb;
+        let mut f = [iotlb.hits, iotlb.misses, 0, 0, 0];
+        for h in &self.machine.hosts {
+            let st = h.sim.stats();
+            f[2] += st.iotlb_hits;
+            f[3] += st.iotlb_misses;
+            f[4] += st.invalidation_entries;
+        }
+        for (total, before) in f.iter_mut().zip(self.retired_figures) {
+            *total += before;
+        }
+        f
+    }
+
     fn stop_devices(&mut self) {
         for s in &mut self.emulated {
             let _ = s.kick.send(Kick::Stop);
@@ -693,6 +710,7 @@ impl Workload {
             format!("migration: target RAM differs from the source at {difference:x?} (a dirty page was missed)")
         });
         pre.target_clean();
+        self.retired_figures = self.cache_figures();
         let source = std::mem::replace(&mut self.machine.ram, target.clone());
         let guest = &mut self.machine.guest;
         guest.mem = target;
