@@ -25,10 +25,28 @@ use crate::irq::{InterruptSink, Msi};
 use crate::regfile::RegisterFile;
 use crate::sync::{Mutex, RwLock};
 
-/// Default cache sizes: large enough for a guest's working set, small enough to bound memory.
-const IOTLB_ENTRIES: usize = 4096;
-const CONTEXT_ENTRIES: usize = 256;
-const PASID_ENTRIES: usize = 1024;
+/// How many entries each translation cache of a unit holds (see [`VtdUnit::with_cache_capacity`]).
+///
+/// The defaults are large enough for a guest's working set and small enough to bound memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheCapacity {
+    /// IOTLB entries.
+    pub iotlb: usize,
+    /// Context-cache entries (one per requester).
+    pub context: usize,
+    /// PASID-cache entries (one per requester and PASID).
+    pub pasid: usize,
+}
+
+impl Default for CacheCapacity {
+    fn default() -> Self {
+        Self {
+            iotlb: 4096,
+            context: 256,
+            pasid: 1024,
+        }
+    }
+}
 
 /// The interrupt address range (spec 3.15): requests without PASID here are interrupts.
 pub(crate) const INTERRUPT_RANGE: std::ops::RangeInclusive<u64> = walk::INTERRUPT_RANGE;
@@ -128,11 +146,21 @@ impl<M: GuestRam> std::fmt::Debug for VtdUnit<M> {
 }
 
 impl<M: GuestRam + Send + Sync> VtdUnit<M> {
-    /// A unit in its reset state.
+    /// A unit in its reset state, with the default cache sizes.
     pub fn new(
         config: VtdConfig,
         mem: M,
         irq: Arc<dyn InterruptSink>,
+    ) -> Result<Self, ConfigError> {
+        Self::with_cache_capacity(config, mem, irq, CacheCapacity::default())
+    }
+
+    /// A unit in its reset state whose caches hold `capacity` entries (each at least 1).
+    pub fn with_cache_capacity(
+        config: VtdConfig,
+        mem: M,
+        irq: Arc<dyn InterruptSink>,
+        capacity: CacheCapacity,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let (cap, ecap) = (config.cap(), config.ecap());
@@ -158,9 +186,9 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             irq,
             te: AtomicBool::new(false),
             root: AtomicU64::new(0),
-            iotlb: Iotlb::new(IOTLB_ENTRIES),
-            context_cache: ContextCache::new(CONTEXT_ENTRIES),
-            pasid_cache: PasidCache::new(PASID_ENTRIES),
+            iotlb: Iotlb::new(capacity.iotlb),
+            context_cache: ContextCache::new(capacity.context),
+            pasid_cache: PasidCache::new(capacity.pasid),
             epoch: Epoch::default(),
             bus: EventBus::default(),
             dma_faults: AtomicU64::new(0),
