@@ -507,6 +507,11 @@ impl Iotlb {
         }
     }
 
+    /// An identifier no other IOTLB of this process has.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Entries it can hold.
     pub(crate) fn capacity(&self) -> usize {
         self.sets.len() * WAYS

@@ -62,7 +62,7 @@ mod sync;
 struct ReadmeExample;
 mod unit;
 
-pub use address_space::DeviceAddressSpace;
+pub use address_space::{ChunkGuard, DeviceAddressSpace};
 pub use cache::{CacheStats, IotlbScope};
 pub use events::{
     EventBus, EventLog, FaultDisposition, InvalidationSource, IrFault, ShadowEvent, VtdEvent,

@@ -519,7 +519,39 @@ pub fn hit_figures(effort: Effort, out: &mut Vec<Figure>) {
             .expect("IOVA read");
         black_box(buf[0]);
     });
+    // What vm-memory's own IOTLB costs for the same 16 mappings (lookup and iteration, no
+    // copy): the least any `Iommu` whose guard is an `Iotlb` can add to the direct read.
+    let mut range_tlb = Iotlb::new();
+    for p in 0..256u64 {
+        range_tlb
+            .set_mapping(
+                GuestAddress(f.iova(p)),
+                GuestAddress(gpa_of(p)),
+                4096,
+                Permissions::ReadWrite,
+            )
+            .expect("vm-memory mapping");
+    }
+    let vm_range = ns_per_op(effort.runs, reads, |i| {
+        let first = (i % 16) * 16;
+        let it = Iotlb::lookup(
+            &range_tlb,
+            GuestAddress(f.iova(first)),
+            64 << 10,
+            Permissions::Read,
+        )
+        .expect("vm-memory lookup");
+        for m in it {
+            black_box(m.base);
+        }
+    });
     out.push(Figure::info("read64k.direct", direct, "ns"));
+    out.push(Figure::info("read64k.vm_memory_iotlb_lookup_16_pages", vm_range, "ns"));
+    out.push(Figure::info(
+        "read64k.least_possible_ratio_through_an_iotlb",
+        (direct + vm_range) / direct,
+        "x",
+    ));
     out.push(Figure::info("read64k.iommu_memory", through, "ns"));
     out.push(Figure::goal(
         "read64k.iommu_memory_vs_direct",
