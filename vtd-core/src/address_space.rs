@@ -199,10 +199,7 @@ impl<M: GuestRam + Send + Sync> DeviceAddressSpace<M> {
 
 fn not_accessible(iova: GuestAddress, length: usize, fails: impl std::fmt::Debug) -> IommuError {
     IommuError::CannotResolve {
-        iova_range: IovaRange {
-            base: iova,
-            length,
-        },
+        iova_range: IovaRange { base: iova, length },
         reason: format!("not accessible: {fails:?}"),
     }
 }
@@ -274,7 +271,8 @@ impl<M: GuestRam + Send + Sync> Iommu for DeviceAddressSpace<M> {
             chunk,
             slot: Some(slot),
         };
-        Iotlb::lookup(guard, iova, length, access).map_err(|fails| not_accessible(iova, length, fails))
+        Iotlb::lookup(guard, iova, length, access)
+            .map_err(|fails| not_accessible(iova, length, fails))
     }
 }
 

@@ -1,16 +1,33 @@
 //! The unit's translation caches (VT-d spec 6.2): context cache, PASID cache and IOTLB.
 //!
-//! - The IOTLB is split into shards chosen by (requester, PASID, 1 GiB region), each behind its
-//!   own `RwLock`: a hit takes one shard's read lock, probes at most three keys (4 KiB, 2 MiB,
-//!   1 GiB) and allocates nothing.
-//! - Each shard indexes its entries by domain and, inside a domain, by IOVA, so a domain or
-//!   page-range invalidation visits the entries it removes (plus a logarithmic search), not the
-//!   whole cache.
+//! - The IOTLB is set-associative: 8-way sets chosen from (requester, PASID, page, page
+//!   size), so consecutive pages of one device fill consecutive sets and one device can use
+//!   the whole cache (16,384 entries by default, 48 bytes each, allocated once).
+//! - A hit writes nothing shared. Each set is a sequence lock over atomic words: a reader
+//!   loads the sequence, the ways and the sequence again and keeps what it read only if the
+//!   sequence did not move; it never waits (a set kept busy by writers is a miss, and a miss
+//!   walks the tables, which is always correct). Hit and miss counts are per-thread stripes
+//!   summed when read. Chosen over a per-shard `RwLock` (whose read lock writes the lock
+//!   word, the line every other hitting thread reads) and over arc-swap or RCU (which copy
+//!   or defer-free on every fill and need a dependency or `unsafe`): this needs neither.
+//! - Invalidations cost what they remove. A page-selective one names a domain and pages but
+//!   not requesters, so the cache records which requesters filled entries of each domain and
+//!   probes, for each of them, only the sets the pages can be in (at most one sweep of the
+//!   cache, the bound for wide ranges); domain, PASID and global ones sweep the sets,
+//!   locking only those holding a victim.
 //! - Not-present entries are never cached (the unit is not in caching mode's "may cache
 //!   not-present" business: spec 6.1 allows, never requires it).
 //! - An invalidation epoch closes the race between a walk that read old tables and an
 //!   invalidation that completed meanwhile: a fill is dropped if any invalidation started since
-//!   its walk began.
+//!   its walk began. The epoch advances again when an invalidation is done, so anything tagged
+//!   with an epoch read during it (the `Iommu` adapter's per-thread maps) is stale after it.
+//!
+//! The invariants are the tests' names: `hits_every_page_size_and_respects_scope`,
+//! `a_fill_racing_an_invalidation_is_dropped`, `capacity_is_bounded`,
+//! `one_device_fills_every_way_of_one_range`,
+//! `a_fill_after_its_requester_was_forgotten_registers_it_again`,
+//! `page_invalidation_finds_entries_of_every_requester_of_the_domain`, and in
+//! tests/concurrency.rs `lock_free_hits_never_outlive_a_completed_page_pasid_or_global_invalidation`.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -241,7 +258,9 @@ struct SetWriter<'a> {
 
 impl Drop for SetWriter<'_> {
     fn drop(&mut self) {
-        self.set.seq.store(self.seq.wrapping_add(2), Ordering::Release);
+        self.set
+            .seq
+            .store(self.seq.wrapping_add(2), Ordering::Release);
     }
 }
 
@@ -546,7 +565,10 @@ impl Iotlb {
         for (size_index, shift) in SHIFTS.iter().enumerate() {
             let base = iova & !((1u64 << shift) - 1);
             let tag = tag_word(base, size_index);
-            match self.set_of(requester, base, size_index).find(tag, requester) {
+            match self
+                .set_of(requester, base, size_index)
+                .find(tag, requester)
+            {
                 Ok(Some(e)) => {
                     let t = decode(&e, iova);
                     if t.perms.allows(access) {
@@ -616,8 +638,7 @@ impl Iotlb {
         let entry = encode(tag, requester, &t);
         let generation = self.register(t.did, requester);
         let set = self.set_of(requester, base, size_index).lock();
-        if !epochs.unchanged_since(epoch) || self.generation.load(Ordering::SeqCst) != generation
-        {
+        if !epochs.unchanged_since(epoch) || self.generation.load(Ordering::SeqCst) != generation {
             return;
         }
         let mut target = None;
@@ -684,7 +705,10 @@ impl Iotlb {
     }
 
     fn sweep(&self, scope: &IotlbScope) -> u64 {
-        self.sets.iter().map(|s| s.remove_where(|e| scope.covers(e))).sum()
+        self.sets
+            .iter()
+            .map(|s| s.remove_where(|e| scope.covers(e)))
+            .sum()
     }
 
     fn invalidate_pages(&self, scope: &IotlbScope, did: u16, addr: u64, size: u64) -> u64 {
@@ -707,8 +731,7 @@ impl Iotlb {
             .iter()
             .map(|s| ((last >> s) - (addr >> s)).saturating_add(1))
             .fold(0, u64::saturating_add);
-        if probes_per_requester.saturating_mul(requesters.len() as u64) > self.sets.len() as u64
-        {
+        if probes_per_requester.saturating_mul(requesters.len() as u64) > self.sets.len() as u64 {
             return self.sweep(scope);
         }
         let mut removed = 0;
@@ -754,7 +777,9 @@ impl Epoch {
     pub(crate) fn current(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
-    /// Bumped before an invalidation removes anything.
+    /// Bumped before an invalidation removes anything, and again after it removed
+    /// everything: a fill (or a derived cache's tag) taken at any point of the invalidation
+    /// then differs from the epoch after its completion.
     pub(crate) fn advance(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
@@ -922,6 +947,84 @@ mod tests {
         e.advance(); // an invalidation began after the walk
         tlb.insert(&e, start, 8, None, 0x1000, t(1, None, 0x2000, 4096));
         assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_none());
+    }
+
+    #[test]
+    fn one_device_fills_every_way_of_one_range() {
+        let e = Epoch::default();
+        let tlb = Iotlb::new(1024);
+        for i in 0..1024u64 {
+            tlb.insert(&e, 0, 8, None, i << 12, t(1, None, i << 12, 4096));
+        }
+        let s = tlb.stats();
+        assert_eq!((s.entries, s.evictions), (1024, 0), "{s:?}");
+        for i in 0..1024u64 {
+            assert!(tlb.lookup(8, None, i << 12, AccessKind::Read).is_some());
+        }
+    }
+
+    #[test]
+    fn a_fill_after_its_requester_was_forgotten_registers_it_again() {
+        let e = Epoch::default();
+        let tlb = Iotlb::new(64);
+        // The fill registered its requester, then a domain invalidation forgot it before
+        // the fill locked its set (the epoch alone cannot tell: the walk began after it).
+        let generation = tlb.register(1, requester_word(8, None));
+        tlb.forget(Some(1));
+        assert_ne!(tlb.generation.load(Ordering::SeqCst), generation);
+        tlb.insert(&e, 0, 8, None, 0x1000, t(1, None, 0x2000, 4096));
+        // insert re-registered under the new generation, so this one is kept and findable.
+        assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_some());
+        assert_eq!(
+            tlb.invalidate(IotlbScope::DomainPages {
+                did: 1,
+                addr: 0x1000,
+                size: 4096
+            }),
+            1
+        );
+    }
+
+    #[test]
+    fn page_invalidation_finds_entries_of_every_requester_of_the_domain() {
+        let e = Epoch::default();
+        let tlb = Iotlb::new(4096);
+        for sid in [1u16, 2, 3] {
+            tlb.insert(&e, 0, sid, None, 0x7000, t(9, Some(0), 0x1000, 4096));
+            tlb.insert(
+                &e,
+                0,
+                sid,
+                None,
+                0x20_0000,
+                t(9, Some(0), 0x20_0000, 2 << 20),
+            );
+        }
+        tlb.insert(&e, 0, 4, None, 0x7000, t(10, Some(0), 0x1000, 4096));
+        // 4 KiB at 0x20_7000 is inside every 2 MiB entry; 0x7000 is every 4 KiB one.
+        assert_eq!(
+            tlb.invalidate(IotlbScope::PasidPages {
+                did: 9,
+                pasid: 0,
+                addr: 0x7000,
+                size: 0x20_1000
+            }),
+            6
+        );
+        assert!(
+            tlb.lookup(4, None, 0x7000, AccessKind::Read).is_some(),
+            "other domain"
+        );
+        // A range wider than the cache's sets falls back to one sweep, same result.
+        tlb.insert(&e, 0, 1, None, 0x7000, t(9, Some(0), 0x1000, 4096));
+        assert_eq!(
+            tlb.invalidate(IotlbScope::DomainPages {
+                did: 9,
+                addr: 0,
+                size: 1 << 40
+            }),
+            1
+        );
     }
 
     #[test]

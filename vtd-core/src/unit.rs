@@ -492,6 +492,8 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         self.context_cache.retain(|_, _| false);
         self.pasid_cache.retain(|_, _| false);
         self.iotlb.invalidate(IotlbScope::Global);
+        // Once more when clean (see `execute_invalidation`).
+        self.epoch.advance();
     }
 
     pub(crate) fn latched_root(&self) -> RootTable {

@@ -73,7 +73,11 @@ fn two_threads(c: &mut Criterion) {
     f.warm(SID);
     f.warm(SID + 1);
     let mut g = c.benchmark_group("hit_threads");
-    for (name, threads, same) in [("one", 1, true), ("two_same_pages", 2, true), ("two_other_pages", 2, false)] {
+    for (name, threads, same) in [
+        ("one", 1, true),
+        ("two_same_pages", 2, true),
+        ("two_other_pages", 2, false),
+    ] {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 // Per op of the slowest thread; Criterion wants the time of `iters` ops.
@@ -105,7 +109,11 @@ fn misses(c: &mut Criterion) {
             ..FixtureSpec::default()
         });
         f.warm(SID);
-        let name = if nested { "nested" } else { "first_stage_4level" };
+        let name = if nested {
+            "nested"
+        } else {
+            "first_stage_4level"
+        };
         let mut i = 0u64;
         g.bench_function(format!("{name}/translate"), |b| {
             b.iter(|| {

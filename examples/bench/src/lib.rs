@@ -157,8 +157,8 @@ impl Default for FixtureSpec {
 impl Fixture {
     /// Builds the tables and enables translation (no access made yet: the IOTLB is empty).
     pub fn new(spec: FixtureSpec) -> Self {
-        let mem: Mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_BYTES)])
-            .expect("guest RAM");
+        let mem: Mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_BYTES)]).expect("guest RAM");
         let mut cfg = VtdConfig::from_qemu_props("x-scalable-mode=on,x-flts=on").expect("config");
         if spec.nested {
             cfg.second_stage = true;
@@ -176,12 +176,9 @@ impl Fixture {
         let mut frames = FrameAllocator::new(TABLE_FRAMES.0, TABLE_FRAMES.1);
         let mut ctx = ContextTablesBuilder::new(&mem, &mut frames, true).expect("context");
         let mut pasids = PasidTablesBuilder::new(&mem, &mut frames, 0).expect("pasid table");
-        let mut fs = PageTableBuilder::new(
-            &mem,
-            &mut frames,
-            PageTableFormat::FirstStage { levels: 4 },
-        )
-        .expect("first stage");
+        let mut fs =
+            PageTableBuilder::new(&mem, &mut frames, PageTableFormat::FirstStage { levels: 4 })
+                .expect("first stage");
         let mut vm_iotlb = Iotlb::new();
         for p in 0..spec.pages {
             let (iova, gpa) = (iova_of(spec.layout, p), gpa_of(p));
@@ -209,7 +206,10 @@ impl Fixture {
             .expect("second stage");
             let tables_end = frames.next_free();
             let data = DATA_BASE..DATA_BASE + DATA_PAGES * 4096;
-            for gpa in (TABLE_FRAMES.0..tables_end).step_by(4096).chain(data.step_by(4096)) {
+            for gpa in (TABLE_FRAMES.0..tables_end)
+                .step_by(4096)
+                .chain(data.step_by(4096))
+            {
                 ss.map(&mut ss_frames, gpa, gpa, PageSize::Size4K, true, true)
                     .expect("identity");
             }
@@ -220,7 +220,9 @@ impl Fixture {
         } else {
             (PasidEntry::first_stage(fs_root, false, DID, 2), None)
         };
-        pasids.set_entry(&mut frames, 0, entry).expect("pasid entry");
+        pasids
+            .set_entry(&mut frames, 0, entry)
+            .expect("pasid entry");
         for d in 0..spec.devices {
             ctx.set_scalable_context(&mut frames, SID + d, pasids.context_entry())
                 .expect("context entry");
@@ -546,7 +548,11 @@ pub fn hit_figures(effort: Effort, out: &mut Vec<Figure>) {
         }
     });
     out.push(Figure::info("read64k.direct", direct, "ns"));
-    out.push(Figure::info("read64k.vm_memory_iotlb_lookup_16_pages", vm_range, "ns"));
+    out.push(Figure::info(
+        "read64k.vm_memory_iotlb_lookup_16_pages",
+        vm_range,
+        "ns",
+    ));
     out.push(Figure::info(
         "read64k.least_possible_ratio_through_an_iotlb",
         (direct + vm_range) / direct,
@@ -633,7 +639,10 @@ pub fn miss_figures(effort: Effort, out: &mut Vec<Figure>) {
         let (name, reads) = if nested {
             ("miss.nested_vs_24_reads", "miss.nested")
         } else {
-            ("miss.first_stage_4level_vs_4_reads", "miss.first_stage_4level")
+            (
+                "miss.first_stage_4level_vs_4_reads",
+                "miss.first_stage_4level",
+            )
         };
         out.push(Figure::info(reads, miss, "ns"));
         out.push(Figure::goal(name, miss / floor, "x", Target::AtMost(2.5)));

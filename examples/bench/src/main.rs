@@ -57,7 +57,10 @@ fn main() {
             serde_json::to_string_pretty(&doc).expect("JSON of plain values")
         );
     } else {
-        println!("{:<42} {:>12} {:<8} {:<10} pass", "figure", "value", "unit", "target");
+        println!(
+            "{:<42} {:>12} {:<8} {:<10} pass",
+            "figure", "value", "unit", "target"
+        );
         for f in &figures {
             println!(
                 "{:<42} {:>12.3} {:<8} {:<10} {}",
