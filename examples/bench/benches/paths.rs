@@ -1,5 +1,8 @@
 //! Criterion benchmarks, one per row of `vtd-bench`: `cargo bench -p vtd-bench`.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
