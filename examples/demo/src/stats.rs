@@ -80,6 +80,8 @@ pub struct Stats {
     pub unplugs: AtomicU64,
     /// Replugs of passthrough devices.
     pub replugs: AtomicU64,
+    /// Live migrations completed (the progress line's copy of the migration totals).
+    pub migrations: AtomicU64,
     /// Checks that failed.
     pub failures: AtomicU64,
     /// Checks that held.
@@ -444,13 +446,14 @@ impl Progress {
         let mib = |c: &PathCounters| c.bytes.load(Ordering::Relaxed) as f64 / (1 << 20) as f64;
         let line = format!(
             "[{secs:6.1}s] rounds {} | emulated {} ops {:.1} MiB | passthrough {} ops {:.1} MiB | \
-             replugs {} | failures {}",
+             replugs {} | migrations {} | failures {}",
             stats.rounds.load(Ordering::Relaxed),
             stats.emulated.ops.load(Ordering::Relaxed),
             mib(&stats.emulated),
             stats.passthrough.ops.load(Ordering::Relaxed),
             mib(&stats.passthrough),
             stats.replugs.load(Ordering::Relaxed),
+            stats.migrations.load(Ordering::Relaxed),
             stats.failure_count(),
         );
         let mut err = std::io::stderr().lock();

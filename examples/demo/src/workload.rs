@@ -746,6 +746,7 @@ impl Workload {
         drop(source);
         let downtime = paused.elapsed().saturating_sub(compared);
         self.migrations.add(pre.rounds(), pre.pages(), downtime);
+        self.stats.migrations.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
