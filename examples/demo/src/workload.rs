@@ -8,7 +8,9 @@
 //! through guest physical memory), and unmaps (strictly or lazily, by the seed). Every eighth
 //! round one emulated device gets a deliberate fault (an unmapped IOVA, or a write to a
 //! read-only page) and the fault handler must find exactly that record: requester, reason,
-//! address and access. Every [`REPLUG_EVERY`] rounds a passthrough device is hot-unplugged and
+//! address and access; likewise a passthrough device is sent back to an IOVA just unmapped
+//! strictly, and the host IOMMU's fault must reach the guest through the binder, with the
+//! device's PASID. Every [`REPLUG_EVERY`] rounds a passthrough device is hot-unplugged and
 //! replugged. At round 200, and every [`MIGRATE_EVERY`] rounds after it, the machine is live
 //! migrated (see `migrate.rs`): pre-copy rounds run alongside the next rounds' work, then the
 //! stop-and-copy moves it to a fresh unit and RAM, and the work carries on there. The choice of
@@ -34,7 +36,8 @@ use crate::inspect;
 use crate::machine::{Machine, MachineError, PASSTHROUGH_DEVICES, Ram, Rng, region};
 use crate::migrate::{PRECOPY_ROUNDS, PreCopy, Totals};
 use crate::passthrough::{
-    CMD_FROM_MEMORY, CMD_TO_MEMORY, PassthroughDevice, STATUS_DONE, post_command, read_status,
+    CMD_FROM_MEMORY, CMD_TO_MEMORY, PassthroughDevice, STATUS_DONE, STATUS_ERROR, post_command,
+    read_status,
 };
 use crate::stats::{Progress, RunFacts, Stats, Summary};
 
@@ -96,6 +99,7 @@ struct ExpectedFault {
     reason: FaultReason,
     page: u64,
     write: bool,
+    pasid: Option<u32>,
 }
 
 /// One pending request of a round.
@@ -367,6 +371,14 @@ impl Workload {
         } else {
             Request::ReadOnly
         };
+        // Every eighth round (offset from the emulated faults), a passthrough device is sent back
+        // to the IOVA the guest just unmapped strictly: the host IOMMU must fault (the binder
+        // forwarded the invalidation, so no stale translation survives) and the binder must
+        // inject the fault into the guest's fault-recording registers.
+        let stale_probe = (round % FAULT_EVERY == 3 && !self.passthrough.is_empty())
+            .then(|| ((round / FAULT_EVERY) % self.passthrough.len() as u64) as usize)
+            .filter(|&j| self.passthrough[j].kick.is_some());
+        let mut probe = None;
         let mem = self.machine.ram.clone();
         // Post.
         for i in 0..self.emulated.len() {
@@ -394,6 +406,7 @@ impl Workload {
                         reason: FaultReason::FirstStageNotPresent,
                         page: iova & !0xfff,
                         write: false,
+                        pasid: None,
                     });
                     (None, (iova, len.min(4096 - (iova & 0xfff))))
                 }
@@ -427,6 +440,7 @@ impl Workload {
                                 reason: FaultReason::SmWriteNotPermitted,
                                 page: buf.iova & !0xfff,
                                 write: true,
+                                pasid: None,
                             });
                             slot.driver.dma.fill(&mem, &buf, POISON)
                         }
@@ -458,7 +472,7 @@ impl Workload {
             } else {
                 1 + rng.below(MAX_SMALL_LEN)
             };
-            let lazy = rng.below(2) == 0;
+            let lazy = rng.below(2) == 0 && stale_probe != Some(j);
             let guest = &mut self.machine.guest;
             let buf = match slot
                 .dma
@@ -596,16 +610,57 @@ impl Workload {
                         self.stats.fail(e);
                         return false;
                     }
+                    if stale_probe == Some(slot) {
+                        probe = Some((slot, buffer.iova, to_memory, tag));
+                    }
                 }
             }
         }
-        // Host faults reach the guest through the binders; none is expected.
-        for h in &self.machine.hosts {
-            let n = h.binder.process_host_faults();
-            self.stats.check(n == 0, || {
-                format!("round {round}: {n} host faults on {:?}", h.bdf)
+        let mut host_faults_expected = 0;
+        if let Some((j, iova, to_memory, tag)) = probe {
+            let s = &self.passthrough[j];
+            let len = 64.min(4096 - (iova & 0xfff));
+            let kind = if to_memory {
+                CMD_TO_MEMORY
+            } else {
+                CMD_FROM_MEMORY
+            };
+            post_command(&mem, s.dma.control_gpa(0), kind, iova, len, tag | 0x80);
+            expected.push(ExpectedFault {
+                sid: s.sid,
+                reason: FaultReason::FirstStageNotPresent,
+                page: iova & !0xfff,
+                write: to_memory,
+                pasid: (s.pasid != 0).then_some(s.pasid),
             });
+            host_faults_expected = 1;
+            let sent = s
+                .kick
+                .as_ref()
+                .is_some_and(|k| k.send(Kick::Notify).is_ok());
+            if !sent || self.irq_rx.recv_timeout(DEVICE_TIMEOUT).is_err() {
+                self.stats.fail(format!(
+                    "round {round}: passthrough device {} did not answer the stale-IOVA command",
+                    s.index
+                ));
+                return false;
+            }
+            let status = read_status(&mem, s.dma.control_gpa(0));
+            self.stats.check(status == STATUS_ERROR, || {
+                format!("passthrough device {}: DMA to an unmapped IOVA {iova:#x} gave status {status:#x}", s.index)
+            });
+            let _ = vtd_tables::GuestRam::write_u64(&mem, s.dma.control_gpa(0) + 24, 0);
         }
+        // Host faults reach the guest through the binders; only the probe's is expected.
+        let n: usize = self
+            .machine
+            .hosts
+            .iter()
+            .map(|h| h.binder.process_host_faults())
+            .sum();
+        self.stats.check(n == host_faults_expected, || {
+            format!("round {round}: {n} host faults, {host_faults_expected} expected")
+        });
         self.handle_faults(&expected, round);
         self.account_events(&expected);
         if round % REPLUG_EVERY == REPLUG_EVERY - 1 && !self.passthrough.is_empty() {
@@ -774,6 +829,8 @@ impl Workload {
                     page: lo & !0xfff,
                     // FRCD T1 (bit 126): 1 = read request, 0 = write request.
                     write: hi & (1 << 62) == 0,
+                    // PP (bit 95) and PV (bits 123:104).
+                    pasid: (hi & (1 << 31) != 0).then_some((hi >> 40) as u32 & 0xf_ffff),
                 });
                 guest.w32(fro + 16 * index + 12, 1 << 31);
                 index = (index + 1) % records;
@@ -790,11 +847,22 @@ impl Workload {
                 .with_pro(true)
                 .into_bits(),
         );
+        // Keyed by path and reason: passthrough faults come from the host IOMMU through the
+        // binder, emulated ones from the unit's own walks.
+        let passthrough: Vec<u16> = self.passthrough.iter().map(|p| p.sid).collect();
+        let key = |f: &ExpectedFault| {
+            let path = if passthrough.contains(&f.sid) {
+                "passthrough"
+            } else {
+                "emulated"
+            };
+            format!("{path} {:?}", f.reason)
+        };
         for f in &seen {
-            self.stats.fault_seen(&format!("{:?}", f.reason));
+            self.stats.fault_seen(&key(f));
         }
         for f in expected {
-            self.stats.fault_expected(&format!("{:?}", f.reason));
+            self.stats.fault_expected(&key(f));
         }
         self.stats.check(seen == expected, || {
             format!("round {round}: fault records {seen:x?}, expected {expected:x?}")
