@@ -38,7 +38,7 @@ struct Cli {
     seconds: u64,
     /// Stop after this many workload rounds (whichever of --seconds and --rounds comes first);
     /// with the same seed, the same rounds do the same operations.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     rounds: Option<u64>,
     /// Emulated (virtio-blk-like) devices, each on its own thread (1..=32).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=MAX_DEVICES as i64))]
