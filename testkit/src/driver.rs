@@ -191,6 +191,16 @@ impl Guest<Mem> {
     pub fn with_memory(cfg: VtdConfig, mem: Mem) -> Self {
         Self::build(cfg, mem, FRAMES_LARGE)
     }
+
+    /// [`wait_descriptor`], as the tests spell it (`Guest::wait_descriptor`).
+    pub fn wait_descriptor(status: u64, data: u32) -> InvDesc {
+        wait_descriptor(status, data)
+    }
+
+    /// [`page_group_response`], as the tests spell it (`Guest::page_group_response`).
+    pub fn page_group_response(req: &PageRequestDescriptor, code: ResponseCode) -> InvDesc {
+        page_group_response(req, code)
+    }
 }
 
 impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
@@ -419,23 +429,10 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
         batch
     }
 
-    /// The page group response Linux's `intel_iommu_page_response` builds for the group
-    /// `req` ends: requester, PASID (PP when the request had one), code, PRG index and LPIG.
-    pub fn page_group_response(req: &PageRequestDescriptor, code: ResponseCode) -> InvDesc {
-        InvDesc::PageGroupResponse(PageGroupResponse {
-            rid: req.rid,
-            pasid: req.pasid,
-            response_code: code.into_bits(),
-            prg_index: req.prg_index,
-            last_in_group: req.last_in_group,
-            ignored: Default::default(),
-        })
-    }
-
     /// Answers the group `req` ends, as `intel_iommu_page_response` does: one page group
     /// response submitted with `qi_submit_sync` (a wait descriptor behind it).
     pub fn respond(&mut self, req: &PageRequestDescriptor, code: ResponseCode) {
-        self.submit(&[Self::page_group_response(req, code)]);
+        self.submit(&[page_group_response(req, code)]);
     }
 
     /// A scalable-mode device `sid` with a pass-through PASID entry for PASID 0 in domain
@@ -466,17 +463,6 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
         (self.r64(base), self.r64(base + 8))
     }
 
-    /// The wait descriptor `qi_submit_sync` appends: status write of `data`, fence.
-    pub fn wait_descriptor(status: u64, data: u32) -> InvDesc {
-        InvDesc::Wait(WaitInv {
-            status_write: Some(StatusWrite { addr: status, data }),
-            interrupt: false,
-            fence: true,
-            page_drain: false,
-            ignored: Default::default(),
-        })
-    }
-
     /// Submits descriptors plus a wait with status write, as `qi_submit_sync` does, and
     /// returns once the status was written, or why not.
     pub fn try_submit(&mut self, descs: &[InvDesc]) -> Result<(), QueueStall> {
@@ -484,7 +470,7 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
         q.seq = q.seq.wrapping_add(1);
         let (status, seq) = (q.status, q.seq);
         let mut all = descs.to_vec();
-        all.push(Self::wait_descriptor(status, seq));
+        all.push(wait_descriptor(status, seq));
         self.submit_raw(&all);
         let fsts = self.fsts();
         if fsts.iqe() {
@@ -847,6 +833,30 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
         };
         self.submit(&[desc]);
     }
+}
+
+/// The wait descriptor `qi_submit_sync` appends: status write of `data`, fence.
+pub fn wait_descriptor(status: u64, data: u32) -> InvDesc {
+    InvDesc::Wait(WaitInv {
+        status_write: Some(StatusWrite { addr: status, data }),
+        interrupt: false,
+        fence: true,
+        page_drain: false,
+        ignored: Default::default(),
+    })
+}
+
+/// The page group response Linux's `intel_iommu_page_response` builds for the group
+/// `req` ends: requester, PASID (PP when the request had one), code, PRG index and LPIG.
+pub fn page_group_response(req: &PageRequestDescriptor, code: ResponseCode) -> InvDesc {
+    InvDesc::PageGroupResponse(PageGroupResponse {
+        rid: req.rid,
+        pasid: req.pasid,
+        response_code: code.into_bits(),
+        prg_index: req.prg_index,
+        last_in_group: req.last_in_group,
+        ignored: Default::default(),
+    })
 }
 
 /// Page-selective-within-PASID PASID-IOTLB invalidation (Linux `qi_flush_piotlb`).
