@@ -818,6 +818,12 @@ impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
         }
     }
 
+    /// Counts a hit served for this cache by a per-thread memo in front of it (the unit's
+    /// last-walk memo), so the statistics count every lookup the cache answered.
+    pub(crate) fn count_hit(&self) {
+        self.counters.hit();
+    }
+
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         let v = self.map.read().get(key).copied();
         if v.is_some() {
