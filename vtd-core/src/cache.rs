@@ -65,7 +65,6 @@ pub struct CacheStats {
 /// same instant one count is lost. The counts are statistics, never used for a decision.
 struct HitCounters {
     stripes: Box<[Stripe]>,
-    evictions: AtomicU64,
     invalidated: AtomicU64,
 }
 
@@ -76,6 +75,9 @@ const STRIPES: usize = 64;
 struct Stripe {
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Evictions are counted where they happen, on the fill path of a miss: striped like
+    /// the hits, so a full cache's every fill does not pay a locked add on a shared line.
+    evictions: AtomicU64,
 }
 
 /// The stripe of the calling thread.
@@ -105,7 +107,6 @@ impl HitCounters {
     fn new() -> Self {
         Self {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
-            evictions: AtomicU64::new(0),
             invalidated: AtomicU64::new(0),
         }
     }
@@ -118,6 +119,10 @@ impl HitCounters {
         bump(&self.stripes[my_stripe()].misses);
     }
 
+    fn evicted(&self) {
+        bump(&self.stripes[my_stripe()].evictions);
+    }
+
     fn snapshot(&self, entries: u64) -> CacheStats {
         let sum = |f: fn(&Stripe) -> &AtomicU64| {
             self.stripes
@@ -128,7 +133,7 @@ impl HitCounters {
         CacheStats {
             hits: sum(|s| &s.hits),
             misses: sum(|s| &s.misses),
-            evictions: self.evictions.load(Ordering::Relaxed),
+            evictions: sum(|s| &s.evictions),
             invalidated: self.invalidated.load(Ordering::Relaxed),
             entries,
         }
@@ -268,6 +273,12 @@ impl SetWriter<'_> {
     fn read(&self, way: usize) -> Entry {
         let w = &self.set.ways[way];
         std::array::from_fn(|i| w[i].load(Ordering::Relaxed))
+    }
+
+    /// Words 0 and 1 of a way: what a fill looks for.
+    fn tag_and_requester(&self, way: usize) -> (u64, u64) {
+        let w = &self.set.ways[way];
+        (w[0].load(Ordering::Relaxed), w[1].load(Ordering::Relaxed))
     }
 
     fn write(&self, way: usize, e: &Entry) {
@@ -658,19 +669,19 @@ impl Iotlb {
         let mut target = None;
         let mut free = None;
         for way in 0..WAYS {
-            let e = set.read(way);
-            if e[0] == tag && e[1] == requester {
+            let (way_tag, way_requester) = set.tag_and_requester(way);
+            if way_tag == tag && way_requester == requester {
                 target = Some(way);
                 break;
             }
-            if e[0] == 0 && free.is_none() {
+            if way_tag == 0 && free.is_none() {
                 free = Some(way);
             }
         }
         let way = target.or(free).unwrap_or_else(|| {
             // Every way holds another page: replace one in turn (the set's write count
             // rotates through the ways), no per-entry age to maintain.
-            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            self.counters.evicted();
             (set.seq / 2) as usize % WAYS
         });
         set.write(way, &entry);
@@ -842,7 +853,7 @@ impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
         if !map.contains_key(&key) && map.len() >= self.capacity {
             if let Some(victim) = map.keys().next().copied() {
                 map.remove(&victim);
-                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                self.counters.evicted();
             }
         }
         map.insert(key, value);
