@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use proptest::prelude::*;
+use vtd_accel::sim::SimOp;
 use vtd_accel::*;
 use vtd_regs::inv::*;
 use vtd_tables::GuestRam;
@@ -172,7 +173,7 @@ impl World {
             .sim
             .vfio_bind_default(rig.ioas, rig.binder.viommu_flags())
             .unwrap();
-        let hd = HostIommuDevice::query(&*rig.sim, "0000:01:00.1", dev_b, parent_b).unwrap();
+        let hd = HostIommuDevice::query(rig.sim.clone(), "0000:01:00.1", dev_b, parent_b).unwrap();
         rig.binder
             .register(BDF_B, hd, PciTopology::default())
             .unwrap();
@@ -336,6 +337,7 @@ impl World {
                 } else {
                     let hd = HostIommuDevice::iommufd(
                         "0000:01:00.1",
+                        self.rig.sim.clone(),
                         self.dev_b,
                         self.parent_b,
                         *self.rig.sim.info(),
@@ -355,12 +357,15 @@ impl World {
         check_host_matches_binder(
             &rig.sim,
             &rig.binder,
-            &[(rig.dev, rig.parent), (self.dev_b, self.parent_b)],
+            &[
+                (BDF, rig.dev, rig.parent),
+                (BDF_B, self.dev_b, self.parent_b),
+            ],
         );
         if !self.b_registered {
             assert_eq!(
                 rig.sim.attachments(self.dev_b),
-                BTreeMap::from([(0, self.parent_b)]),
+                BTreeMap::from([(None, self.parent_b)]),
                 "an unregistered device is back on its default HWPT"
             );
         }
@@ -396,7 +401,7 @@ impl World {
         for (bdf, dev, ctx_good) in devices {
             let b = bindings
                 .iter()
-                .find(|b| b.bdf == bdf && b.pasid == 0)
+                .find(|b| b.bdf == bdf && b.pasid.is_none())
                 .unwrap();
             if !self.te {
                 assert_eq!(b.host, HostAttachment::Parent, "{bdf}: translation off");

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vtd_accel::sim::*;
 use vtd_accel::*;
 use vtd_core::{EventLog, RecordingSink, VtdUnit};
 use vtd_regs::VtdConfig;
@@ -289,8 +290,8 @@ impl Rig {
         g.enable_qi();
         let be = backend(sim.clone(), &g);
         let binder = match sink {
-            Some(s) => NestedBinder::new(&g.unit, be, s),
-            None => NestedBinder::with_unit_faults(&g.unit, be),
+            Some(s) => NestedBinder::new(&g.unit, s),
+            None => NestedBinder::with_unit_faults(&g.unit),
         };
         let events = Arc::new(AccelEventLog::default());
         binder.subscribe(events.clone());
@@ -322,7 +323,7 @@ impl Rig {
         let pasid_dir = pasids.dir();
         g.set_root(ctxb.rtaddr());
 
-        let hd = HostIommuDevice::query(&*sim, "0000:01:00.0", dev, parent).unwrap();
+        let hd = HostIommuDevice::query(be, "0000:01:00.0", dev, parent).unwrap();
         binder.register(BDF, hd, PciTopology::default()).unwrap();
         Self {
             g,
@@ -380,11 +381,12 @@ impl Rig {
         self.sim.dma_translate(self.dev, None, iova, access)
     }
 
+    /// The binding of the guest's PASID-table index `pasid` (0: requests without PASID).
     pub fn binding(&self, pasid: u32) -> Option<BindingInfo> {
         self.binder
             .bindings()
             .into_iter()
-            .find(|b| b.bdf == BDF && b.pasid == pasid)
+            .find(|b| b.bdf == BDF && b.pasid == Pasid::from_table_index(pasid))
     }
 
     pub fn nested_hwpt(&self) -> Option<HwptId> {
@@ -397,7 +399,7 @@ impl Rig {
     /// Every HWPT the host holds is needed by a binding or known as an orphan; every
     /// attachment is what the binder believes.
     pub fn check_host_matches_binder(&self) {
-        check_host_matches_binder(&self.sim, &self.binder, &[(self.dev, self.parent)]);
+        check_host_matches_binder(&self.sim, &self.binder, &[(BDF, self.dev, self.parent)]);
     }
 }
 
@@ -406,15 +408,22 @@ pub fn pasid_builder_at(mem: &Mem, dir: u64) -> PasidTablesBuilder<'_, Mem> {
     PasidTablesBuilder::at(mem, dir, 0)
 }
 
-/// The invariant of the binder: the host holds exactly the HWPTs the bindings need (plus the
-/// orphans the binder knows and retries), and every attachment is the one the binder recorded.
+/// The invariant of the binder: `sim` holds exactly the HWPTs the bindings of its `devices`
+/// need (plus the orphans the binder knows and retries), and every attachment is the one the
+/// binder recorded. `devices` are every device registered (or once registered) on `sim`:
+/// (guest BDF, iommufd device, default HWPT).
 pub fn check_host_matches_binder(
     sim: &SimHostIommu<Mem>,
     binder: &NestedBinder<Mem>,
-    devices: &[(DeviceId, HwptId)],
+    devices: &[(Bdf, DeviceId, HwptId)],
 ) {
     use std::collections::{BTreeMap, BTreeSet};
-    let bindings = binder.bindings();
+    let on_sim = |bdf: Bdf| devices.iter().any(|&(b, _, _)| b == bdf);
+    let bindings: Vec<BindingInfo> = binder
+        .bindings()
+        .into_iter()
+        .filter(|b| on_sim(b.bdf))
+        .collect();
     let mut needed: BTreeSet<HwptId> = bindings
         .iter()
         .filter_map(|b| match b.host {
@@ -422,7 +431,13 @@ pub fn check_host_matches_binder(
             _ => None,
         })
         .collect();
-    needed.extend(binder.orphans());
+    needed.extend(
+        binder
+            .orphans()
+            .into_iter()
+            .filter(|o| on_sim(o.bdf))
+            .map(|o| o.hwpt),
+    );
     let held: BTreeSet<HwptId> = sim
         .hwpts()
         .into_iter()
@@ -433,8 +448,8 @@ pub fn check_host_matches_binder(
         held, needed,
         "nested HWPTs on the host vs. bindings + orphans"
     );
-    for &(dev, parent) in devices {
-        let want: BTreeMap<u32, HwptId> = bindings
+    for &(_, dev, parent) in devices {
+        let want: BTreeMap<Option<Pasid>, HwptId> = bindings
             .iter()
             .filter(|b| b.dev_id == dev)
             .filter_map(|b| match b.host {
