@@ -534,7 +534,7 @@ mod tests {
         // Garbage root: nothing, no panic.
         let garbage = GuestRemapping {
             root: RootTable {
-                addr: u64::MAX & !0xfff,
+                addr: !0xfff,
                 mode: TranslationTableMode::Scalable,
             },
             ..on

@@ -5,7 +5,7 @@
 //!
 //! A device carries its own backend (its iommufd): a VMM may bind devices to several, and
 //! iommufd object IDs are only unique within one, so every host object the binder remembers is
-//! keyed by its backend as well ([`BackendKey`]).
+//! keyed by its backend as well.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -463,3 +463,54 @@ pub fn check_host_matches_binder(
         }
     }
 }
+
+impl Rig {
+    /// The guest driver's probe of another device at `bdf`: a scalable context entry (PASIDs
+    /// enabled if the unit has them) over a fresh PASID directory holding `entries`, written
+    /// straight into the rig's root table (no invalidation). Returns the PASID directory.
+    pub fn program_device(&mut self, bdf: Bdf, entries: &[(u32, PasidEntry)]) -> u64 {
+        let mem = self.g.mem.clone();
+        let mut pasids = PasidTablesBuilder::new(&mem, &mut self.g.frames, 0).unwrap();
+        for &(pasid, pe) in entries {
+            pasids.set_entry(&mut self.g.frames, pasid, pe).unwrap();
+        }
+        let mut ce = pasids.context_entry();
+        if self.g.unit.config().pasid_bits > 0 {
+            ce = ce.with_paside(true);
+        }
+        // Scalable root entry: the lower context table (devfn < 0x80) of the bus.
+        assert!(bdf.devfn < 0x80, "lower context table only");
+        let slot = self.ctx + u64::from(bdf.bus) * 16;
+        let mut table = mem.read_u64(slot).unwrap() & !0xfff;
+        if mem.read_u64(slot).unwrap() & 1 == 0 {
+            table = self.g.frames.alloc(&mem, 1).unwrap();
+            mem.write_u64(slot, table | 1).unwrap();
+        }
+        mem.write_words(table + u64::from(bdf.devfn) * 32, &ce.0)
+            .unwrap();
+        pasids.dir()
+    }
+
+    /// Clears the context entry of `bdf` (the guest driver's release), no invalidation.
+    pub fn clear_context(&self, bdf: Bdf) {
+        let mem = &self.g.mem;
+        let table = mem.read_u64(self.ctx + u64::from(bdf.bus) * 16).unwrap() & !0xfff;
+        mem.write_words(table + u64::from(bdf.devfn) * 32, &[0u64; 4])
+            .unwrap();
+    }
+}
+
+/// Another host IOMMU (another iommufd) over the same guest RAM, placed at `host_base`, with an
+/// IOAS mapping all of guest RAM.
+pub fn second_host(
+    g: &Guest,
+    info: HostHwInfo,
+    host_base: u64,
+) -> (Arc<SimHostIommu<Mem>>, IoasId) {
+    let host = HostMemory::new().with_region(host_base, RAM_MB << 20, g.mem.clone(), 0);
+    let sim = Arc::new(SimHostIommu::new(info, host));
+    let ioas = sim.alloc_ioas();
+    sim.ioas_map(ioas, 0, RAM_MB << 20, host_base, true)
+        .unwrap();
+    (sim, ioas)
+}
