@@ -21,14 +21,14 @@ pub enum BlockCause {
         /// The guest fault reason.
         reason: FaultReason,
     },
-    /// Translation is off and the PASID is not 0 (requests with PASID are blocked).
+    /// Translation is off: requests with PASID are blocked (spec 3.1).
     TranslationOff,
     /// The guest programmed something the host cannot run (legacy second-stage table,
     /// second-stage or nested PGTT, PASID without host support).
     Unsupported,
     /// The host refused what the binding needed; the device is fenced until a retry works.
     HostFailure,
-    /// The device is being unregistered (PASIDs other than 0 are released).
+    /// The device is being unregistered (its PASIDs are released).
     Unregistered,
 }
 

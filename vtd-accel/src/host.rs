@@ -287,8 +287,9 @@ pub struct ViommuFlags {
     /// First-stage translation is on: allocate the default HWPT with
     /// `IOMMU_HWPT_ALLOC_NEST_PARENT` so guest tables can be nested over it.
     pub want_nesting_parent: bool,
-    /// The guest has PASIDs: allocate it with `IOMMU_HWPT_ALLOC_PASID` too, so PASIDs other
-    /// than 0 can be attached (the kernel requires the RID's domain to be PASID-capable).
+    /// The guest has PASIDs: allocate it with `IOMMU_HWPT_ALLOC_PASID` too, so PASIDs
+    /// can be attached (the kernel requires the domain of requests without PASID to be
+    /// PASID-capable).
     pub want_pasid_parent: bool,
 }
 

@@ -61,6 +61,10 @@
 //! assert_eq!(t.hpa, (1 << 32) + 0x5000);
 //! ```
 
+// Unsafe code is confined to the ioctl boundary (`iommufd`, each block with its `// SAFETY:`);
+// `forbid` is not possible there, so the rest of the crate denies it.
+#![deny(unsafe_code)]
+
 pub mod backend;
 pub mod binder;
 pub mod compat;
@@ -69,6 +73,7 @@ pub mod faults;
 pub mod host;
 pub mod ids;
 #[cfg(feature = "iommufd")]
+#[allow(unsafe_code)]
 pub mod iommufd;
 pub mod sim;
 

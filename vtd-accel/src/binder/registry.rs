@@ -17,7 +17,7 @@ use vtd_tables::walk::Fault;
 use super::NestedBinder;
 use super::desired::{DesiredBinding, NestedState};
 use crate::backend::{
-    BackendError, BackendOp, DeviceId, HostIommuBackend, HwptId, Pasid, VtdS1Invalidation,
+    BackendError, BackendOp, DeviceId, HostIommuBackend, HwptId, Pasid, VtdS1, VtdS1Invalidation,
 };
 use crate::compat::{CompatError, PciTopology, check_compatibility};
 use crate::events::{AccelEvent, AccelStats, BlockCause, Recovery};
@@ -88,7 +88,7 @@ pub struct BindingInfo {
     /// What the host has.
     pub host: HostAttachment,
     /// The guest table, when nested.
-    pub s1: Option<crate::backend::VtdS1>,
+    pub s1: Option<VtdS1>,
     /// The DID forwarded invalidations must carry, when nested.
     pub did: Option<u16>,
     /// Why the device is blocked, when blocked.
