@@ -29,13 +29,15 @@
 //!
 //! A device's DMA is [`SimHostIommu::dma_translate`] (or `dma_read` / `dma_write`): it never
 //! touches the emulated unit.
+//!
+//! Host memory and the stage-2 view live in `memory`, the failure-injection knobs in `inject`;
+//! their types are re-exported here.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use vtd_regs::fault::FaultReason;
 use vtd_tables::GuestRam;
-use vtd_tables::MemError;
 use vtd_tables::entries::PasidEntry;
 use vtd_tables::walk::{AccessKind, WalkConfig, walk_first_stage};
 
@@ -44,6 +46,14 @@ use crate::backend::{
     Pasid, VtdS1, VtdS1Flags, VtdS1Invalidation,
 };
 use crate::host::{HostHwInfo, ViommuFlags};
+
+mod inject;
+mod memory;
+
+use inject::FailurePlan;
+pub use inject::SimOp;
+pub use memory::{HostMemory, HostRegion};
+use memory::{S2Map, Stage2View};
 
 const PAGE: u64 = 4096;
 const SIZES: [u64; 3] = [1 << 30, 1 << 21, 1 << 12];
@@ -61,140 +71,6 @@ const ENOENT: i32 = 2;
 const EBUSY: i32 = 16;
 const EINVAL: i32 = 22;
 const EOPNOTSUPP: i32 = 95;
-
-/// One range of host physical memory, backed by a `GuestRam` (e.g. the very mapping that is
-/// the guest's RAM, placed at another address, as on a real host).
-#[derive(Clone, Debug)]
-pub struct HostRegion<M> {
-    /// Host-physical base.
-    pub hpa: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// The memory that holds the bytes.
-    pub backing: M,
-    /// Address of `hpa` inside `backing`.
-    pub backing_base: u64,
-}
-
-/// Host physical memory: non-overlapping [`HostRegion`]s. Accesses must fall inside one
-/// region; anything else is a [`MemError`].
-#[derive(Clone, Debug)]
-pub struct HostMemory<M> {
-    regions: Vec<HostRegion<M>>,
-}
-
-impl<M> Default for HostMemory<M> {
-    fn default() -> Self {
-        Self {
-            regions: Vec::new(),
-        }
-    }
-}
-
-impl<M: GuestRam> HostMemory<M> {
-    /// No memory at all.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds `[hpa, hpa + len)` backed by `backing` at `backing_base`.
-    pub fn with_region(mut self, hpa: u64, len: u64, backing: M, backing_base: u64) -> Self {
-        self.regions.push(HostRegion {
-            hpa,
-            len,
-            backing,
-            backing_base,
-        });
-        self
-    }
-
-    fn locate(&self, hpa: u64, len: usize) -> Result<(&M, u64), MemError> {
-        let err = MemError { gpa: hpa, len };
-        for r in &self.regions {
-            if hpa >= r.hpa && hpa - r.hpa < r.len {
-                let off = hpa - r.hpa;
-                if (len as u64) > r.len - off {
-                    return Err(err);
-                }
-                return Ok((&r.backing, r.backing_base + off));
-            }
-        }
-        Err(err)
-    }
-}
-
-impl<M: GuestRam> GuestRam for HostMemory<M> {
-    fn read(&self, hpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let (m, at) = self.locate(hpa, buf.len())?;
-        m.read(at, buf).map_err(|_| MemError {
-            gpa: hpa,
-            len: buf.len(),
-        })
-    }
-
-    fn write(&self, hpa: u64, buf: &[u8]) -> Result<(), MemError> {
-        let (m, at) = self.locate(hpa, buf.len())?;
-        m.write(at, buf).map_err(|_| MemError {
-            gpa: hpa,
-            len: buf.len(),
-        })
-    }
-
-    fn compare_exchange_u64(
-        &self,
-        hpa: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, MemError> {
-        let (m, at) = self.locate(hpa, 8)?;
-        m.compare_exchange_u64(at, current, new)
-            .map_err(|_| MemError { gpa: hpa, len: 8 })
-    }
-}
-
-/// The backend calls failures can be injected into.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SimOp {
-    /// `get_hw_info`.
-    GetHwInfo,
-    /// `alloc_hwpt`.
-    AllocHwpt,
-    /// `attach`.
-    Attach,
-    /// `detach`.
-    Detach,
-    /// `invalidate`.
-    Invalidate,
-    /// `destroy`.
-    Destroy,
-    /// `read_faults`.
-    ReadFaults,
-}
-
-impl SimOp {
-    /// Every op.
-    pub const ALL: [SimOp; 7] = [
-        SimOp::GetHwInfo,
-        SimOp::AllocHwpt,
-        SimOp::Attach,
-        SimOp::Detach,
-        SimOp::Invalidate,
-        SimOp::Destroy,
-        SimOp::ReadFaults,
-    ];
-
-    const fn backend_op(self) -> BackendOp {
-        match self {
-            Self::GetHwInfo => BackendOp::GetHwInfo,
-            Self::AllocHwpt => BackendOp::AllocHwpt,
-            Self::Attach => BackendOp::Attach,
-            Self::Detach => BackendOp::Detach,
-            Self::Invalidate => BackendOp::Invalidate,
-            Self::Destroy => BackendOp::Destroy,
-            Self::ReadFaults => BackendOp::ReadFaults,
-        }
-    }
-}
 
 /// What an HWPT is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -286,24 +162,10 @@ impl SimStats {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct S2Map {
-    len: u64,
-    hpa: u64,
-    writable: bool,
-}
-
-#[derive(Clone, Copy, Debug)]
 struct IotlbEntry {
     size: u64,
     hpa_base: u64,
     writable: bool,
-}
-
-#[derive(Default)]
-struct FailurePlan {
-    next: BTreeMap<SimOp, u32>,
-    always: BTreeMap<SimOp, bool>,
-    partial_invalidate: Option<u32>,
 }
 
 #[derive(Default)]
@@ -354,77 +216,6 @@ impl SimState {
         } else {
             self.faults.push_back(fault);
         }
-    }
-}
-
-/// Stage-2 view of guest physical memory: the guest's tables as the host's nested walker
-/// reads them (GPA -> IOAS -> host memory).
-struct Stage2View<'a, M> {
-    maps: &'a BTreeMap<u64, S2Map>,
-    mem: &'a HostMemory<M>,
-}
-
-impl<M: GuestRam> Stage2View<'_, M> {
-    fn lookup(&self, gpa: u64) -> Option<(u64, S2Map, u64)> {
-        let (&start, m) = self.maps.range(..=gpa).next_back()?;
-        (gpa - start < m.len).then_some((start, *m, m.hpa + (gpa - start)))
-    }
-
-    fn hpa(&self, gpa: u64, write: bool, len: usize) -> Result<u64, MemError> {
-        let err = MemError { gpa, len };
-        let (_, m, hpa) = self.lookup(gpa).ok_or(err)?;
-        if write && !m.writable {
-            return Err(err);
-        }
-        Ok(hpa)
-    }
-
-    /// Splits `[gpa, gpa + len)` at 4 KiB boundaries.
-    fn chunks(gpa: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
-        let mut done = 0usize;
-        std::iter::from_fn(move || {
-            if done >= len {
-                return None;
-            }
-            let at = gpa.checked_add(done as u64)?;
-            let room = (PAGE - (at & (PAGE - 1))) as usize;
-            let n = room.min(len - done);
-            let item = (at, done, n);
-            done += n;
-            Some(item)
-        })
-    }
-}
-
-impl<M: GuestRam> GuestRam for Stage2View<'_, M> {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let len = buf.len();
-        for (at, off, n) in Self::chunks(gpa, len) {
-            let hpa = self.hpa(at, false, len)?;
-            self.mem.read(hpa, &mut buf[off..off + n])?;
-        }
-        Ok(())
-    }
-
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
-        for (at, off, n) in Self::chunks(gpa, buf.len()) {
-            let hpa = self.hpa(at, true, buf.len())?;
-            self.mem.write(hpa, &buf[off..off + n])?;
-        }
-        Ok(())
-    }
-
-    fn compare_exchange_u64(
-        &self,
-        gpa: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, MemError> {
-        if gpa % 8 != 0 {
-            return Err(MemError { gpa, len: 8 });
-        }
-        let hpa = self.hpa(gpa, true, 8)?;
-        self.mem.compare_exchange_u64(hpa, current, new)
     }
 }
 
@@ -572,28 +363,6 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         Ok((dev, parent))
     }
 
-    /// Makes the next `count` calls of `op` fail (after any already armed).
-    pub fn fail_next(&self, op: SimOp, count: u32) {
-        let mut st = self.lock();
-        *st.plan.next.entry(op).or_default() += count;
-    }
-
-    /// Makes every call of `op` fail while `on`.
-    pub fn fail_always(&self, op: SimOp, on: bool) {
-        self.lock().plan.always.insert(op, on);
-    }
-
-    /// Makes the next invalidation handle at most `handled` entries (fewer than it was given)
-    /// and fail, as the kernel reports through `entry_num`.
-    pub fn fail_invalidate_partially(&self, handled: u32) {
-        self.lock().plan.partial_invalidate = Some(handled);
-    }
-
-    /// Disarms every injected failure.
-    pub fn clear_failures(&self) {
-        self.lock().plan = FailurePlan::default();
-    }
-
     /// Queues a host fault as if the hardware had raised it.
     pub fn raise_fault(&self, fault: HostFault) {
         self.lock().raise(fault);
@@ -645,25 +414,6 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     /// (HWPT, entries as given).
     pub fn take_invalidation_log(&self) -> Vec<(HwptId, Vec<VtdS1Invalidation>)> {
         self.lock().inv_log.drain(..).collect()
-    }
-
-    fn enter(&self, st: &mut SimState, op: SimOp) -> Result<(), BackendError> {
-        *st.stats.calls.entry(op).or_default() += 1;
-        let always = st.plan.always.get(&op).copied().unwrap_or(false);
-        let next = st.plan.next.entry(op).or_default();
-        if always || *next > 0 {
-            if !always {
-                *next -= 1;
-            }
-            st.stats.injected_failures += 1;
-            let e = err(op.backend_op(), EIO, "failure injected by the simulator");
-            return Err(if op == SimOp::Invalidate {
-                e.with_handled(0)
-            } else {
-                e
-            });
-        }
-        Ok(())
     }
 
     /// Translates one DMA request of `dev` (the request's PASID or none) the way the host IOMMU
