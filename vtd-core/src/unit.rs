@@ -1,7 +1,7 @@
 //! The remapping unit: register semantics, GCMD state machine, translation through the caches.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use vtd_regs::fault::FaultReason;
 use vtd_regs::regs::{
@@ -10,25 +10,48 @@ use vtd_regs::regs::{
 use vtd_regs::{ConfigError, VtdConfig};
 use vtd_tables::GuestRam;
 use vtd_tables::entries::PasidEntry;
+use vtd_tables::reserved::ReservedRules;
 use vtd_tables::walk::{
     self, DeviceContext, DmaRequest, Fault, Perms, RootTable, StepFault, Translation,
     TranslationKind, WalkConfig,
 };
 
 use crate::cache::{CacheStats, ContextCache, Epoch, Iotlb, IotlbScope, PasidCache};
+use crate::delivery::{Batch, Delivery, Tickets};
 use crate::events::{EventBus, FaultDisposition, VtdEvent, VtdObserver};
 use crate::faults::FaultState;
 use crate::ir::IrTable;
 use crate::irq::{InterruptSink, Msi};
 use crate::regfile::RegisterFile;
+use crate::sync::{Mutex, RwLock};
 
-/// Default cache sizes: large enough for a guest's working set, small enough to bound memory.
-const IOTLB_ENTRIES: usize = 4096;
-const CONTEXT_ENTRIES: usize = 256;
-const PASID_ENTRIES: usize = 1024;
+/// How many entries each translation cache of a unit holds (see [`VtdUnit::with_cache_capacity`]).
+///
+/// The defaults are large enough for a guest's working set and small enough to bound memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheCapacity {
+    /// IOTLB entries.
+    pub iotlb: usize,
+    /// Context-cache entries (one per requester).
+    pub context: usize,
+    /// PASID-cache entries (one per requester and PASID).
+    pub pasid: usize,
+}
+
+impl Default for CacheCapacity {
+    fn default() -> Self {
+        Self {
+            // One device can keep 64 MiB of 4 KiB pages (a busy virtio ring and its
+            // buffers) at 48 bytes an entry: 768 KiB per unit.
+            iotlb: 16_384,
+            context: 256,
+            pasid: 1024,
+        }
+    }
+}
 
 /// The interrupt address range (spec 3.15): requests without PASID here are interrupts.
-pub(crate) const INTERRUPT_RANGE: std::ops::RangeInclusive<u64> = 0xfee0_0000..=0xfeef_ffff;
+pub(crate) const INTERRUPT_RANGE: std::ops::RangeInclusive<u64> = walk::INTERRUPT_RANGE;
 
 /// Why a DMA translation did not produce an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -83,26 +106,14 @@ pub(crate) struct State {
     pub(crate) events: Vec<VtdEvent>,
     pub(crate) msis: Vec<Msi>,
     pub(crate) descriptors: u64,
-    /// Publication tickets handed out (see [`VtdUnit::finish`]).
-    pub(crate) next_ticket: u64,
+    /// Places in the delivery order, taken under this lock (see [`crate::delivery`]).
+    pub(crate) tickets: Tickets,
     /// A wait descriptor is at the head, held back until what precedes it was published.
     pub(crate) wait_deferred: bool,
     /// Replay-walk entry reads left for the current doorbell (caching-mode shadowing).
     pub(crate) replay_budget: u32,
-}
-
-/// Delivers events and MSIs to observers in the order the unit produced them, across threads.
-///
-/// Each batch gets a ticket under the state lock; batches are published in ticket order after
-/// the lock is released, so an observer may call back into the unit. An observer that makes
-/// the unit produce more events while it is being called (a re-entrant register write or an
-/// injected fault) gets them delivered right after the event it is handling.
-#[derive(Default)]
-pub(crate) struct Publisher {
-    served: Mutex<u64>,
-    turn: std::sync::Condvar,
-    owner: Mutex<Option<std::thread::ThreadId>>,
-    nested: Mutex<(Vec<VtdEvent>, Vec<Msi>)>,
+    /// Page groups with queued requests and no response yet (ECAP.PRS).
+    pub(crate) prq: crate::prq::GroupTracker,
 }
 
 /// The emulated remapping unit.
@@ -123,9 +134,9 @@ pub struct VtdUnit<M: GuestRam> {
     bus: EventBus,
     dma_faults: AtomicU64,
     pub(crate) interrupts_remapped: AtomicU64,
-    publisher: Publisher,
+    delivery: Delivery,
     /// Devices whose mapping changes are reported as shadow events (caching mode).
-    pub(crate) watched: std::sync::RwLock<Vec<(u16, Option<u32>)>>,
+    pub(crate) watched: RwLock<Vec<(u16, Option<u32>)>>,
 }
 
 impl<M: GuestRam> std::fmt::Debug for VtdUnit<M> {
@@ -137,11 +148,21 @@ impl<M: GuestRam> std::fmt::Debug for VtdUnit<M> {
 }
 
 impl<M: GuestRam + Send + Sync> VtdUnit<M> {
-    /// A unit in its reset state.
+    /// A unit in its reset state, with the default cache sizes.
     pub fn new(
         config: VtdConfig,
         mem: M,
         irq: Arc<dyn InterruptSink>,
+    ) -> Result<Self, ConfigError> {
+        Self::with_cache_capacity(config, mem, irq, CacheCapacity::default())
+    }
+
+    /// A unit in its reset state whose caches hold `capacity` entries (each at least 1).
+    pub fn with_cache_capacity(
+        config: VtdConfig,
+        mem: M,
+        irq: Arc<dyn InterruptSink>,
+        capacity: CacheCapacity,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let (cap, ecap) = (config.cap(), config.ecap());
@@ -156,24 +177,25 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 events: Vec::new(),
                 msis: Vec::new(),
                 descriptors: 0,
-                next_ticket: 0,
+                tickets: Tickets::default(),
                 wait_deferred: false,
                 replay_budget: crate::shadow::REPLAY_BUDGET,
+                prq: Default::default(),
             }),
-            publisher: Publisher::default(),
+            delivery: Delivery::default(),
             config,
             mem,
             irq,
             te: AtomicBool::new(false),
             root: AtomicU64::new(0),
-            iotlb: Iotlb::new(IOTLB_ENTRIES),
-            context_cache: ContextCache::new(CONTEXT_ENTRIES),
-            pasid_cache: PasidCache::new(PASID_ENTRIES),
+            iotlb: Iotlb::new(capacity.iotlb),
+            context_cache: ContextCache::new(capacity.context),
+            pasid_cache: PasidCache::new(capacity.pasid),
             epoch: Epoch::default(),
             bus: EventBus::default(),
             dma_faults: AtomicU64::new(0),
             interrupts_remapped: AtomicU64::new(0),
-            watched: std::sync::RwLock::new(Vec::new()),
+            watched: RwLock::new(Vec::new()),
         })
     }
 
@@ -198,98 +220,43 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock would be a bug; the state stays usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// Whether this thread is delivering events of this unit right now.
     pub(crate) fn publishing_here(&self) -> bool {
-        *self
-            .publisher
-            .owner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            == Some(std::thread::current().id())
+        self.delivery.delivering_here()
     }
 
     /// Whether events produced earlier have not all reached the observers yet.
     pub(crate) fn unpublished(&self, st: &State) -> bool {
-        !st.events.is_empty()
-            || !st.msis.is_empty()
-            || *self
-                .publisher
-                .served
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                != st.next_ticket
+        !st.events.is_empty() || !st.msis.is_empty() || !self.delivery.all_served(&st.tickets)
     }
 
-    /// Releases the lock, then delivers what was produced under it, in unit order.
+    /// Releases the lock, then delivers what was produced under it, in unit order
+    /// ([`crate::delivery`]).
     pub(crate) fn finish(&self, mut st: MutexGuard<'_, State>) {
-        let events = std::mem::take(&mut st.events);
-        let msis = std::mem::take(&mut st.msis);
-        if self.publishing_here() {
+        let batch = Batch {
+            events: std::mem::take(&mut st.events),
+            msis: std::mem::take(&mut st.msis),
+        };
+        if self.delivery.delivering_here() {
+            // An observer called back into the unit: its work follows the event it handles.
             drop(st);
-            let mut nested = self
-                .publisher
-                .nested
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            nested.0.extend(events);
-            nested.1.extend(msis);
+            self.delivery.defer_nested(batch);
             return;
         }
-        if events.is_empty() && msis.is_empty() && !st.wait_deferred {
+        if batch.events.is_empty() && batch.msis.is_empty() && !st.wait_deferred {
             return;
         }
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
+        let ticket = st.tickets.take();
         drop(st);
-        let mut served = self
-            .publisher
-            .served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        while *served != ticket {
-            served = self
-                .publisher
-                .turn
-                .wait(served)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        drop(served);
-        *self
-            .publisher
-            .owner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current().id());
-        let (mut events, mut msis) = (events, msis);
-        loop {
-            for msi in msis {
-                self.irq.send_msi(msi);
-            }
-            self.bus.publish(&events);
-            let mut nested = self
-                .publisher
-                .nested
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if nested.0.is_empty() && nested.1.is_empty() {
-                break;
-            }
-            (events, msis) = std::mem::take(&mut *nested);
-        }
-        *self
-            .publisher
-            .owner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
-        *self
-            .publisher
-            .served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) += 1;
-        self.publisher.turn.notify_all();
+        self.delivery.deliver(
+            ticket,
+            batch,
+            |msi| self.irq.send_msi(msi),
+            |events| self.bus.publish(events),
+        );
     }
 
     /// Releases the lock after a register write: publishes, and while a wait descriptor was
@@ -315,6 +282,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         st.faults = FaultState::new(self.walk.cap);
         st.root = None;
         st.ir = None;
+        st.prq.clear();
         self.te.store(false, Ordering::Release);
         self.root.store(0, Ordering::Release);
         self.flush_all_caches();
@@ -369,6 +337,14 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         }
         if touches(reg::ICS, 4) || touches(reg::IECTL, 4) {
             self.after_ics_iectl_write(&mut st);
+        }
+        if self.walk.ecap.prs() {
+            if touches(reg::PRS, 4) {
+                self.after_prs_write(&mut st);
+            }
+            if touches(reg::PECTL, 4) {
+                self.after_pectl_write(&mut st);
+            }
         }
         let iva = self.walk.ecap.iotlb_register_offset();
         if touches(iva + 12, 4) {
@@ -516,6 +492,8 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         self.context_cache.retain(|_, _| false);
         self.pasid_cache.retain(|_, _| false);
         self.iotlb.invalidate(IotlbScope::Global);
+        // Once more when clean (see `execute_invalidation`).
+        self.epoch.advance();
     }
 
     pub(crate) fn latched_root(&self) -> RootTable {
@@ -524,7 +502,17 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
 
     /// Translates one DMA request (spec 3): pass-through while translation is off, the IOTLB,
     /// then the caches and a walk. A fault is recorded (or suppressed) before this returns.
+    ///
+    /// Besides the walk, the request itself is checked: a request with PASID while the root
+    /// table is in legacy mode faults 0x31, and an output in the interrupt address range
+    /// faults 0x0E/0x87 (spec 3.15), both through [`walk::check_request`] and
+    /// [`walk::check_output`] so the reference walk and the unit agree. Without ECAP.ERS the
+    /// ER field of a request is ignored (it is translated and recorded as a read).
     pub fn translate(&self, req: &DmaRequest) -> Result<Translation, TranslateError> {
+        let req = &DmaRequest {
+            access: self.walk.effective_access(req.access),
+            ..*req
+        };
         // A write without PASID to the interrupt range is an interrupt message whether or not
         // DMA remapping is on (spec 3.15, 5.1).
         let interrupt_range = req.pasid.is_none() && INTERRUPT_RANGE.contains(&req.iova);
@@ -553,6 +541,13 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 self.report_dma_fault(StepFault::new(reason).into_fault(req)),
             ));
         }
+        if let Err(f) = walk::check_request(self.latched_root(), req) {
+            return Err(TranslateError::Fault(
+                self.report_dma_fault(f.into_fault(req)),
+            ));
+        }
+        // The IOTLB never holds a page overlapping the interrupt range (see translate_miss),
+        // so a hit needs no output check.
         if let Some(t) = self.iotlb.lookup(req.sid, req.pasid, req.iova, req.access) {
             return Ok(t);
         }
@@ -568,8 +563,12 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         let result = self.walk_with_caches(req, epoch);
         match result {
             Ok(t) => {
-                self.iotlb
-                    .insert(&self.epoch, epoch, req.sid, req.pasid, req.iova, t);
+                // The walk checked this request's output; a page overlapping the interrupt
+                // range is not cached, so other addresses of it are checked by their walk.
+                if !walk::overlaps_interrupt_range(&t) {
+                    self.iotlb
+                        .insert(&self.epoch, epoch, req.sid, req.pasid, req.iova, t);
+                }
                 Ok(t)
             }
             Err(f) => Err(TranslateError::Fault(
@@ -671,6 +670,14 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         }
     }
 
+    /// The reserved-field rules of this unit's CAP/ECAP: what [`Self::read_context`],
+    /// [`Self::read_pasid_entry`] and every walk apply. Code that interprets a guest PASID
+    /// entry for the unit (vtd-accel's binder) checks it with
+    /// [`ReservedRules::check_pasid_entry`] so it accepts exactly the entries the unit does.
+    pub fn reserved_rules(&self) -> ReservedRules {
+        self.walk.rules()
+    }
+
     /// Whether DMA translation is enabled (GSTS.TES).
     pub fn translation_enabled(&self) -> bool {
         self.te.load(Ordering::Acquire)
@@ -681,7 +688,17 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         self.lock().root.map(|(r, _)| r)
     }
 
-    /// Counters.
+    /// How many entries each cache holds (the IOTLB's size is rounded up to whole sets).
+    pub fn cache_capacity(&self) -> CacheCapacity {
+        CacheCapacity {
+            iotlb: self.iotlb.capacity(),
+            context: self.context_cache.capacity(),
+            pasid: self.pasid_cache.capacity(),
+        }
+    }
+
+    /// Counters. Cheap enough to poll: hit and miss counts are summed from per-thread stripes
+    /// and the entry count is one pass over the IOTLB's tags; nothing here slows translation.
     pub fn stats(&self) -> UnitStats {
         let descriptors = self.lock().descriptors;
         UnitStats {

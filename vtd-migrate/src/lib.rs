@@ -1,2 +1,6 @@
-//! Not built yet: this crate is a placeholder in the workspace layout of DESIGN.md and
-//! exports nothing. See the open issues for its scope.
+//! Versioned, checksummed save and restore of a VT-d unit (layer above vtd-core and
+//! vtd-accel).
+//!
+//! Not built yet: this crate reserves its place in the workspace's layering and exports
+//! nothing. See the open issues for its scope.
+#![forbid(unsafe_code)]

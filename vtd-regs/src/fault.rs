@@ -526,7 +526,8 @@ impl FaultRequestKind {
 }
 
 /// One primary fault record, the content of a 128-bit FRCD register without its F bit
-/// (VT-d spec 10.4.14; layout in `shared/facts/vtd-formats.md`).
+/// (VT-d spec 10.4.14; QEMU hw/i386/intel_iommu_internal.h `VTD_FRCD_*`, Linux
+/// drivers/iommu/intel/dmar.c `dmar_fault()`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FaultRecord {
     /// SID (bits 79:64): requester ID of the faulting request.

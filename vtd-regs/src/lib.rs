@@ -8,6 +8,7 @@
 //! The crate performs no I/O and is `no_std` (with `alloc`) when the default `std` feature is
 //! off, so it can also describe the unit to bare-metal guests.
 #![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
@@ -17,8 +18,14 @@ pub mod config;
 pub mod fault;
 pub mod inv;
 pub mod irte;
+pub mod prq;
 pub mod regs;
 
 pub use bdf::Bdf;
 pub use cap::{Cap, Ecap};
 pub use config::{ConfigError, VtdConfig};
+
+/// The README's usage example, compiled and run as a doctest so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
