@@ -79,6 +79,8 @@ pub enum HostAttachment {
 pub struct BindingInfo {
     /// The device.
     pub bdf: Bdf,
+    /// The name of the host IOMMU backend it is bound through ([`HostIommuBackend::name`]).
+    pub backend: &'static str,
     /// Its iommufd device ID (in its own backend).
     pub dev_id: DeviceId,
     /// Its default (parent) HWPT.
@@ -211,6 +213,7 @@ impl Inner {
             for (&pasid, b) in &d.bindings {
                 out.push(BindingInfo {
                     bdf,
+                    backend: d.backend.name(),
                     dev_id: d.dev_id,
                     parent: d.parent,
                     pasid,
