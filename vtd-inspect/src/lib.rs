@@ -1,6 +1,7 @@
 //! Inspection of a running VT-d unit: a server a VMM embeds, and the `vtd-inspect` TUI that
 //! attaches to it.
 //!
+//! - [`accel`]: the passthrough side: a vtd-accel binder's bindings and binding changes;
 //! - [`protocol`]: versioned JSON-lines messages (hello, snapshot, event stream) and why JSON;
 //! - [`server`]: the Unix-socket server (0600, same-uid peers, read-only, never blocks the VMM);
 //! - [`feed`]: the unit observer feeding a bounded drop-oldest event queue, and the counters;
@@ -20,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod accel;
 pub mod client;
 pub mod collect;
 pub mod feed;
