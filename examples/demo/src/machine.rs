@@ -1,6 +1,6 @@
 //! The in-process machine: guest RAM with a dirty bitmap, the VT-d unit in scalable
 //! first-stage mode, the Linux-style guest driver, and two simulated host IOMMUs (two
-//! iommufds) with a nested binder each.
+//! iommufds, one per passthrough device) under the unit's nested binder.
 //!
 //! The guest-physical layout is fixed so every figure is reproducible from the seed:
 //!
@@ -17,9 +17,8 @@ use std::sync::Arc;
 
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vtd_accel::{
-    Bdf, HostHwInfo, HostIommuDevice, HostMemory, NestedBinder, PciTopology, SimHostIommu,
-};
+use vtd_accel::sim::{HostMemory, SimHostIommu};
+use vtd_accel::{Bdf, HostHwInfo, HostIommuDevice, NestedBinder, PciTopology};
 use vtd_core::{VtdConfig, VtdUnit};
 use vtd_testkit::driver::Guest;
 
@@ -110,12 +109,10 @@ pub fn region(n: usize) -> u64 {
     REGIONS_BASE + n as u64 * REGION_SIZE
 }
 
-/// One simulated host IOMMU (an iommufd) with its binder and the IOAS guest RAM is mapped in.
+/// One simulated host IOMMU (an iommufd) and the device assigned through it.
 pub struct HostSide {
     /// The host IOMMU.
     pub sim: Arc<SimHostIommu<Ram>>,
-    /// The binder driving it for this unit.
-    pub binder: Arc<NestedBinder<Ram>>,
     /// The device assigned through it: its iommufd view, kept across unplug and replug.
     pub device: HostIommuDevice,
     /// Its guest BDF.
@@ -136,6 +133,8 @@ pub struct Machine {
     pub ram: Ram,
     /// The guest's driver model (the vCPU side; it owns the unit's MMIO).
     pub guest: Guest<Ram>,
+    /// The unit's nested binder: one for all passthrough devices, whatever iommufd each is on.
+    pub binder: Arc<NestedBinder<Ram>>,
     /// The host IOMMUs.
     pub hosts: Vec<HostSide>,
 }
@@ -188,44 +187,47 @@ pub fn unit_config() -> Result<VtdConfig, MachineError> {
     Ok(cfg)
 }
 
-/// The host side of a machine whose unit is `unit` over `ram`: one simulated host IOMMU per
-/// passthrough device, guest RAM mapped in its IOAS (the VMM's VFIO memory listener), a binder
-/// subscribed to the unit, and the device registered with it (VFIO realize). On a migration
-/// target this runs before the unit's state is restored, as a destination VMM realizes its
-/// devices before it loads the incoming state.
-pub fn build_hosts(unit: &Arc<Unit>, ram: &Ram) -> Result<Vec<HostSide>, MachineError> {
+/// The host side of a machine whose unit is `unit` over `ram`: the unit's nested binder, and
+/// per passthrough device a simulated host IOMMU of its own (its own iommufd), guest RAM mapped
+/// in its IOAS (the VMM's VFIO memory listener), the device bound to it and registered with the
+/// binder (VFIO realize). On a migration target this runs before the unit's state is restored,
+/// as a destination VMM realizes its devices before it loads the incoming state.
+pub fn build_hosts(
+    unit: &Arc<Unit>,
+    ram: &Ram,
+) -> Result<(Arc<NestedBinder<Ram>>, Vec<HostSide>), MachineError> {
     let size = ram.last_addr().0 + 1;
+    let binder = NestedBinder::with_unit_faults(unit);
     let mut hosts = Vec::new();
     for i in 0..PASSTHROUGH_DEVICES {
         let host = HostMemory::new().with_region(host_base(i), size, ram.clone(), 0);
         let sim = Arc::new(SimHostIommu::new(HostHwInfo::vtd_nesting_capable(), host));
         let ioas = sim.alloc_ioas();
         sim.ioas_map(ioas, 0, size, host_base(i), true)?;
-        let binder = NestedBinder::with_unit_faults(unit, sim.clone());
         let (dev, parent) = sim.vfio_bind_default(ioas, binder.viommu_flags())?;
         let name = format!("0000:{:02x}:00.0", i + 1);
-        let device = HostIommuDevice::query(&*sim, name, dev, parent)?;
+        let device = HostIommuDevice::query(sim.clone(), name, dev, parent)?;
         let bdf = Bdf::new(i as u8 + 1, 0, 0);
         binder.register(bdf, device.clone(), PciTopology::default())?;
-        hosts.push(HostSide {
-            sim,
-            binder,
-            device,
-            bdf,
-        });
+        hosts.push(HostSide { sim, device, bdf });
     }
-    Ok(hosts)
+    Ok((binder, hosts))
 }
 
 impl Machine {
     /// Builds the machine for `emulated` emulated devices and the passthrough devices; the
-    /// passthrough devices are registered with their binders (the VMM's VFIO realize step),
+    /// passthrough devices are registered with the binder (the VMM's VFIO realize step),
     /// before the guest programs anything.
     pub fn new(emulated: usize) -> Result<Self, MachineError> {
         let ram = new_ram(region(emulated + PASSTHROUGH_DEVICES))?;
         let guest = Guest::over_memory(unit_config()?, ram.clone());
-        let hosts = build_hosts(&guest.unit, &ram)?;
-        Ok(Self { ram, guest, hosts })
+        let (binder, hosts) = build_hosts(&guest.unit, &ram)?;
+        Ok(Self {
+            ram,
+            guest,
+            binder,
+            hosts,
+        })
     }
 
     /// The unit.

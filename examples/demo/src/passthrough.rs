@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 
-use vtd_accel::{DeviceId, SimHostIommu};
+use vtd_accel::sim::SimHostIommu;
+use vtd_accel::{DeviceId, Pasid};
 use vtd_tables::GuestRam;
 
 use crate::dma::CONTROL_IOVA;
@@ -35,7 +36,7 @@ pub struct PassthroughDevice {
     seed: u64,
     sim: Arc<SimHostIommu<Ram>>,
     dev: DeviceId,
-    pasid: Option<u32>,
+    pasid: Option<Pasid>,
     stats: Arc<Stats>,
     buf: Vec<u8>,
 }
@@ -47,7 +48,7 @@ impl PassthroughDevice {
         seed: u64,
         sim: Arc<SimHostIommu<Ram>>,
         dev: DeviceId,
-        pasid: Option<u32>,
+        pasid: Option<Pasid>,
         stats: Arc<Stats>,
     ) -> Self {
         Self {

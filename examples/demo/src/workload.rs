@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vtd_accel::{Bdf, HostAttachment, PciTopology};
+use vtd_accel::{Bdf, HostAttachment, Pasid, PciTopology};
 use vtd_core::{FaultDisposition, VtdEvent};
 use vtd_regs::fault::FaultReason;
 use vtd_regs::inv::InvDesc;
@@ -158,11 +158,7 @@ impl Workload {
         let mut machine = Machine::new(opts.devices).map_err(|e: MachineError| e.to_string())?;
         // The inspector attaches before the guest programs the unit, so a client sees it all.
         let inspector = match &opts.socket {
-            Some(path) => Some(inspect::serve(
-                machine.unit(),
-                path,
-                inspect::Bindings::new(machine.hosts.iter().map(|h| h.binder.clone()).collect()),
-            )?),
+            Some(path) => Some(inspect::serve(machine.unit(), &machine.binder, path)?),
             None => None,
         };
         stats
@@ -215,7 +211,7 @@ impl Workload {
                 thread: None,
             });
         }
-        // Linux turns translation on last; the binders bind on that (TE replay).
+        // Linux turns translation on last; the binder binds on that (TE replay).
         guest.enable_translation();
         let mut w = Self {
             machine,
@@ -274,7 +270,7 @@ impl Workload {
             .device
             .iommufd_ids()
             .expect("sim devices are iommufd devices");
-        let pasid = (slot.pasid != 0).then_some(slot.pasid);
+        let pasid = Pasid::from_table_index(slot.pasid);
         let dev = PassthroughDevice::new(
             slot.index,
             self.opts.seed,
@@ -298,17 +294,16 @@ impl Workload {
     fn check_bound(&self, j: usize, when: &str) {
         let slot = &self.passthrough[j];
         let host = &self.machine.hosts[slot.host];
-        let bound = host.binder.bindings().iter().any(|b| {
-            b.bdf == host.bdf
-                && b.pasid == slot.pasid
-                && matches!(b.host, HostAttachment::Nested(_))
+        let pasid = Pasid::from_table_index(slot.pasid);
+        let bound = self.machine.binder.bindings().iter().any(|b| {
+            b.bdf == host.bdf && b.pasid == pasid && matches!(b.host, HostAttachment::Nested(_))
         });
         self.stats.check(bound, || {
             format!(
                 "{when}: passthrough device {} PASID {} is not bound to a nested HWPT: {:?}",
                 slot.index,
                 slot.pasid,
-                host.binder.bindings()
+                self.machine.binder.bindings()
             )
         });
     }
@@ -651,13 +646,8 @@ impl Workload {
             });
             let _ = vtd_tables::GuestRam::write_u64(&mem, s.dma.control_gpa(0) + 24, 0);
         }
-        // Host faults reach the guest through the binders; only the probe's is expected.
-        let n: usize = self
-            .machine
-            .hosts
-            .iter()
-            .map(|h| h.binder.process_host_faults())
-            .sum();
+        // Host faults reach the guest through the binder; only the probe's is expected.
+        let n = self.machine.binder.process_host_faults();
         self.stats.check(n == host_faults_expected, || {
             format!("round {round}: {n} host faults, {host_faults_expected} expected")
         });
@@ -751,7 +741,7 @@ impl Workload {
         );
         let log = Arc::new(vtd_core::EventLog::default());
         unit.subscribe(log.clone());
-        let hosts = crate::machine::build_hosts(&unit, &target)
+        let (binder, hosts) = crate::machine::build_hosts(&unit, &target)
             .map_err(|e| format!("migration target: {e}"))?;
         self.stats
             .bindings
@@ -773,20 +763,15 @@ impl Workload {
         guest.sink = sink;
         guest.log = log;
         self.machine.hosts = hosts;
+        self.machine.binder = binder;
         if let Some(server) = self.inspector.take() {
             // The inspector follows the machine: a client reconnects to the same socket.
             let path = server.path().to_path_buf();
             drop(server);
             self.inspector = Some(inspect::serve(
                 self.machine.unit(),
+                &self.machine.binder,
                 &path,
-                inspect::Bindings::new(
-                    self.machine
-                        .hosts
-                        .iter()
-                        .map(|h| h.binder.clone())
-                        .collect(),
-                ),
             )?);
         }
         for j in 0..self.passthrough.len() {
@@ -937,25 +922,23 @@ impl Workload {
         if let Some(t) = slot.thread.take() {
             let _ = t.join();
         }
-        let device = host
-            .binder
+        let binder = &self.machine.binder;
+        let device = binder
             .unregister(host.bdf)
             .map_err(|e| format!("unplug: {e}"))?;
-        let (dev_id, parent) = device.iommufd_ids().unwrap_or_default();
-        let attached = host.sim.attachments(dev_id);
+        // The host put the device back on its default HWPT, with nothing else attached.
+        let attached = device
+            .iommufd_ids()
+            .map(|(dev_id, parent)| (host.sim.attachments(dev_id), parent));
         self.stats.check(
-            attached.len() == 1 && attached.get(&vtd_accel::NO_PASID) == Some(&parent),
-            || format!("unplug: host attachments {attached:?}, expected only the default HWPT {parent:?}"),
+            attached
+                .as_ref()
+                .is_some_and(|(a, parent)| a.len() == 1 && a.get(&None) == Some(parent)),
+            || format!("unplug: host attachments {attached:?}, expected only the default HWPT"),
         );
         self.stats.unplugs.fetch_add(1, Ordering::Relaxed);
-        inspect::binding_changed(
-            self.inspector.as_ref(),
-            host.bdf.to_string(),
-            slot.pasid,
-            "unplugged",
-        );
         // VMM: plug it back (VFIO realize), then the guest probes it.
-        host.binder
+        binder
             .register(host.bdf, device, PciTopology::default())
             .map_err(|e| format!("replug: {e}"))?;
         self.stats.bindings.fetch_add(1, Ordering::Relaxed);
@@ -971,15 +954,8 @@ impl Workload {
         // tells the binder about them. The VMM sees the driver enable bus mastering in the
         // device's PCI command register (a config write it traps) before any DMA, and
         // re-evaluates the bindings there.
-        host.binder.resync_all();
+        binder.resync_all();
         self.check_bound(j, "replug");
-        let bdf = self.machine.hosts[self.passthrough[j].host].bdf.to_string();
-        inspect::binding_changed(
-            self.inspector.as_ref(),
-            bdf,
-            self.passthrough[j].pasid,
-            "replugged",
-        );
         self.start_passthrough(j);
         self.stats.replugs.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -76,7 +76,19 @@ fn check_summary(s: &Value, devices: u64) {
 #[test]
 fn short_run_exits_zero_with_every_path_in_the_summary() {
     let out = run_bounded(
-        demo(&["--seconds", "2", "--json", "--devices", "3", "--seed", "7"]),
+        // A short run, bounded by rounds so a loaded machine still reaches the first migration
+        // (round 200) and several replugs; the time limit only guards against a hang.
+        demo(&[
+            "--seconds",
+            "60",
+            "--rounds",
+            "600",
+            "--json",
+            "--devices",
+            "3",
+            "--seed",
+            "7",
+        ]),
         Duration::from_secs(120),
     )
     .unwrap();
@@ -162,7 +174,11 @@ fn interrupt_ends_cleanly_with_the_summary() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let s: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
-    check_summary(&s, 2);
+    // However far it got before the signal, the summary is complete and every check held.
+    assert_eq!(s["ok"], Value::Bool(true), "{s:#}");
+    assert_eq!(u(&s, &["failures"]), 0, "{s:#}");
+    assert!(u(&s, &["rounds"]) > 0, "{s:#}");
+    assert!(u(&s, &["emulated", "ops"]) > 0 && u(&s, &["passthrough", "ops"]) > 0);
     assert!(stderr.is_empty(), "--quiet prints no progress: {stderr}");
 }
 
@@ -170,13 +186,21 @@ fn interrupt_ends_cleanly_with_the_summary() {
 fn inspector_attaches_to_the_running_demo() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("demo.sock");
-    let mut child = demo(&["--seconds", "6", "--json", "--quiet", "--socket"])
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = demo(&[
+        "--seconds",
+        "60",
+        "--rounds",
+        "600",
+        "--json",
+        "--quiet",
+        "--socket",
+    ])
+    .arg(&sock)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut client = loop {
         match vtd_inspect::client::Client::connect(&sock) {
