@@ -25,7 +25,7 @@ use vtd_tables::builder::{
     ContextTablesBuilder, FrameAllocator, PageSize, PageTableBuilder, PageTableFormat,
     PasidTablesBuilder,
 };
-use vtd_tables::dmar::{Dmar, DeviceScope, RemappingStructure, Rmrr, Satc, ScopeKind};
+use vtd_tables::dmar::{DeviceScope, Dmar, RemappingStructure, Rmrr, Satc, ScopeKind};
 use vtd_tables::entries::{ContextEntry, PasidEntry};
 use vtd_testkit::driver::{self, Guest};
 use vtd_testkit::trace::{Event, Trace};
@@ -55,7 +55,8 @@ impl Out {
         if !self.seen.insert(bytes.clone()) {
             return;
         }
-        std::fs::write(self.dir.join(format!("{:03}-{name}", self.count)), bytes).expect("write seed");
+        std::fs::write(self.dir.join(format!("{:03}-{name}", self.count)), bytes)
+            .expect("write seed");
         self.count += 1;
     }
 }
@@ -76,7 +77,9 @@ fn trace_blocks(trace: &Trace) -> Vec<((u64, u8, u64), Vec<(u64, u64, u64)>)> {
     let mut head = None;
     for e in &trace.events {
         match e {
-            Event::RegWrite { addr, size, value } => blocks.push(((*addr, *size, *value), Vec::new())),
+            Event::RegWrite { addr, size, value } => {
+                blocks.push(((*addr, *size, *value), Vec::new()))
+            }
             Event::QiHead { head: h } => head = Some(*h),
             Event::InvDesc { low, high, .. } => {
                 if let (Some(b), Some(h)) = (blocks.last_mut(), head) {
@@ -101,7 +104,11 @@ fn unit_trace_seeds(out: &mut Out, trace: &Trace) {
     while i < blocks.len() && chunk < 40 {
         let mut ops = Vec::new();
         let size = if iqa & (1 << 11) != 0 { 32 } else { 16 };
-        let count: u64 = if size == 32 { 1 << ((iqa & 7) + 7) } else { 1 << ((iqa & 7) + 8) };
+        let count: u64 = if size == 32 {
+            1 << ((iqa & 7) + 7)
+        } else {
+            1 << ((iqa & 7) + 8)
+        };
         // Where the queue's head is at this point: the slot of the next descriptor.
         let base_slot = blocks[i..]
             .iter()
@@ -130,8 +137,14 @@ fn unit_trace_seeds(out: &mut Out, trace: &Trace) {
             let base = iqa & !0xfff;
             for &(slot, low, high) in descs {
                 let at = base + relocate(slot) * size;
-                ops.push(Op::MemWrite { gpa: at as u32, value: low });
-                ops.push(Op::MemWrite { gpa: (at + 8) as u32, value: high });
+                ops.push(Op::MemWrite {
+                    gpa: at as u32,
+                    value: low,
+                });
+                ops.push(Op::MemWrite {
+                    gpa: (at + 8) as u32,
+                    value: high,
+                });
             }
             let mut value = *value;
             if *addr == reg::IQT && chunk > 0 {
@@ -157,14 +170,23 @@ fn unit_trace_seeds(out: &mut Out, trace: &Trace) {
         for iova in [0x1000u64, 0xfff0_0000, 0x7fff_f000] {
             ops.push(Op::Translate(DmaRequest::new(0x18, iova, AccessKind::Read)));
         }
-        out.put(&format!("linux-trace-{chunk:02}"), unit::encode(SM_FLTS, &ops));
+        out.put(
+            &format!("linux-trace-{chunk:02}"),
+            unit::encode(SM_FLTS, &ops),
+        );
         chunk += 1;
     }
 }
 
 /// Seeds of the unit target from the testkit driver: the final memory (tables, queue,
 /// status words) as writes, the register writes in order, then DMAs.
-fn unit_driver_seed(out: &mut Out, name: &str, props: &str, build: impl FnOnce(&mut Guest), dmas: &[DmaRequest]) {
+fn unit_driver_seed(
+    out: &mut Out,
+    name: &str,
+    props: &str,
+    build: impl FnOnce(&mut Guest),
+    dmas: &[DmaRequest],
+) {
     let mut g = Guest::new(props, 64);
     build(&mut g);
     let mut ops = Vec::new();
@@ -173,13 +195,25 @@ fn unit_driver_seed(out: &mut Out, name: &str, props: &str, build: impl FnOnce(&
         if g.mem.read_slice(&mut word, GuestAddress(gpa)).is_ok() {
             let v = u64::from_le_bytes(word);
             if v != 0 {
-                ops.push(Op::MemWrite { gpa: gpa as u32, value: v });
+                ops.push(Op::MemWrite {
+                    gpa: gpa as u32,
+                    value: v,
+                });
             }
         }
     }
     for e in g.log.take() {
-        if let VtdEvent::RegisterWrite { offset, size, value } = e {
-            ops.push(Op::MmioWrite { offset: offset as u16, wide: size == 8, value });
+        if let VtdEvent::RegisterWrite {
+            offset,
+            size,
+            value,
+        } = e
+        {
+            ops.push(Op::MmioWrite {
+                offset: offset as u16,
+                wide: size == 8,
+                value,
+            });
         }
     }
     for d in dmas {
@@ -208,10 +242,19 @@ fn unit_seeds(trace: &Trace) {
                 g.enable_qi(false);
                 g.enable_fault_msi();
             },
-            &[rd(0x18, 0x4000), wr(0x18, 0x4008), rd(0x18, 0x5000), rd(0x20, 0x4000)],
+            &[
+                rd(0x18, 0x4000),
+                wr(0x18, 0x4008),
+                rd(0x18, 0x5000),
+                rd(0x20, 0x4000),
+            ],
         );
     }
-    for props in ["x-scalable-mode=on,x-flts=on", "x-scalable-mode=on", "x-scalable-mode=on,x-flts=on,caching-mode=on,snoop-control=on"] {
+    for props in [
+        "x-scalable-mode=on,x-flts=on",
+        "x-scalable-mode=on",
+        "x-scalable-mode=on,x-flts=on,caching-mode=on,snoop-control=on",
+    ] {
         unit_driver_seed(
             &mut out,
             "driver-scalable-pt",
@@ -246,7 +289,12 @@ fn unit_seeds(trace: &Trace) {
         "intremap=on,eim=on",
         |g| {
             g.enable_qi(false);
-            g.set_interrupt_table(vtd_regs::regs::Irta::new().with_s(3).with_eime(true).with_irta(0x180_0000 >> 12));
+            g.set_interrupt_table(
+                vtd_regs::regs::Irta::new()
+                    .with_s(3)
+                    .with_eime(true)
+                    .with_irta(0x180_0000 >> 12),
+            );
             g.set_interrupt_remapping(true);
         },
         &[],
@@ -263,22 +311,41 @@ fn inv_desc_seeds(trace: &Trace) {
             let n = types.entry((kind.clone(), low & 0xff0)).or_default();
             *n += 1;
             if *n <= 4 {
-                out.put(&format!("linux-{kind}"), inv_desc::encode(true, [*low, *high, 0, 0]));
+                out.put(
+                    &format!("linux-{kind}"),
+                    inv_desc::encode(true, [*low, *high, 0, 0]),
+                );
             }
         }
     }
     let descs = [
-        driver::context_cache(ContextCacheGranularity::Device { did: 3, sid: 0x18, fm: 1 }),
-        driver::iotlb(IotlbGranularity::Page { did: 1, addr: 0x20_0000, am: 9, ih: true }),
+        driver::context_cache(ContextCacheGranularity::Device {
+            did: 3,
+            sid: 0x18,
+            fm: 1,
+        }),
+        driver::iotlb(IotlbGranularity::Page {
+            did: 1,
+            addr: 0x20_0000,
+            am: 9,
+            ih: true,
+        }),
         driver::pasid_iotlb_page(4, 7, 0x7000, 2, false),
         driver::pasid_cache(4, PasidCacheGranularity::Pasid { pasid: 7 }),
         Guest::wait_descriptor(0x100_0000, 1),
     ];
     for d in descs {
         for wide in [false, true] {
-            let width = if wide { DescWidth::Bits256 } else { DescWidth::Bits128 };
+            let width = if wide {
+                DescWidth::Bits256
+            } else {
+                DescWidth::Bits128
+            };
             if let Ok(RawDesc(words)) = d.encode(width) {
-                out.put(&format!("driver-{}", d.trace_name()), inv_desc::encode(wide, words));
+                out.put(
+                    &format!("driver-{}", d.trace_name()),
+                    inv_desc::encode(wide, words),
+                );
             }
         }
     }
@@ -299,7 +366,13 @@ fn memory_records(mem: &GuestMemoryMmap<()>) -> Vec<(u32, u64)> {
 
 fn walk_seeds() {
     let mut out = Out::new("walk");
-    let new_mem = || GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), fuzz_harness::walk::RAM_SIZE as usize)]).expect("RAM");
+    let new_mem = || {
+        GuestMemoryMmap::<()>::from_ranges(&[(
+            GuestAddress(0),
+            fuzz_harness::walk::RAM_SIZE as usize,
+        )])
+        .expect("RAM")
+    };
     let base = |walker, config: &str, root, mode, req, records| WalkInput {
         walker,
         config: config_index(config),
@@ -322,25 +395,61 @@ fn walk_seeds() {
         let mem = new_mem();
         let mut frames = FrameAllocator::new(0x1_0000, 0x10_0000);
         let mut ctx = ContextTablesBuilder::new(&mem, &mut frames, false).expect("frames");
-        let mut pt = PageTableBuilder::new(&mem, &mut frames, PageTableFormat::SecondStage { levels }).expect("frames");
+        let mut pt =
+            PageTableBuilder::new(&mem, &mut frames, PageTableFormat::SecondStage { levels })
+                .expect("frames");
         let iova = 0x4000_0000u64;
-        pt.map(&mut frames, iova, 0x8000_0000, size, true, true).expect("map");
-        ctx.set_legacy_context(&mut frames, 0x18, ContextEntry::new(pt.root(), levels - 2, 1)).expect("ctx");
-        ctx.set_legacy_context(&mut frames, 0x20, ContextEntry::pass_through(levels - 2, 2)).expect("ctx");
+        pt.map(&mut frames, iova, 0x8000_0000, size, true, true)
+            .expect("map");
+        ctx.set_legacy_context(
+            &mut frames,
+            0x18,
+            ContextEntry::new(pt.root(), levels - 2, 1),
+        )
+        .expect("ctx");
+        ctx.set_legacy_context(&mut frames, 0x20, ContextEntry::pass_through(levels - 2, 2))
+            .expect("ctx");
         let records = memory_records(&mem);
-        for (sid, access) in [(0x18, AccessKind::Write), (0x18, AccessKind::Read), (0x20, AccessKind::Read)] {
+        for (sid, access) in [
+            (0x18, AccessKind::Write),
+            (0x18, AccessKind::Read),
+            (0x20, AccessKind::Read),
+        ] {
             let req = DmaRequest::new(sid, iova + 0x123, access);
             out.put(
                 &format!("legacy-{levels}level-{}", size.bytes()),
-                base(Walker::Translate, config, ctx.root(), 0, req, records.clone()).encode(),
+                base(
+                    Walker::Translate,
+                    config,
+                    ctx.root(),
+                    0,
+                    req,
+                    records.clone(),
+                )
+                .encode(),
             );
         }
         let req = DmaRequest::new(0x18, iova + 0x10, AccessKind::Write);
         out.put(
             "second-stage",
-            base(Walker::SecondStage, config, pt.root(), levels, req, records.clone()).encode(),
+            base(
+                Walker::SecondStage,
+                config,
+                pt.root(),
+                levels,
+                req,
+                records.clone(),
+            )
+            .encode(),
         );
-        let mut e = base(Walker::Enumerate, config, pt.root(), levels, DmaRequest::new(0, 0, AccessKind::Read), records.clone());
+        let mut e = base(
+            Walker::Enumerate,
+            config,
+            pt.root(),
+            levels,
+            DmaRequest::new(0, 0, AccessKind::Read),
+            records.clone(),
+        );
         e.range_len = u64::MAX;
         e.budget = 4096;
         out.put("enumerate-second-stage", e.encode());
@@ -349,7 +458,10 @@ fn walk_seeds() {
     // without PASID.
     for (config, kind) in [
         ("x-scalable-mode=on,x-flts=on", "fs4"),
-        ("x-scalable-mode=on,x-flts=on,x-pasid-mode=on,x-vtd-page-requests=on,device-iotlb=on", "fs5"),
+        (
+            "x-scalable-mode=on,x-flts=on,x-pasid-mode=on,x-vtd-page-requests=on,device-iotlb=on",
+            "fs5",
+        ),
         ("x-scalable-mode=on", "ss"),
         ("x-scalable-mode=on,x-flts=on", "pt"),
         ("x-scalable-mode=on,x-flts=on", "nested"),
@@ -360,14 +472,41 @@ fn walk_seeds() {
         let mut pasids = PasidTablesBuilder::new(&mem, &mut frames, 0).expect("frames");
         let iova = 0x7f00_0000_1000u64;
         let fs_levels = if kind == "fs5" { 5 } else { 4 };
-        let mut fs = PageTableBuilder::new(&mem, &mut frames, PageTableFormat::FirstStage { levels: fs_levels }).expect("frames");
-        fs.map(&mut frames, iova & 0xffff_ffff_ffff, 0x9000, PageSize::Size4K, true, true).expect("map");
-        let mut ss = PageTableBuilder::new(&mem, &mut frames, PageTableFormat::SecondStage { levels: 4 }).expect("frames");
+        let mut fs = PageTableBuilder::new(
+            &mem,
+            &mut frames,
+            PageTableFormat::FirstStage { levels: fs_levels },
+        )
+        .expect("frames");
+        fs.map(
+            &mut frames,
+            iova & 0xffff_ffff_ffff,
+            0x9000,
+            PageSize::Size4K,
+            true,
+            true,
+        )
+        .expect("map");
+        let mut ss = PageTableBuilder::new(
+            &mem,
+            &mut frames,
+            PageTableFormat::SecondStage { levels: 4 },
+        )
+        .expect("frames");
         // Identity-map the frames area for the nested walk's table addresses, and the output.
         for page in (0..0x10_0000u64).step_by(0x20_0000) {
-            ss.map(&mut frames, page, page, PageSize::Size2M, true, true).expect("map");
+            ss.map(&mut frames, page, page, PageSize::Size2M, true, true)
+                .expect("map");
         }
-        ss.map(&mut frames, iova & 0xffff_ffff_ffff, 0x9000, PageSize::Size4K, true, true).expect("map");
+        ss.map(
+            &mut frames,
+            iova & 0xffff_ffff_ffff,
+            0x9000,
+            PageSize::Size4K,
+            true,
+            true,
+        )
+        .expect("map");
         let pe = match kind {
             "ss" => PasidEntry::second_stage(ss.root(), 2, 5),
             "pt" => PasidEntry::pass_through(5, 2),
@@ -376,18 +515,51 @@ fn walk_seeds() {
         };
         pasids.set_entry(&mut frames, 0, pe).expect("pasid");
         pasids.set_entry(&mut frames, 9, pe).expect("pasid");
-        ctx.set_scalable_context(&mut frames, 0x18, pasids.context_entry().with_paside(true)).expect("ctx");
+        ctx.set_scalable_context(&mut frames, 0x18, pasids.context_entry().with_paside(true))
+            .expect("ctx");
         let records = memory_records(&mem);
-        let iova = if kind == "ss" || kind == "pt" { iova & 0xffff_ffff_ffff } else { iova };
+        let iova = if kind == "ss" || kind == "pt" {
+            iova & 0xffff_ffff_ffff
+        } else {
+            iova
+        };
         for pasid in [None, Some(9)] {
-            let req = DmaRequest { pasid, ..DmaRequest::new(0x18, iova + 0x40, AccessKind::Write) };
-            out.put(&format!("scalable-{kind}"), base(Walker::Translate, config, ctx.root(), 1, req, records.clone()).encode());
+            let req = DmaRequest {
+                pasid,
+                ..DmaRequest::new(0x18, iova + 0x40, AccessKind::Write)
+            };
+            out.put(
+                &format!("scalable-{kind}"),
+                base(
+                    Walker::Translate,
+                    config,
+                    ctx.root(),
+                    1,
+                    req,
+                    records.clone(),
+                )
+                .encode(),
+            );
         }
         if kind.starts_with("fs") || kind == "nested" {
-            let mut f = base(Walker::FirstStage, config, 0, 0, DmaRequest::new(0x18, iova, AccessKind::Read), records.clone());
+            let mut f = base(
+                Walker::FirstStage,
+                config,
+                0,
+                0,
+                DmaRequest::new(0x18, iova, AccessKind::Read),
+                records.clone(),
+            );
             f.pasid_entry = pe.0;
             out.put(&format!("first-stage-{kind}"), f.encode());
-            let mut e = base(Walker::Enumerate, config, fs.root(), 0x8 | fs_levels, DmaRequest::new(0, 0, AccessKind::Read), records.clone());
+            let mut e = base(
+                Walker::Enumerate,
+                config,
+                fs.root(),
+                0x8 | fs_levels,
+                DmaRequest::new(0, 0, AccessKind::Read),
+                records.clone(),
+            );
             e.range_len = u64::MAX;
             e.budget = 4096;
             out.put("enumerate-first-stage", e.encode());
@@ -398,9 +570,16 @@ fn walk_seeds() {
 
 fn dmar_seeds() {
     let mut out = Out::new("dmar");
-    for (aw, ir, x2apic_opt_out, ioapic) in [(48, true, false, Some(0)), (39, false, false, None), (48, true, true, Some(2))] {
+    for (aw, ir, x2apic_opt_out, ioapic) in [
+        (48, true, false, Some(0)),
+        (39, false, false, None),
+        (48, true, true, Some(2)),
+    ] {
         let d = Dmar::for_single_unit(0xfed9_0000, aw, ir, x2apic_opt_out, ioapic);
-        out.put(&format!("single-unit-aw{aw}"), dmar::encode(false, &d.to_bytes()));
+        out.put(
+            &format!("single-unit-aw{aw}"),
+            dmar::encode(false, &d.to_bytes()),
+        );
     }
     let mut d = Dmar::for_single_unit(0xfed9_0000, 48, true, false, Some(0));
     let scope = DeviceScope {
@@ -420,7 +599,10 @@ fn dmar_seeds() {
         segment: 0,
         scopes: vec![scope],
     }));
-    d.structures.push(RemappingStructure::Unknown { kind: 0x77, bytes: vec![1, 2, 3, 4] });
+    d.structures.push(RemappingStructure::Unknown {
+        kind: 0x77,
+        bytes: vec![1, 2, 3, 4],
+    });
     if let Ok(bytes) = d.try_to_bytes() {
         out.put("rmrr-satc-unknown", dmar::encode(false, &bytes));
         out.put("rmrr-satc-unknown-fixsum", dmar::encode(true, &bytes));
@@ -429,7 +611,9 @@ fn dmar_seeds() {
 }
 
 fn inspect_seeds() {
-    use vtd_inspect::protocol::{ClientMessage, EventBatch, EventRecord, Hello, ServerMessage, Snapshot, write_message};
+    use vtd_inspect::protocol::{
+        ClientMessage, EventBatch, EventRecord, Hello, ServerMessage, Snapshot, write_message,
+    };
     let mut out = Out::new("inspect_protocol");
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vtd-inspect/tests/data");
     let mut client = Vec::new();
@@ -443,15 +627,26 @@ fn inspect_seeds() {
     }
     out.put("client-session", inspect_protocol::encode(true, &client));
     let mut server = Vec::new();
-    write_message(&mut server, &ServerMessage::Hello(Hello::ours("vtd-vmm 0.1.0"))).expect("encode");
-    let snapshot: Snapshot = serde_json::from_slice(&std::fs::read(data.join("snapshot.json")).expect("recorded snapshot")).expect("snapshot decodes");
+    write_message(
+        &mut server,
+        &ServerMessage::Hello(Hello::ours("vtd-vmm 0.1.0")),
+    )
+    .expect("encode");
+    let snapshot: Snapshot = serde_json::from_slice(
+        &std::fs::read(data.join("snapshot.json")).expect("recorded snapshot"),
+    )
+    .expect("snapshot decodes");
     write_message(&mut server, &ServerMessage::Snapshot(Box::new(snapshot))).expect("encode");
     let events: Vec<EventRecord> = std::fs::read_to_string(data.join("events.jsonl"))
         .expect("recorded events")
         .lines()
         .map(|l| serde_json::from_str(l).expect("event decodes"))
         .collect();
-    write_message(&mut server, &ServerMessage::Events(EventBatch { events, dropped: 3 })).expect("encode");
+    write_message(
+        &mut server,
+        &ServerMessage::Events(EventBatch { events, dropped: 3 }),
+    )
+    .expect("encode");
     out.put("server-session", inspect_protocol::encode(false, &server));
     let mut hello_only = Vec::new();
     write_message(&mut hello_only, &ServerMessage::Hello(Hello::ours("x"))).expect("encode");
@@ -487,12 +682,24 @@ fn scenario_seeds() {
 
 fn multiboot_seeds() {
     let mut out = Out::new("multiboot");
-    out.put("conformance-interpreter.elf", vtd_conformance::runner::INTERPRETER.to_vec());
+    out.put(
+        "conformance-interpreter.elf",
+        vtd_conformance::runner::INTERPRETER.to_vec(),
+    );
     // An a.out-kludge image: header with address fields at offset 0, loaded at 1 MiB.
     let flags: u32 = 1 << 16 | 1 << 1 | 1;
     let magic: u32 = 0x1bad_b002;
     let mut img = Vec::new();
-    for v in [magic, flags, 0u32.wrapping_sub(magic).wrapping_sub(flags), 0x10_0000, 0x10_0000, 0, 0x10_2000, 0x10_0020] {
+    for v in [
+        magic,
+        flags,
+        0u32.wrapping_sub(magic).wrapping_sub(flags),
+        0x10_0000,
+        0x10_0000,
+        0,
+        0x10_2000,
+        0x10_0020,
+    ] {
         img.extend_from_slice(&v.to_le_bytes());
     }
     img.resize(0x800, 0x90);

@@ -13,8 +13,8 @@
 use std::io::BufReader;
 
 use vtd_inspect::protocol::{
-    ClientMessage, HelloCheck, LineError, MAX_CLIENT_LINE, MAX_SERVER_LINE, ServerMessage, check_hello, read_line,
-    write_message,
+    ClientMessage, HelloCheck, LineError, MAX_CLIENT_LINE, MAX_SERVER_LINE, ServerMessage,
+    check_hello, read_line, write_message,
 };
 
 /// Lines read per input.
@@ -65,7 +65,11 @@ pub fn run(data: &[u8]) {
             Err(LineError::TooLong(_)) => return, // the peer is dropped
             Err(_) => return,
         };
-        assert!(line.len() <= max, "line of {} bytes past the limit {max}", line.len());
+        assert!(
+            line.len() <= max,
+            "line of {} bytes past the limit {max}",
+            line.len()
+        );
         if let HelloCheck::Compatible(h) = check_hello(&line) {
             assert!(
                 matches!(serde_json::from_slice::<ServerMessage>(&line), Ok(ServerMessage::Hello(ref g)) if *g == h),

@@ -26,12 +26,17 @@ pub fn run(data: &[u8]) {
     let mut bytes = [0u8; 32];
     let src = r.bytes(32);
     bytes[..src.len()].copy_from_slice(src);
-    let raw = RawDesc::from_le_bytes(&bytes[..width.bytes()]).expect("16 or 32 bytes are a descriptor");
+    let raw =
+        RawDesc::from_le_bytes(&bytes[..width.bytes()]).expect("16 or 32 bytes are a descriptor");
     let Ok(desc) = InvDesc::decode(&raw, width) else {
         return;
     };
     let _ = (desc.type_code(), desc.trace_name());
-    assert_eq!(desc.type_code(), raw.type_code(), "decoded type differs from the raw type");
+    assert_eq!(
+        desc.type_code(),
+        raw.type_code(),
+        "decoded type differs from the raw type"
+    );
     let encoded = match desc.encode(width) {
         Ok(e) => e,
         Err(e) => panic!("{desc:?} decoded from {raw:?} does not encode: {e:?}"),

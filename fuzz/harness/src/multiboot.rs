@@ -26,7 +26,8 @@ pub fn run(data: &[u8]) {
             data.len()
         );
     }
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]) else {
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)])
+    else {
         panic!("the harness's RAM cannot be mapped");
     };
     let modules = [Module {
@@ -40,7 +41,10 @@ pub fn run(data: &[u8]) {
     }];
     if let Ok(info) = load(&mem, data, &kernel, "kernel", &modules, &mmap, RAM_SIZE) {
         for &(start, end) in &info.modules {
-            assert!(start <= end && end <= RAM_SIZE, "module placed at {start:#x}..{end:#x}");
+            assert!(
+                start <= end && end <= RAM_SIZE,
+                "module placed at {start:#x}..{end:#x}"
+            );
         }
     }
 }

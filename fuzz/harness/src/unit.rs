@@ -19,8 +19,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use vtd_core::{
-    AccessKind, DmaRequest, EventLog, MsiSource, PageRequest,
-    RecordingSink, TranslateError, Translation, VtdConfig, VtdEvent, VtdUnit,
+    AccessKind, DmaRequest, EventLog, MsiSource, PageRequest, RecordingSink, TranslateError,
+    Translation, VtdConfig, VtdEvent, VtdUnit,
 };
 use vtd_regs::Ecap;
 use vtd_regs::inv::{
@@ -72,7 +72,12 @@ pub enum Op {
     /// A device DMA.
     Translate(DmaRequest),
     /// A device or IOAPIC interrupt message.
-    RemapMsi { ioapic: bool, sid: u16, address: u64, data: u32 },
+    RemapMsi {
+        ioapic: bool,
+        sid: u16,
+        address: u64,
+        data: u32,
+    },
     /// Global context-cache and IOTLB invalidation, the way the guest would issue it now:
     /// through the queue when queued invalidation is on, through CCMD/IOTLB_REG otherwise.
     InvalidateAll,
@@ -81,7 +86,12 @@ pub enum Op {
     /// Report mapping changes of a device (caching mode).
     Watch { sid: u16, pasid: Option<u32> },
     /// Replay walk over a range.
-    Replay { sid: u16, pasid: Option<u32>, start: u64, len: u64 },
+    Replay {
+        sid: u16,
+        pasid: Option<u32>,
+        start: u64,
+        len: u64,
+    },
     /// Snapshot and restore onto the same unit.
     SnapshotRestore,
     /// Platform reset.
@@ -140,7 +150,8 @@ impl Op {
             },
             5 => Op::InvalidateAll,
             6 => {
-                let (sid, flags, pasid, address, prg) = (r.u16(), r.u8(), r.u32(), r.u64(), r.u16());
+                let (sid, flags, pasid, address, prg) =
+                    (r.u16(), r.u8(), r.u32(), r.u64(), r.u16());
                 Op::PageRequest(PageRequest {
                     sid,
                     pasid: pasid_of(flags, pasid),
@@ -291,7 +302,9 @@ fn flushes_everything(events: &[VtdEvent]) -> bool {
     let mut iotlb = false;
     for e in events {
         match e {
-            VtdEvent::RootTableLatched { .. } | VtdEvent::TranslationEnabled(_) | VtdEvent::Reset => {
+            VtdEvent::RootTableLatched { .. }
+            | VtdEvent::TranslationEnabled(_)
+            | VtdEvent::Reset => {
                 return true;
             }
             VtdEvent::Invalidation { desc, .. } => match desc {
@@ -311,9 +324,20 @@ fn flushes_everything(events: &[VtdEvent]) -> bool {
 /// the hardware setting them.
 const AD_BITS: u64 = 1 << 5 | 1 << 6 | 1 << 8 | 1 << 9;
 
-fn same_translation(a: &Result<Translation, TranslateError>, b: &Result<Translation, TranslateError>) -> bool {
+fn same_translation(
+    a: &Result<Translation, TranslateError>,
+    b: &Result<Translation, TranslateError>,
+) -> bool {
     match (a, b) {
-        (Ok(x), Ok(y)) => Translation { leaf: x.leaf & !AD_BITS, ..*x } == Translation { leaf: y.leaf & !AD_BITS, ..*y },
+        (Ok(x), Ok(y)) => {
+            Translation {
+                leaf: x.leaf & !AD_BITS,
+                ..*x
+            } == Translation {
+                leaf: y.leaf & !AD_BITS,
+                ..*y
+            }
+        }
         (Err(x), Err(y)) => x == y,
         _ => false,
     }
@@ -353,7 +377,10 @@ impl Harness {
         let events = self.log.take();
         let (writes, cas) = {
             let mut t = self.ram.tracking();
-            (std::mem::take(&mut t.writes), std::mem::take(&mut t.cas_writes))
+            (
+                std::mem::take(&mut t.writes),
+                std::mem::take(&mut t.cas_writes),
+            )
         };
         if flushes_everything(&events) {
             // Writes of this operation may have come after the flush: they stay dirty.
@@ -418,9 +445,13 @@ impl Harness {
         let bound = self.mmio_bound();
         if !gsts.qies() {
             // CCMD: ICC | CIRG = global (spec 11.4.4.4); IOTLB_REG: IVT | IIRG = global.
-            self.op("CCMD global", bound, |u| u.write(reg::CCMD, 8, 1 << 63 | 1 << 61));
+            self.op("CCMD global", bound, |u| {
+                u.write(reg::CCMD, 8, 1 << 63 | 1 << 61)
+            });
             let iva = Ecap::from_bits(self.unit.read(reg::ECAP, 8)).iotlb_register_offset();
-            self.op("IOTLB_REG global", bound, |u| u.write(iva + 8, 8, 1 << 63 | 1 << 60));
+            self.op("IOTLB_REG global", bound, |u| {
+                u.write(iva + 8, 8, 1 << 63 | 1 << 60)
+            });
             return;
         }
         if Fsts::from_bits(self.unit.read(reg::FSTS, 4) as u32).iqe() {
@@ -567,8 +598,16 @@ mod tests {
     #[test]
     fn ops_round_trip_through_the_encoding() {
         let ops = [
-            Op::MmioWrite { offset: 0x18, wide: false, value: 1 << 31 },
-            Op::Translate(DmaRequest { pasid: Some(5), privileged: true, ..DmaRequest::new(0x10, 0x2000, AccessKind::Write) }),
+            Op::MmioWrite {
+                offset: 0x18,
+                wide: false,
+                value: 1 << 31,
+            },
+            Op::Translate(DmaRequest {
+                pasid: Some(5),
+                privileged: true,
+                ..DmaRequest::new(0x10, 0x2000, AccessKind::Write)
+            }),
             Op::InvalidateAll,
             Op::Reset,
         ];

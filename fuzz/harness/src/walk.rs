@@ -167,7 +167,11 @@ fn check_leaf(cfg: &WalkConfig, access: AccessKind, leaf: &Leaf) {
         leaf.page_size.is_power_of_two() && leaf.page_size >= 4096,
         "leaf {leaf:?}"
     );
-    assert_eq!(leaf.page_base & (leaf.page_size - 1), 0, "unaligned leaf {leaf:?}");
+    assert_eq!(
+        leaf.page_base & (leaf.page_size - 1),
+        0,
+        "unaligned leaf {leaf:?}"
+    );
     assert!(
         leaf.perms.allows(cfg.effective_access(access)),
         "leaf {leaf:?} does not allow {access:?}"
@@ -208,11 +212,15 @@ pub fn run(data: &[u8]) {
                 addr: input.root & !0xfff,
                 mode: TranslationTableMode::from_bits(input.mode & 3),
             };
-            let first = bounded(&ram, "translate", || walk::translate(&ram, &cfg, root, &req));
+            let first = bounded(&ram, "translate", || {
+                walk::translate(&ram, &cfg, root, &req)
+            });
             if let Ok(t) = &first {
                 check_translation(&cfg, &req, t);
             }
-            let second = bounded(&ram, "translate", || walk::translate(&ram, &cfg, root, &req));
+            let second = bounded(&ram, "translate", || {
+                walk::translate(&ram, &cfg, root, &req)
+            });
             let mask = |r: Result<Translation, _>| {
                 r.map(|t| Translation {
                     leaf: t.leaf & !AD_BITS,
@@ -225,7 +233,9 @@ pub fn run(data: &[u8]) {
             let mode = match (input.mode >> 4) % 5 {
                 0 => SecondStageMode::Legacy,
                 1 => SecondStageMode::Scalable,
-                2 => SecondStageMode::NestedTable { top: input.mode & 0x80 != 0 },
+                2 => SecondStageMode::NestedTable {
+                    top: input.mode & 0x80 != 0,
+                },
                 3 => SecondStageMode::NestedTableWrite,
                 _ => SecondStageMode::NestedOutput,
             };
@@ -264,16 +274,24 @@ pub fn run(data: &[u8]) {
             let mut budget = initial;
             let mut last: Option<u64> = None;
             let before = ram.accesses();
-            let _ = for_each_leaf(&ram, &cfg, input.root, format, start..end, &mut budget, |m| {
-                assert!(m.size.is_power_of_two() && m.size >= 4096, "leaf {m:?}");
-                assert_eq!(m.iova & (m.size - 1), 0, "unaligned leaf {m:?}");
-                assert!(
-                    m.iova < end && m.iova.saturating_add(m.size) > start,
-                    "leaf {m:?} outside {start:#x}..{end:#x}"
-                );
-                assert!(last.is_none_or(|l| m.iova > l), "leaves out of order");
-                last = Some(m.iova);
-            });
+            let _ = for_each_leaf(
+                &ram,
+                &cfg,
+                input.root,
+                format,
+                start..end,
+                &mut budget,
+                |m| {
+                    assert!(m.size.is_power_of_two() && m.size >= 4096, "leaf {m:?}");
+                    assert_eq!(m.iova & (m.size - 1), 0, "unaligned leaf {m:?}");
+                    assert!(
+                        m.iova < end && m.iova.saturating_add(m.size) > start,
+                        "leaf {m:?} outside {start:#x}..{end:#x}"
+                    );
+                    assert!(last.is_none_or(|l| m.iova > l), "leaves out of order");
+                    last = Some(m.iova);
+                },
+            );
             let used = ram.accesses() - before;
             assert!(budget <= initial, "budget grew");
             assert!(
