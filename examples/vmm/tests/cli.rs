@@ -255,3 +255,30 @@ fn tiny_kernel_serial_and_exit_status() {
     assert_eq!(r.stdout, "ok\n", "{r:?}");
     assert_eq!(r.code, Some((0x2a << 1) | 1), "{r:?}");
 }
+
+/// `--self-test` runs the built-in guest: no kernel of the user's own is needed.
+#[test]
+fn self_test_runs_the_built_in_guest() {
+    if !kvm_available() {
+        eprintln!("NOTICE: /dev/kvm cannot be opened: skipping");
+        return;
+    }
+    let r = vtd_vmm(
+        &[
+            "--self-test",
+            "--iommu",
+            "x-scalable-mode=on,x-flts=on,intremap=on",
+            "--timeout",
+            "50",
+        ],
+        &[],
+    );
+    assert!(
+        r.stdout.ends_with("vtd-guest: passed (0 failed)\n"),
+        "{r:?}"
+    );
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let both = vtd_vmm(&["--self-test", "--kernel", "k.elf"], &[]);
+    assert_eq!(both.code, Some(2), "{both:?}");
+    assert!(both.stderr.contains("cannot be used with"), "{both:?}");
+}

@@ -50,13 +50,18 @@ or KVM error; 4 when the guest crashes (triple fault, KVM internal error); 124 o
 #[command(
     name = "vtd-vmm",
     version,
-    override_usage = "vtd-vmm --kernel FILE [OPTIONS]",
+    override_usage = "vtd-vmm --kernel FILE [OPTIONS]\n       vtd-vmm --self-test [OPTIONS]",
     after_help = AFTER_HELP
 )]
 struct Options {
     /// Multiboot (v1) kernel: an ELF image, or one with address fields (QEMU -kernel)
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
+    /// Run the built-in VT-d self-test guest (examples/guests/selftest) instead of --kernel:
+    /// it programs the unit the Linux way, DMAs through it with the edu device and reports
+    /// on the serial port
+    #[arg(long, conflicts_with = "kernel")]
+    self_test: bool,
     /// Load FILE as a multiboot module whose command line is the whole string (QEMU -initrd);
     /// may be repeated
     #[arg(long = "module", value_name = "\"FILE[ ARGS]\"")]
@@ -103,7 +108,9 @@ fn parse_memory(v: &str) -> Result<u64, String> {
 /// Why a run cannot start (reported with exit status 2).
 #[derive(Debug, thiserror::Error)]
 enum StartError {
-    #[error("no kernel given: use --kernel FILE (see --help)")]
+    #[error(
+        "no kernel given: use --kernel FILE, or --self-test for the built-in guest (see --help)"
+    )]
     NoKernel,
     #[error("invalid --iommu `{props}`: {reason}")]
     InvalidIommu { props: String, reason: String },
@@ -157,12 +164,23 @@ struct Prepared {
 }
 
 fn prepare(opts: &Options) -> Result<Prepared, StartError> {
-    let kernel_path = opts.kernel.as_ref().ok_or(StartError::NoKernel)?;
+    let (kernel_path, image) = match (&opts.kernel, opts.self_test) {
+        (Some(path), _) => (path.clone(), None),
+        (None, true) => (
+            PathBuf::from("vtd-guest.elf"),
+            Some(vtd_vmm::SELF_TEST_GUEST.to_vec()),
+        ),
+        (None, false) => return Err(StartError::NoKernel),
+    };
+    let kernel_path = &kernel_path;
     let config = VtdConfig::from_qemu_props(&opts.iommu).map_err(|e| StartError::InvalidIommu {
         props: opts.iommu.clone(),
         reason: e.to_string(),
     })?;
-    let image = read_bounded("kernel", kernel_path, opts.memory_mib)?;
+    let image = match image {
+        Some(image) => image,
+        None => read_bounded("kernel", kernel_path, opts.memory_mib)?,
+    };
     let kernel = KernelImage::parse(&image).map_err(|e| StartError::NotMultiboot {
         path: kernel_path.clone(),
         reason: e.to_string(),
