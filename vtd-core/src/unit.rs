@@ -595,6 +595,10 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             }
             DeviceContext::Scalable(sc) => {
                 let pasid = walk::effective_pasid(&self.walk, &sc, req.pasid);
+                // The PASID cache is keyed by (requester, PASID): an entry cached for a
+                // request without PASID (RID_PASID) must not let a request with that PASID
+                // skip the context entry's PASIDE check (spec 9.4; found by fuzzing).
+                walk::check_pasid_request(&sc, pasid, req.pasid.is_some())?;
                 let pe = match self.pasid_cache.get(&(req.sid, pasid)) {
                     Some(pe) => pe,
                     None => {
