@@ -212,7 +212,14 @@ mod tests {
         pt.map(&mut frames, 0x3000, 0x60_0000, PageSize::Size4K, true, true)
             .unwrap();
         let fmt = TableFormat::SecondStage { levels: 4 };
-        for range in [0..0, 0x3000..0x3000, 0x4000..0x1000] {
+        // Empty (start == end) and inverted (start > end) ranges.
+        let (lo, hi) = (0x1000, 0x4000);
+        #[allow(
+            clippy::reversed_empty_ranges,
+            reason = "an inverted range is the input"
+        )]
+        let inverted = hi..lo;
+        for range in [0..0, 0x3000..0x3000, inverted] {
             let mut seen = Vec::new();
             let mut budget = 1000;
             for_each_leaf(&mem, &wc, pt.root(), fmt, range.clone(), &mut budget, |m| {

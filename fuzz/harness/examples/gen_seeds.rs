@@ -71,9 +71,13 @@ fn config_index(props: &str) -> u8 {
         .expect("a harness configuration") as u8
 }
 
-/// The trace as register writes, each preceded by the descriptors it made QEMU fetch.
-fn trace_blocks(trace: &Trace) -> Vec<((u64, u8, u64), Vec<(u64, u64, u64)>)> {
-    let mut blocks: Vec<((u64, u8, u64), Vec<(u64, u64, u64)>)> = Vec::new();
+/// A register write (offset, size, value) and the descriptors (slot, low, high) it made
+/// QEMU fetch.
+type Block = ((u64, u8, u64), Vec<(u64, u64, u64)>);
+
+/// The trace as register writes, each with the descriptors it made QEMU fetch.
+fn trace_blocks(trace: &Trace) -> Vec<Block> {
+    let mut blocks: Vec<Block> = Vec::new();
     let mut head = None;
     for e in &trace.events {
         match e {
@@ -355,10 +359,10 @@ fn inv_desc_seeds(trace: &Trace) {
 fn memory_records(mem: &GuestMemoryMmap<()>) -> Vec<(u32, u64)> {
     let mut v = Vec::new();
     for gpa in (0..fuzz_harness::walk::RAM_SIZE).step_by(8) {
-        if let Ok(w) = mem.read_u64(gpa) {
-            if w != 0 {
-                v.push((gpa as u32, w));
-            }
+        if let Ok(w) = mem.read_u64(gpa)
+            && w != 0
+        {
+            v.push((gpa as u32, w));
         }
     }
     v
@@ -669,12 +673,11 @@ fn scenario_seeds() {
         let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario");
         out.put(stem, scenario::seed(false, &text));
         // Every eighth scenario's module seeds the module decoder.
-        if i % 8 == 0 {
-            if let Ok(s) = vtd_conformance::scenario::load_scenario(f) {
-                if let Ok(m) = vtd_conformance::encode::encode(&s) {
-                    out.put(&format!("{stem}-module"), scenario::seed(true, &m));
-                }
-            }
+        if i % 8 == 0
+            && let Ok(s) = vtd_conformance::scenario::load_scenario(f)
+            && let Ok(m) = vtd_conformance::encode::encode(&s)
+        {
+            out.put(&format!("{stem}-module"), scenario::seed(true, &m));
         }
     }
     println!("scenario: {}", out.count);

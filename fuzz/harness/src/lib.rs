@@ -28,8 +28,11 @@ pub mod scenario;
 pub mod unit;
 pub mod walk;
 
+/// A target: its harness function.
+pub type Harness = fn(&[u8]);
+
 /// Every target by its cargo-fuzz name (the binary in `fuzz_targets/`, the corpus directory).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("unit", unit::run),
     ("inv_desc", inv_desc::run),
     ("walk", walk::run),

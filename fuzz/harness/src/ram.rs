@@ -119,10 +119,10 @@ impl GuestRam for CountingRam {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         let r = GuestRam::read(&self.shared.mem, gpa, buf);
         self.account(gpa, buf.len(), r.is_ok());
-        if self.view == 1 {
-            if let Some(reads) = self.tracking().reads.as_mut() {
-                reads.extend(words(gpa, buf.len()));
-            }
+        if self.view == 1
+            && let Some(reads) = self.tracking().reads.as_mut()
+        {
+            reads.extend(words(gpa, buf.len()));
         }
         r
     }

@@ -510,7 +510,7 @@ impl Harness {
                 self.op("MMIO read", 0, |u| u.read(offset as u64 & 0xfff, size));
             }
             Op::MemWrite { gpa, value } => {
-                let gpa = gpa as u64 % RAM_SIZE & !7;
+                let gpa = (gpa as u64 % RAM_SIZE) & !7;
                 self.mem_write(gpa, value);
             }
             Op::Translate(req) => self.translate(&req),

@@ -202,7 +202,7 @@ pub fn run(data: &[u8]) {
     let cfg = WalkConfig::new(vtd.cap(), vtd.ecap());
     let ram = CountingRam::new(RAM_SIZE);
     for &(gpa, value) in &input.memory {
-        let gpa = gpa as u64 % RAM_SIZE & !7;
+        let gpa = (gpa as u64 % RAM_SIZE) & !7;
         let _ = ram.mem().write_u64(gpa, value);
     }
     let req = input.req;
