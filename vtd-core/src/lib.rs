@@ -42,6 +42,12 @@
 //! ```
 
 #![forbid(unsafe_code)]
+// Guest- and user-controlled values must never panic the unit: no unwrap/expect and no
+// unchecked indexing outside tests (tests may assert with them).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 mod address_space;
 mod cache;

@@ -627,6 +627,10 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         epoch: u64,
     ) -> Result<(u32, PasidEntry), StepFault> {
         let pasid = walk::effective_pasid(&self.walk, sc, req.pasid);
+        // The PASID cache is keyed by (requester, PASID): an entry cached for a request
+        // without PASID (RID_PASID) must not let a request with that PASID skip the context
+        // entry's PASIDE check (spec 9.4; found by fuzzing).
+        walk::check_pasid_request(sc, pasid, req.pasid.is_some())?;
         if let Some(pe) = self.pasid_cache.get(&(req.sid, pasid)) {
             return Ok((pasid, pe));
         }
@@ -790,8 +794,15 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             return Err(RestoreError::RegisterImageSize(snap.registers.len()));
         }
         let mut st = self.lock();
-        let saved_cap = u64::from_le_bytes(snap.registers[8..16].try_into().unwrap_or_default());
-        let saved_ecap = u64::from_le_bytes(snap.registers[16..24].try_into().unwrap_or_default());
+        // The length was checked above; a short image would read as zero (an identity no unit has).
+        let qword = |at: usize| {
+            snap.registers
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let saved_cap = qword(reg::CAP as usize);
+        let saved_ecap = qword(reg::ECAP as usize);
         if saved_cap != self.walk.cap.into_bits() || saved_ecap != self.walk.ecap.into_bits() {
             return Err(RestoreError::IdentityMismatch {
                 cap: saved_cap,
