@@ -28,6 +28,7 @@ mod irq;
 mod qi;
 mod regfile;
 mod shadow;
+mod state;
 mod unit;
 
 pub use address_space::DeviceAddressSpace;
@@ -38,4 +39,7 @@ pub use events::{
 };
 pub use ir::MsiSource;
 pub use irq::{InterruptSink, Msi, RecordingSink};
+pub use state::{
+    EnabledFlags, PendingInterrupts, QueueState, REGISTER_IMAGE_SIZE, StateError, UnitState,
+};
 pub use unit::{RestoreError, TranslateError, UnitSnapshot, UnitStats, VtdUnit};
