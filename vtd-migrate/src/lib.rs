@@ -1,6 +1,119 @@
-//! Versioned, checksummed save and restore of a VT-d unit (layer above vtd-core and
-//! vtd-accel).
+//! Versioned, checksummed save and restore of a VT-d unit, for snapshots and live migration.
 //!
-//! Not built yet: this crate reserves its place in the workspace's layering and exports
-//! nothing. See the open issues for its scope.
+//! ```
+//! use std::sync::Arc;
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//! use vtd_core::{RecordingSink, VtdUnit};
+//! use vtd_regs::VtdConfig;
+//!
+//! let cfg = VtdConfig::from_qemu_props("x-scalable-mode=on,x-flts=on").unwrap();
+//! let mem = || -> GuestMemoryMmap<()> {
+//!     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 24)]).unwrap()
+//! };
+//! let source = VtdUnit::new(cfg.clone(), mem(), Arc::new(RecordingSink::default())).unwrap();
+//! source.write(0x38, 4, 0); // FECTL: unmask the fault event
+//! let bytes = vtd_migrate::save(&source);
+//!
+//! let target = VtdUnit::new(cfg, mem(), Arc::new(RecordingSink::default())).unwrap();
+//! vtd_migrate::restore(&target, &bytes).unwrap();
+//! assert_eq!(target.read(0x38, 4), 0);
+//! ```
+//!
+//! # What a snapshot holds
+//!
+//! Everything of the unit that the guest can observe or that cannot be rebuilt (vtd-core's
+//! [`UnitState`](vtd_core::UnitState)), and the passthrough devices bound through it
+//! ([`PassthroughDevice`]). Caches are not saved: spec 6.1 lets hardware drop cached entries at
+//! any time, so the restored unit starts with empty caches and refills them from the guest's
+//! tables, which travel with guest memory.
+//!
+//! Compared with QEMU's `vmstate_vtd` (QEMU hw/i386/intel_iommu.c, VMState "iommu-intel"
+//! version 1: `root`, `intr_root`, `iq`, `intr_size`, `iq_head`, `iq_tail`, `iq_size`,
+//! `next_frcd_reg`, the 0x230-byte `csr` image, `iq_last_desc_type`, `dmar_enabled`,
+//! `qi_enabled`, `intr_enabled`, `intr_eime`; its `post_load` recomputes derived state,
+//! switches address spaces and replays PASID bindings), a snapshot here carries more:
+//! - the whole 4 KiB register window, not the first 0x230 bytes: fault-recording registers
+//!   placed by CAP.FRO beyond 0x230 and the IOTLB registers placed by ECAP.IRO are included
+//!   whatever the configuration;
+//! - the raw latched RTADDR and IRTA values, so the root-table mode (legacy, scalable,
+//!   abort-DMA) and the interrupt table's size and EIME are exactly what SRTP/SIRTP latched,
+//!   even if the guest rewrote RTADDR/IRTA since without latching;
+//! - the queue's descriptor width (IQA.DW) and the pending-interrupt state (FSTS, FECTL.IP,
+//!   ICS.IWC, IECTL.IP, GSTS.CFIS) as explicit fields, cross-checked with the registers on
+//!   restore so a snapshot whose parts disagree is refused;
+//! - the passthrough devices (requester ID, PASIDs bound, the host IOMMU capabilities they ran
+//!   on), so the target can refuse to resume on a host that cannot run the guest's
+//!   configuration, naming the device, instead of failing the first DMA;
+//! - a header with magic, format version, payload length and a CRC-64 over header and payload:
+//!   QEMU relies on its migration stream's section versioning and has no integrity check.
+//!
+//! Restoring is all-or-nothing: every check (header, checksum, payload, configuration
+//! identity, every register bit against what a guest write or the unit could have produced,
+//! indices, devices) runs before the target unit is touched.
+//!
+//! # Format version 1
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 8 | magic `VTDSNAP\0` |
+//! | 8 | 4 | format version, u32 LE (1) |
+//! | 12 | 4 | flags, u32 LE, must be 0 |
+//! | 16 | 8 | payload length, u64 LE (at most 16 MiB, exactly the bytes that follow) |
+//! | 24 | 8 | CRC-64/XZ over bytes 0..24, eight zero bytes, then the payload |
+//! | 32 | n | payload |
+//!
+//! The payload is the bincode 1.x encoding (fixed-width little-endian integers, `u64` lengths
+//! before sequences and strings, a `u8` 0/1 tag before an `Option`'s value, `bool` as one
+//! byte) of, in order:
+//! - `registers`: `u64` length (4096) and the register image;
+//! - `next_fault_record: u16`, `latched_root: Option<u64>`, `latched_irta: Option<u64>`;
+//! - queue: `base: u64`, `descriptor_count: u32`, `wide: bool`, `head: u32`, `tail: u32`,
+//!   `last_descriptor_type: Option<u8>`;
+//! - pending: `fault_status: u32`, `fault_event: bool`, `wait_completion: bool`,
+//!   `completion_event: bool`;
+//! - enabled: `translation`, `queued_invalidation`, `interrupt_remapping`,
+//!   `compatibility_format`, `extended_interrupt_mode`, each `bool`;
+//! - devices: `u64` count, then per device `requester_id: u16`, `name` (`u64` length, UTF-8),
+//!   `pasids` (`u64` count, `u32` each), host `iommu_type: u32`, `cap: u64`, `ecap: u64`,
+//!   `vtd_flags: u32`, `max_pasid_log2: u8`, `capabilities: u64`.
+//!
+//! The serialized types live in this crate (module `v1`), converted from and to vtd-core's
+//! plain state structs, so an internal change in vtd-core is a compile error in a conversion,
+//! never a silent change of the format. `tests/data/golden-v1.bin` pins version 1.
+//!
+//! # Later versions
+//!
+//! Page requests (the page request queue registers PQH/PQT/PQA/PRS_REG and the page requests
+//! awaiting a page group response, spec 7.5) do not exist in vtd-core yet. They will be added
+//! as format version 2: a `v2` module whose snapshot is version 1's followed by the page
+//! request state; decoding a version 1 snapshot then yields no pending page request. A reader
+//! refuses any version newer than it knows with a clear error (upgrade the target), and keeps
+//! reading every older one.
+//!
+//! # Codec
+//!
+//! bincode is no longer developed upstream. It is confined to this crate's private codec
+//! module: no bincode type appears in the API, so the codec can be swapped (any serde codec
+//! that reproduces the byte layout above, or a hand-written one) without touching callers.
+//! Decoding is bounded by the input: bincode's byte limit is the payload length, and every
+//! sequence grows with the elements actually read rather than the length field, so a forged
+//! length allocates nothing.
+//!
+//! # Live migration and dirty pages
+//!
+//! Every byte the unit writes to guest memory (wait-descriptor status writes, A/D bits in the
+//! guest's tables) and every byte an emulated device writes through a
+//! [`DeviceAddressSpace`](vtd_core::DeviceAddressSpace) goes through the VMM's `vm-memory`
+//! guest memory: with `GuestMemoryMmap<AtomicBitmap>` those pages are marked dirty by vm-memory
+//! itself, and the VMM's pre-copy loop sends them (tests/dirty.rs shows it).
 #![forbid(unsafe_code)]
+
+mod codec;
+mod snapshot;
+mod v1;
+
+pub use codec::{FormatError, HEADER_SIZE, MAGIC, MAX_PAYLOAD};
+pub use snapshot::{
+    FORMAT_VERSION, HostCapabilities, OLDEST_FORMAT_VERSION, PassthroughDevice, Snapshot,
+    SnapshotError, decode, encode, restore, save,
+};
