@@ -14,10 +14,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hash};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustc_hash::FxBuildHasher;
+
+use crate::sync::RwLock;
 use vtd_tables::entries::PasidEntry;
 use vtd_tables::walk::{AccessKind, DeviceContext, Translation};
 
@@ -179,7 +180,6 @@ impl Iotlb {
     ) -> Option<Translation> {
         let pasid = pasid.map_or(NO_PASID, u64::from);
         let shard = self.shards[self.shard_of(sid, pasid, iova)].read();
-        let shard = shard.unwrap_or_else(|e| e.into_inner());
         for shift in SHIFTS {
             let key = IotlbKey {
                 sid,
@@ -222,9 +222,7 @@ impl Iotlb {
             base: iova & !(t.page_size - 1),
             shift,
         };
-        let mut shard = self.shards[self.shard_of(sid, pasid, iova)]
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shards[self.shard_of(sid, pasid, iova)].write();
         if !epochs.unchanged_since(epoch) {
             return;
         }
@@ -248,7 +246,7 @@ impl Iotlb {
     pub(crate) fn invalidate(&self, scope: IotlbScope) -> u64 {
         let mut removed = 0u64;
         for shard in self.shards.iter() {
-            let mut shard = shard.write().unwrap_or_else(|e| e.into_inner());
+            let mut shard = shard.write();
             let victims: Vec<IotlbKey> = match scope {
                 IotlbScope::Global => {
                     removed += shard.map.len() as u64;
@@ -297,11 +295,7 @@ impl Iotlb {
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
-        let entries = self
-            .shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).map.len() as u64)
-            .sum();
+        let entries = self.shards.iter().map(|s| s.read().map.len() as u64).sum();
         self.counters.snapshot(entries)
     }
 }
@@ -362,12 +356,7 @@ impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
     }
 
     pub(crate) fn get(&self, key: &K) -> Option<V> {
-        let v = self
-            .map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .copied();
+        let v = self.map.read().get(key).copied();
         let c = if v.is_some() {
             &self.counters.hits
         } else {
@@ -378,7 +367,7 @@ impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
     }
 
     pub(crate) fn insert(&self, epochs: &Epoch, epoch: u64, key: K, value: V) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.write();
         if !epochs.unchanged_since(epoch) {
             return;
         }
@@ -392,7 +381,7 @@ impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
     }
 
     pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> u64 {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.write();
         let before = map.len();
         map.retain(|k, v| keep(k, v));
         let removed = (before - map.len()) as u64;
@@ -403,7 +392,7 @@ impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
-        let n = self.map.read().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        let n = self.map.read().len() as u64;
         self.counters.snapshot(n)
     }
 }

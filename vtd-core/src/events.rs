@@ -5,11 +5,13 @@
 //! so an observer may call back into the unit. The translate path publishes nothing on an IOTLB
 //! hit; with no observer subscribed, publishing is one relaxed atomic load.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 
 use vtd_regs::inv::InvDesc;
 use vtd_tables::walk::{Fault, Perms, RootTable};
+
+use crate::sync::{Mutex, RwLock};
 
 /// Where an invalidation came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +191,9 @@ pub enum VtdEvent {
 /// after the event it is handling, in the same delivery: an observer that answers every event
 /// with a call producing another event of the same kind (e.g. a DMA that faults on each fault)
 /// never lets the delivery end, so it must bound such chains itself.
+///
+/// A panic in `on_event` is caught and logged: the other observers still get the event, the
+/// unit goes on, and the observer stays subscribed (see the `delivery` module of this crate).
 pub trait VtdObserver: Send + Sync {
     /// Called after the unit released its lock, in the order events happened.
     fn on_event(&self, event: &VtdEvent);
@@ -212,24 +217,21 @@ impl std::fmt::Debug for EventBus {
 impl EventBus {
     /// Adds an observer.
     pub fn subscribe(&self, observer: Arc<dyn VtdObserver>) {
-        let mut list = self.observers.write().unwrap_or_else(|e| e.into_inner());
+        let mut list = self.observers.write();
         list.push(observer);
         self.any.store(true, Ordering::Release);
     }
 
     /// Removes an observer (by identity).
     pub fn unsubscribe(&self, observer: &Arc<dyn VtdObserver>) {
-        let mut list = self.observers.write().unwrap_or_else(|e| e.into_inner());
+        let mut list = self.observers.write();
         list.retain(|o| !Arc::ptr_eq(o, observer));
         self.any.store(!list.is_empty(), Ordering::Release);
     }
 
     /// Number of observers.
     pub fn len(&self) -> usize {
-        self.observers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.observers.read().len()
     }
 
     /// Whether anyone listens.
@@ -237,7 +239,8 @@ impl EventBus {
         !self.any.load(Ordering::Acquire)
     }
 
-    /// Delivers events to every observer, and to `tracing`.
+    /// Delivers events to every observer, and to `tracing`. An observer that panics is logged
+    /// and skipped for that event; it stays subscribed.
     pub fn publish(&self, events: &[VtdEvent]) {
         for e in events {
             tracing::trace!(target: "vtd::event", event = ?e);
@@ -245,14 +248,12 @@ impl EventBus {
         if self.is_empty() || events.is_empty() {
             return;
         }
-        let list = self
-            .observers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let list = self.observers.read().clone();
         for e in events {
             for o in &list {
-                o.on_event(e);
+                // One observer's panic must neither hide the event from the others nor stop
+                // the unit (see `crate::delivery`).
+                crate::delivery::contain_panic("observer", || o.on_event(e));
             }
         }
     }
@@ -261,21 +262,18 @@ impl EventBus {
 /// An observer that keeps every event (tests, the inspector's history).
 #[derive(Debug, Default)]
 pub struct EventLog {
-    events: std::sync::Mutex<Vec<VtdEvent>>,
+    events: Mutex<Vec<VtdEvent>>,
 }
 
 impl EventLog {
     /// Takes the events seen so far.
     pub fn take(&self) -> Vec<VtdEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.events.lock())
     }
 }
 
 impl VtdObserver for EventLog {
     fn on_event(&self, event: &VtdEvent) {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(event.clone());
+        self.events.lock().push(event.clone());
     }
 }

@@ -32,9 +32,9 @@ pub(crate) mod iqei {
 }
 
 impl<M: GuestRam + Send + Sync> VtdUnit<M> {
-    /// GCMD.QIE changed (spec 10.4.4): enabling resets the head; disabling is refused while the
-    /// queue still holds descriptors (IQH != IQT), since the spec requires software to quiesce
-    /// it first and dropping descriptors silently would lose invalidations.
+    /// GCMD.QIE changed (spec 10.4.4): enabling resets the head; disabling resets it too and is
+    /// refused while the queue still holds descriptors (IQH != IQT), since the spec requires
+    /// software to quiesce it first and dropping descriptors silently would lose invalidations.
     pub(crate) fn set_queue_enabled(&self, st: &mut State, enable: bool) {
         let bit = Gsts::new().with_qies(true).into_bits();
         if enable {
@@ -45,6 +45,9 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 tracing::warn!(target: "vtd::qi", "QIE cleared with a non-empty queue: refused");
                 return;
             }
+            // IQH reads 0 once the queue is disabled (spec 11.4.9.1; QEMU hw/i386/intel_iommu.c
+            // vtd_handle_gcmd_qie does the same), so a re-enabled queue starts at slot 0.
+            st.regs.set64(reg::IQH, 0);
             st.regs.update32(reg::GSTS, bit, 0);
         }
         st.events.push(VtdEvent::QueuedInvalidationEnabled(enable));

@@ -33,7 +33,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     /// Reports mapping changes of requester `sid` (with `pasid`) as [`ShadowEvent`]s on the
     /// event bus after each covering invalidation. Only meaningful in caching mode.
     pub fn watch_mappings(&self, sid: u16, pasid: Option<u32>) {
-        let mut w = self.watched.write().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.watched.write();
         if !w.contains(&(sid, pasid)) {
             w.push((sid, pasid));
         }
@@ -41,10 +41,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
 
     /// Stops reporting mapping changes of (`sid`, `pasid`).
     pub fn unwatch_mappings(&self, sid: u16, pasid: Option<u32>) {
-        self.watched
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|w| *w != (sid, pasid));
+        self.watched.write().retain(|w| *w != (sid, pasid));
     }
 
     /// The replay walk: calls `f` for every present leaf of (`sid`, `pasid`) overlapping
@@ -128,11 +125,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         if !self.config.caching_mode {
             return;
         }
-        let watched = self
-            .watched
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let watched = self.watched.read().clone();
         for (sid, pasid) in watched {
             let table = st
                 .root

@@ -1,7 +1,7 @@
 //! The remapping unit: register semantics, GCMD state machine, translation through the caches.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use vtd_regs::fault::FaultReason;
 use vtd_regs::regs::{
@@ -16,11 +16,13 @@ use vtd_tables::walk::{
 };
 
 use crate::cache::{CacheStats, ContextCache, Epoch, Iotlb, IotlbScope, PasidCache};
+use crate::delivery::{Batch, Delivery, Tickets};
 use crate::events::{EventBus, FaultDisposition, VtdEvent, VtdObserver};
 use crate::faults::FaultState;
 use crate::ir::IrTable;
 use crate::irq::{InterruptSink, Msi};
 use crate::regfile::RegisterFile;
+use crate::sync::{Mutex, RwLock};
 
 /// Default cache sizes: large enough for a guest's working set, small enough to bound memory.
 const IOTLB_ENTRIES: usize = 4096;
@@ -83,8 +85,8 @@ pub(crate) struct State {
     pub(crate) events: Vec<VtdEvent>,
     pub(crate) msis: Vec<Msi>,
     pub(crate) descriptors: u64,
-    /// Publication tickets handed out (see [`VtdUnit::finish`]).
-    pub(crate) next_ticket: u64,
+    /// Places in the delivery order, taken under this lock (see [`crate::delivery`]).
+    pub(crate) tickets: Tickets,
     /// A wait descriptor is at the head, held back until what precedes it was published.
     pub(crate) wait_deferred: bool,
     /// Replay-walk entry reads left for the current doorbell (caching-mode shadowing).
@@ -92,20 +94,6 @@ pub(crate) struct State {
     /// Type code of the last descriptor the queue executed (QEMU's `iq_last_desc_type`),
     /// carried in the migration state.
     pub(crate) last_descriptor_type: Option<u8>,
-}
-
-/// Delivers events and MSIs to observers in the order the unit produced them, across threads.
-///
-/// Each batch gets a ticket under the state lock; batches are published in ticket order after
-/// the lock is released, so an observer may call back into the unit. An observer that makes
-/// the unit produce more events while it is being called (a re-entrant register write or an
-/// injected fault) gets them delivered right after the event it is handling.
-#[derive(Default)]
-pub(crate) struct Publisher {
-    served: Mutex<u64>,
-    turn: std::sync::Condvar,
-    owner: Mutex<Option<std::thread::ThreadId>>,
-    nested: Mutex<(Vec<VtdEvent>, Vec<Msi>)>,
 }
 
 /// The emulated remapping unit.
@@ -126,9 +114,9 @@ pub struct VtdUnit<M: GuestRam> {
     bus: EventBus,
     dma_faults: AtomicU64,
     pub(crate) interrupts_remapped: AtomicU64,
-    publisher: Publisher,
+    delivery: Delivery,
     /// Devices whose mapping changes are reported as shadow events (caching mode).
-    pub(crate) watched: std::sync::RwLock<Vec<(u16, Option<u32>)>>,
+    pub(crate) watched: RwLock<Vec<(u16, Option<u32>)>>,
 }
 
 impl<M: GuestRam> std::fmt::Debug for VtdUnit<M> {
@@ -159,12 +147,12 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 events: Vec::new(),
                 msis: Vec::new(),
                 descriptors: 0,
-                next_ticket: 0,
+                tickets: Tickets::default(),
                 wait_deferred: false,
                 replay_budget: crate::shadow::REPLAY_BUDGET,
                 last_descriptor_type: None,
             }),
-            publisher: Publisher::default(),
+            delivery: Delivery::default(),
             config,
             mem,
             irq,
@@ -177,7 +165,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             bus: EventBus::default(),
             dma_faults: AtomicU64::new(0),
             interrupts_remapped: AtomicU64::new(0),
-            watched: std::sync::RwLock::new(Vec::new()),
+            watched: RwLock::new(Vec::new()),
         })
     }
 
@@ -202,98 +190,43 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock would be a bug; the state stays usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// Whether this thread is delivering events of this unit right now.
     pub(crate) fn publishing_here(&self) -> bool {
-        *self
-            .publisher
-            .owner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            == Some(std::thread::current().id())
+        self.delivery.delivering_here()
     }
 
     /// Whether events produced earlier have not all reached the observers yet.
     pub(crate) fn unpublished(&self, st: &State) -> bool {
-        !st.events.is_empty()
-            || !st.msis.is_empty()
-            || *self
-                .publisher
-                .served
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                != st.next_ticket
+        !st.events.is_empty() || !st.msis.is_empty() || !self.delivery.all_served(&st.tickets)
     }
 
-    /// Releases the lock, then delivers what was produced under it, in unit order.
+    /// Releases the lock, then delivers what was produced under it, in unit order
+    /// ([`crate::delivery`]).
     pub(crate) fn finish(&self, mut st: MutexGuard<'_, State>) {
-        let events = std::mem::take(&mut st.events);
-        let msis = std::mem::take(&mut st.msis);
-        if self.publishing_here() {
+        let batch = Batch {
+            events: std::mem::take(&mut st.events),
+            msis: std::mem::take(&mut st.msis),
+        };
+        if self.delivery.delivering_here() {
+            // An observer called back into the unit: its work follows the event it handles.
             drop(st);
-            let mut nested = self
-                .publisher
-                .nested
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            nested.0.extend(events);
-            nested.1.extend(msis);
+            self.delivery.defer_nested(batch);
             return;
         }
-        if events.is_empty() && msis.is_empty() && !st.wait_deferred {
+        if batch.events.is_empty() && batch.msis.is_empty() && !st.wait_deferred {
             return;
         }
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
+        let ticket = st.tickets.take();
         drop(st);
-        let mut served = self
-            .publisher
-            .served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        while *served != ticket {
-            served = self
-                .publisher
-                .turn
-                .wait(served)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        drop(served);
-        *self
-            .publisher
-            .owner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current().id());
-        let (mut events, mut msis) = (events, msis);
-        loop {
-            for msi in msis {
-                self.irq.send_msi(msi);
-            }
-            self.bus.publish(&events);
-            let mut nested = self
-                .publisher
-                .nested
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if nested.0.is_empty() && nested.1.is_empty() {
-                break;
-            }
-            (events, msis) = std::mem::take(&mut *nested);
-        }
-        *self
-            .publisher
-            .owner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
-        *self
-            .publisher
-            .served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) += 1;
-        self.publisher.turn.notify_all();
+        self.delivery.deliver(
+            ticket,
+            batch,
+            |msi| self.irq.send_msi(msi),
+            |events| self.bus.publish(events),
+        );
     }
 
     /// Releases the lock after a register write: publishes, and while a wait descriptor was

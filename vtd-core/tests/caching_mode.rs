@@ -1,13 +1,11 @@
 //! Caching mode: a watched device's mapping changes come out of the event bus as Unmap/Map
 //! pairs after each covering invalidation, from a replay walk of the guest's tables.
 
-mod common;
-
-use common::*;
 use vtd_core::{ShadowEvent, VtdEvent};
 use vtd_regs::inv::*;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
+use vtd_testkit::driver::*;
 
 const SID: u16 = 0x10;
 const DID: u16 = 2;

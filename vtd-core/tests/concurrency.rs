@@ -1,18 +1,16 @@
 //! Device threads translate while a vCPU thread rewrites tables and invalidates: no deadlock,
 //! and no translation that starts after an invalidation completed returns the old mapping.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use vtd_regs::inv::*;
 use vtd_regs::regs::offset as reg;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
 use vtd_tables::walk::{AccessKind, DmaRequest};
+use vtd_testkit::driver::*;
 
 const DID: u16 = 7;
 

@@ -1,12 +1,10 @@
 //! Interrupt remapping of device MSIs and IOAPIC messages (spec 5.1), and its faults.
 
-mod common;
-
-use common::*;
 use vtd_core::{Msi, MsiSource};
 use vtd_regs::irte::{Irte, SourceValidation};
 use vtd_regs::regs::offset as reg;
 use vtd_tables::GuestRam;
+use vtd_testkit::driver::*;
 
 const EDU: u16 = 0x0008;
 
@@ -22,8 +20,8 @@ fn remappable(handle: u16, shv: bool) -> u64 {
 fn setup(g: &mut Guest, entries_log2: u8) -> u64 {
     let table = g.frames.alloc(&g.mem, 1).unwrap();
     g.w64(reg::IRTA, table | (entries_log2 as u64 - 1));
-    g.command(GCMD_SIRTP, false, true);
-    g.command(GCMD_IRE, true, true);
+    g.latch_interrupt_table();
+    g.set_interrupt_remapping(true);
     table
 }
 
@@ -123,7 +121,7 @@ fn interrupt_remapping_faults() {
         .remap_msi(MsiSource::Device(EDU), 0xfee0_0000, 0x30)
         .unwrap_err();
     assert_eq!(f.reason.code(), 0x25);
-    g.command(GCMD_CFI, true, true);
+    g.set_compat_format(true);
     assert_eq!(
         g.unit
             .remap_msi(MsiSource::Device(EDU), 0xfee0_0000, 0x30)

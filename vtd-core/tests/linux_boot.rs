@@ -1,8 +1,5 @@
 //! What Linux 6.12 does on boot, replayed against the unit, with DMA checked end to end.
 
-mod common;
-
-use common::*;
 use vtd_core::{FaultDisposition, Msi, TranslateError, VtdEvent};
 use vtd_regs::inv::*;
 use vtd_regs::regs::offset as reg;
@@ -10,6 +7,7 @@ use vtd_tables::GuestRam;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
 use vtd_tables::walk::{AccessKind, DmaRequest, TranslationKind};
+use vtd_testkit::driver::*;
 
 /// virtio-blk at 00:03.0 in the trace.
 const SID: u16 = 0x18;

@@ -2,11 +2,8 @@
 //! invalidation covering a page, every translation of that page equals a fresh walk of the
 //! current tables (the caches may only be stale where the guest did not invalidate).
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::*;
 use proptest::prelude::*;
 use vtd_core::TranslateError;
 use vtd_regs::inv::*;
@@ -14,6 +11,7 @@ use vtd_regs::regs::TranslationTableMode;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
 use vtd_tables::walk::{self, AccessKind, DmaRequest, RootTable};
+use vtd_testkit::driver::*;
 
 const SID: u16 = 0x08;
 const DID: u16 = 3;

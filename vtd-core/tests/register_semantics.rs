@@ -3,14 +3,12 @@
 //! turned off again, its one-shot commands fire once per write that sets them, and IVA holds
 //! exactly the last address written.
 
-mod common;
-
-use common::*;
 use vtd_core::VtdEvent;
 use vtd_regs::regs::offset as reg;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
 use vtd_tables::walk::{AccessKind, DmaRequest};
+use vtd_testkit::driver::*;
 
 const SID: u16 = 0x08;
 const DID: u16 = 3;
@@ -23,18 +21,19 @@ fn persistent_commands_can_be_turned_off() {
     g.enable_qi(false);
     g.set_root(0x10_0000);
     g.enable_translation();
-    g.command(GCMD_IRE, true, true);
-    g.command(GCMD_CFI, true, true);
+    g.set_interrupt_remapping(true);
+    g.set_compat_format(true);
     assert!(g.unit.translation_enabled());
 
-    g.command(GCMD_CFI, true, false);
-    g.command(GCMD_IRE, true, false);
-    g.command(GCMD_TE, true, false);
+    g.set_compat_format(false);
+    g.set_interrupt_remapping(false);
+    g.set_translation(false);
     assert!(!g.unit.translation_enabled());
-    g.command(GCMD_QIE, true, false);
-    assert_eq!(
-        g.r32(reg::GSTS) & (GCMD_TE | GCMD_QIE | GCMD_IRE | GCMD_CFI),
-        0
+    g.set_queued_invalidation(false);
+    let gsts = g.gsts();
+    assert!(
+        !gsts.tes() && !gsts.qies() && !gsts.ires() && !gsts.cfis(),
+        "{gsts:?}"
     );
 }
 

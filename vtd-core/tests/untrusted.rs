@@ -1,20 +1,18 @@
-//! The guest is untrusted (DESIGN.md, "Guiding rules"): whatever it writes to the registers or
-//! places in RAM, the unit must not panic, must answer every call in bounded time, must not
-//! write guest memory except where the architecture says so (wait-descriptor status dwords,
-//! A/D bits of paging entries), and must keep its architectural invariants.
+//! The guest is untrusted (a device model faces a possibly hostile guest): whatever it writes
+//! to the registers or places in RAM, the unit must not panic, must answer every call in
+//! bounded time, must not write guest memory except where the architecture says so
+//! (wait-descriptor status dwords, A/D bits of paging entries), and must keep its
+//! architectural invariants.
 //!
 //! The first tests pin individual guest-controlled values found in review. The property tests
 //! then throw random register traffic (every register, misaligned and out-of-window offsets),
 //! random RAM, random invalidation queues, random DMA requests and random MSIs at units of
 //! several configurations over a 2 MiB RAM, so that random pointers often land in it.
 
-mod common;
-
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{GCMD_IRE, GCMD_SIRTP, Guest};
 use proptest::prelude::*;
 use vm_memory::iommu::IommuMemory;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -27,6 +25,7 @@ use vtd_tables::builder::*;
 use vtd_tables::entries::*;
 use vtd_tables::walk::{AccessKind, DmaRequest};
 use vtd_tables::{GuestRam, MemError};
+use vtd_testkit::driver::Guest;
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -57,8 +56,8 @@ fn mmio_access_whose_end_wraps_is_malformed() {
 fn interrupt_table_at_the_top_of_the_address_space_is_an_access_error() {
     let mut g = Guest::new("", 16);
     g.w64(reg::IRTA, 0xffff_ffff_ffff_f000 | 0xf); // 2^16 entries at 2^64 - 4 KiB
-    g.command(GCMD_SIRTP, false, true);
-    g.command(GCMD_IRE, true, true);
+    g.latch_interrupt_table();
+    g.set_interrupt_remapping(true);
     for handle in [0u16, 255, 256, 0x7fff, 0xffff] {
         let r = g
             .unit

@@ -3,12 +3,9 @@
 //! scatter over non-contiguous, out-of-order guest pages. Checked for a scalable-mode
 //! first-stage table and a legacy second-stage table.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 
-use common::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::iommu::IommuMemory;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -18,6 +15,7 @@ use vtd_regs::regs::{FRCD_HI_F, offset as reg};
 use vtd_tables::GuestRam;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
+use vtd_testkit::driver::*;
 
 type DeviceMem = IommuMemory<GuestMemoryMmap<()>, DeviceAddressSpace<GuestMemoryMmap<()>>>;
 

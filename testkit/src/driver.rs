@@ -1,0 +1,444 @@
+//! A guest driver that programs a unit the way Linux 6.12 does (drivers/iommu/intel/iommu.c,
+//! dmar.c, irq_remapping.c), for the tests, the benchmarks and the demo.
+//!
+//! The sequences are Linux's, not a convenient shortcut, because the unit must work for the
+//! driver guests actually run:
+//!
+//! - GCMD is written from a shadow of the persistent command bits (Linux's `iommu->gcmd`:
+//!   TE, QIE, IRE, CFI), with a one-shot bit (SRTP, SIRTP) ORed in for one write only, and
+//!   each write is followed by a wait for GSTS to follow (Linux's `IOMMU_WAIT_OP`, which panics
+//!   the guest on a timeout; here a failed assertion).
+//! - Queued invalidation is enabled as `dmar_enable_qi` does: IQT = 0, IQA = base | DW | QS,
+//!   then QIE; descriptors are submitted as `qi_submit_sync` does: the descriptors, a wait
+//!   descriptor with a status write, one IQT write, then a poll of the status while checking
+//!   FSTS.IQE (`qi_check_fault`).
+//!
+//! Registers are named by `vtd_regs::regs::offset` and their fields by the typed registers
+//! (`Gcmd`, `Gsts`, `Iqa`, `Fsts`, `EventControl`), not by bit constants of their own.
+//! The unit executes a doorbell synchronously, so each poll succeeds or fails on its first
+//! read; a failure is reported, never waited for.
+
+use std::sync::Arc;
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vtd_core::{EventLog, RecordingSink, VtdUnit};
+use vtd_regs::VtdConfig;
+use vtd_regs::inv::{
+    ContextCacheGranularity, ContextCacheInv, DescWidth, InvDesc, IotlbGranularity, IotlbInv,
+    PasidCacheGranularity, PasidCacheInv, PasidIotlbGranularity, PasidIotlbInv, StatusWrite,
+    WaitInv,
+};
+use vtd_regs::regs::{EventControl, Fsts, Gcmd, Gsts, Iqa, Iqercd, Irta, offset as reg};
+use vtd_tables::GuestRam;
+use vtd_tables::builder::{
+    ContextTablesBuilder, FrameAllocator, PageSize, PageTableBuilder, PageTableFormat,
+};
+use vtd_tables::entries::ContextEntry;
+
+/// Guest memory as the tests build it.
+pub type Mem = GuestMemoryMmap<()>;
+/// The unit over that memory.
+pub type Unit = VtdUnit<Mem>;
+
+/// Where [`Guest::with_config`] puts table frames: from 16 MiB up to 32 MiB, so tests can use
+/// the first 16 MiB and everything above 32 MiB for data of their own.
+const FRAMES: (u64, u64) = (0x100_0000, 0x200_0000);
+/// Where [`Guest::with_memory`] puts table frames: 16 MiB to 48 MiB (room for many domains).
+const FRAMES_LARGE: (u64, u64) = (0x100_0000, 0x300_0000);
+
+/// The persistent GCMD commands: Linux keeps them in its shadow; the others are one-shot.
+const PERSISTENT: Gcmd = Gcmd::new()
+    .with_te(true)
+    .with_qie(true)
+    .with_ire(true)
+    .with_cfi(true)
+    .with_eafl(true);
+
+/// The invalidation queue as the driver set it up.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    /// Queue base (IQA).
+    pub base: u64,
+    /// 256-bit descriptors (IQA.DW).
+    pub wide: bool,
+    /// Descriptors the queue holds.
+    pub count: u32,
+    /// Next free slot (the driver's copy of IQT, in descriptors).
+    pub tail: u32,
+    /// The wait descriptors' status dword.
+    pub status: u64,
+    /// The last status value a wait wrote (Linux uses a per-slot status; one sequence number
+    /// serves the same purpose: each wait writes a value no earlier wait wrote).
+    pub seq: u32,
+}
+
+impl Queue {
+    fn width(&self) -> DescWidth {
+        if self.wide {
+            DescWidth::Bits256
+        } else {
+            DescWidth::Bits128
+        }
+    }
+
+    fn descriptor_size(&self) -> u64 {
+        if self.wide { 32 } else { 16 }
+    }
+}
+
+/// Why a synchronous submission did not complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueStall {
+    /// FSTS.IQE: the queue stopped on a descriptor (Linux's `qi_check_fault` sees this).
+    Error {
+        /// IQERCD.IQEI.
+        iqei: u8,
+        /// IQH: the slot of the offending descriptor.
+        head: u64,
+    },
+    /// The wait's status was not written and no error was reported.
+    StatusNotWritten,
+}
+
+/// A guest with its RAM, the unit, an event log subscribed first, and its driver state.
+pub struct Guest {
+    /// Guest RAM.
+    pub mem: Mem,
+    /// The unit.
+    pub unit: Arc<Unit>,
+    /// The unit's interrupt sink (fault and completion MSIs).
+    pub sink: Arc<RecordingSink>,
+    /// Every event the unit published, from creation on.
+    pub log: Arc<EventLog>,
+    /// Where table frames come from.
+    pub frames: FrameAllocator,
+    /// Linux's shadow of the persistent GCMD bits.
+    pub gcmd: Gcmd,
+    /// The invalidation queue, once enabled.
+    pub queue: Option<Queue>,
+}
+
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guest")
+            .field("gcmd", &self.gcmd)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guest {
+    /// A guest of `ram_mb` MiB with a unit configured by QEMU property syntax.
+    pub fn new(props: &str, ram_mb: u64) -> Self {
+        let cfg = VtdConfig::from_qemu_props(props).expect("valid intel-iommu properties");
+        Self::with_config(cfg, ram_mb)
+    }
+
+    /// A guest of `ram_mb` MiB (at least 32) with a unit of configuration `cfg`; table frames
+    /// come from 16..32 MiB.
+    pub fn with_config(cfg: VtdConfig, ram_mb: u64) -> Self {
+        let mem: Mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (ram_mb << 20) as usize)])
+            .expect("guest RAM");
+        Self::build(cfg, mem, FRAMES)
+    }
+
+    /// A guest over existing memory (at least 48 MiB from 0; a VMM test maps it elsewhere on
+    /// the host); table frames come from 16..48 MiB.
+    pub fn with_memory(cfg: VtdConfig, mem: Mem) -> Self {
+        Self::build(cfg, mem, FRAMES_LARGE)
+    }
+
+    fn build(cfg: VtdConfig, mem: Mem, frames: (u64, u64)) -> Self {
+        let sink = Arc::new(RecordingSink::default());
+        let unit = Arc::new(VtdUnit::new(cfg, mem.clone(), sink.clone()).expect("valid config"));
+        let log = Arc::new(EventLog::default());
+        unit.subscribe(log.clone());
+        Self {
+            mem,
+            unit,
+            sink,
+            log,
+            frames: FrameAllocator::new(frames.0, frames.1),
+            gcmd: Gcmd::new(),
+            queue: None,
+        }
+    }
+
+    /// 32-bit MMIO read.
+    pub fn r32(&self, off: u64) -> u32 {
+        self.unit.read(off, 4) as u32
+    }
+    /// 64-bit MMIO read.
+    pub fn r64(&self, off: u64) -> u64 {
+        self.unit.read(off, 8)
+    }
+    /// 32-bit MMIO write.
+    pub fn w32(&self, off: u64, v: u32) {
+        self.unit.write(off, 4, v as u64)
+    }
+    /// 64-bit MMIO write.
+    pub fn w64(&self, off: u64, v: u64) {
+        self.unit.write(off, 8, v)
+    }
+
+    /// GSTS, typed.
+    pub fn gsts(&self) -> Gsts {
+        Gsts::from_bits(self.r32(reg::GSTS))
+    }
+
+    /// FSTS, typed.
+    pub fn fsts(&self) -> Fsts {
+        Fsts::from_bits(self.r32(reg::FSTS))
+    }
+
+    /// Issues the command bits of `cmd` the Linux way and checks that GSTS reports `on` for
+    /// each (GSTS bits sit where their GCMD bits are). Persistent bits (TE, QIE, IRE, CFI,
+    /// EAFL) are set or cleared in the shadow, which is written whole; one-shot bits (SRTP,
+    /// SIRTP, SFL, WBF) are ORed into one write of the shadow.
+    pub fn command(&mut self, cmd: Gcmd, on: bool) {
+        let bits = cmd.into_bits();
+        let persistent = bits & PERSISTENT.into_bits();
+        let one_shot = bits & !PERSISTENT.into_bits();
+        let mut shadow = self.gcmd.into_bits();
+        if persistent != 0 {
+            shadow = if on {
+                shadow | persistent
+            } else {
+                shadow & !persistent
+            };
+            self.gcmd = Gcmd::from_bits(shadow);
+        }
+        self.w32(reg::GCMD, shadow | one_shot);
+        let gsts = self.r32(reg::GSTS);
+        let want = if on { bits } else { 0 };
+        assert_eq!(
+            gsts & bits,
+            want,
+            "GSTS {gsts:#x} after command {bits:#x} (on = {on})"
+        );
+    }
+
+    /// RTADDR, then SRTP (Linux `iommu_set_root_entry`).
+    pub fn set_root(&mut self, rtaddr: u64) {
+        self.w64(reg::RTADDR, rtaddr);
+        self.command(Gcmd::new().with_srtp(true), true);
+    }
+
+    /// TE on (Linux `iommu_enable_translation`).
+    pub fn enable_translation(&mut self) {
+        self.set_translation(true);
+    }
+
+    /// TE on or off (Linux `iommu_enable_translation` / `iommu_disable_translation`), and the
+    /// unit agrees.
+    pub fn set_translation(&mut self, on: bool) {
+        self.command(Gcmd::new().with_te(true), on);
+        assert_eq!(self.unit.translation_enabled(), on);
+    }
+
+    /// SIRTP: latches IRTA (Linux `iommu_set_irq_remapping`, after it wrote IRTA).
+    pub fn latch_interrupt_table(&mut self) {
+        self.command(Gcmd::new().with_sirtp(true), true);
+    }
+
+    /// IRTA = `irta`, then SIRTP.
+    pub fn set_interrupt_table(&mut self, irta: Irta) {
+        self.w64(reg::IRTA, irta.into_bits());
+        self.latch_interrupt_table();
+    }
+
+    /// IRE on or off (Linux `iommu_enable_irq_remapping` / `iommu_disable_irq_remapping`).
+    pub fn set_interrupt_remapping(&mut self, on: bool) {
+        self.command(Gcmd::new().with_ire(true), on);
+    }
+
+    /// CFI on or off (Linux sets it when x2APIC is off and compatibility interrupts are
+    /// allowed, `iommu_set_irq_remapping`).
+    pub fn set_compat_format(&mut self, on: bool) {
+        self.command(Gcmd::new().with_cfi(true), on);
+    }
+
+    /// QIE on or off as a bare command (Linux `__dmar_enable_qi` / `dmar_disable_qi` after
+    /// the queue drained); [`Guest::enable_qi`] sets the queue up first.
+    pub fn set_queued_invalidation(&mut self, on: bool) {
+        self.command(Gcmd::new().with_qie(true), on);
+    }
+
+    /// Legacy tables for `sid` in domain `did`: a second-stage table of `levels` levels (AW =
+    /// levels - 2) mapping the 4 KiB page `iova` to `gpa` read-write, the root latched and
+    /// translation on. Returns the table's root for `PageTableBuilder::at`.
+    pub fn legacy_one_page(&mut self, sid: u16, did: u16, levels: u8, iova: u64, gpa: u64) -> u64 {
+        let mem = self.mem.clone();
+        let mut ctx = ContextTablesBuilder::new(&mem, &mut self.frames, false).expect("frames");
+        let format = PageTableFormat::SecondStage { levels };
+        let mut pt = PageTableBuilder::new(&mem, &mut self.frames, format).expect("frames");
+        pt.map(&mut self.frames, iova, gpa, PageSize::Size4K, true, true)
+            .expect("map");
+        let entry = ContextEntry::new(pt.root(), levels - 2, did);
+        ctx.set_legacy_context(&mut self.frames, sid, entry)
+            .expect("context entry");
+        self.set_root(ctx.rtaddr());
+        self.enable_translation();
+        pt.root()
+    }
+
+    /// As Linux 6.12 `dmar_enable_qi`: a queue of QS = 1 (two pages: 512 128-bit or 256
+    /// 256-bit descriptors), IQT = 0, IQA = base | DW | QS, QIE.
+    pub fn enable_qi(&mut self, wide: bool) {
+        let base = self.frames.alloc(&self.mem, 2).expect("frames");
+        let status = self.frames.alloc(&self.mem, 1).expect("frames");
+        let iqa = Iqa::new().with_qs(1).with_dw(wide).with_iqa(base >> 12);
+        self.w32(reg::IQT, 0);
+        self.w64(reg::IQA, iqa.into_bits());
+        self.set_queued_invalidation(true);
+        self.queue = Some(Queue {
+            base,
+            wide,
+            count: iqa.descriptor_count(),
+            tail: 0,
+            status,
+            seq: 0,
+        });
+    }
+
+    /// Unmasks the fault event with a recognisable MSI (FEDATA 0x4321 to 0xfee00000).
+    pub fn enable_fault_msi(&self) {
+        self.w32(reg::FEDATA, 0x4321);
+        self.w32(reg::FEADDR, 0xfee0_0000);
+        self.w32(reg::FECTL, EventControl::new().into_bits());
+    }
+
+    /// Fault-recording register `i` (at CAP.FRO): (low, high) qwords.
+    pub fn frcd(&self, i: u64) -> (u64, u64) {
+        let base = self.unit.config().cap().fault_recording_offset() + 16 * i;
+        (self.r64(base), self.r64(base + 8))
+    }
+
+    /// The wait descriptor `qi_submit_sync` appends: status write of `data`, fence.
+    pub fn wait_descriptor(status: u64, data: u32) -> InvDesc {
+        InvDesc::Wait(WaitInv {
+            status_write: Some(StatusWrite { addr: status, data }),
+            interrupt: false,
+            fence: true,
+            page_drain: false,
+            ignored: Default::default(),
+        })
+    }
+
+    /// Submits descriptors plus a wait with status write, as `qi_submit_sync` does, and
+    /// returns once the status was written, or why not.
+    pub fn try_submit(&mut self, descs: &[InvDesc]) -> Result<(), QueueStall> {
+        let q = self.queue.as_mut().expect("QI enabled");
+        q.seq = q.seq.wrapping_add(1);
+        let (status, seq) = (q.status, q.seq);
+        let mut all = descs.to_vec();
+        all.push(Self::wait_descriptor(status, seq));
+        self.submit_raw(&all);
+        let fsts = self.fsts();
+        if fsts.iqe() {
+            return Err(QueueStall::Error {
+                iqei: Iqercd::from_bits(self.r64(reg::IQERCD)).iqei(),
+                head: self.r64(reg::IQH),
+            });
+        }
+        match self.mem.read_u64(status) {
+            Ok(v) if v as u32 == seq => Ok(()),
+            _ => Err(QueueStall::StatusNotWritten),
+        }
+    }
+
+    /// [`Guest::try_submit`], asserting that the wait's status was written and no queue error
+    /// happened.
+    pub fn submit(&mut self, descs: &[InvDesc]) {
+        let status = self.queue.as_ref().expect("QI enabled").status;
+        let result = self.try_submit(descs);
+        let seq = self.queue.as_ref().expect("QI enabled").seq;
+        assert_eq!(
+            self.mem.read_u64(status).expect("status in RAM") as u32,
+            seq,
+            "wait status written ({result:?})"
+        );
+        assert!(!self.fsts().iqe(), "no IQE ({result:?})");
+    }
+
+    /// Places descriptors at the tail and writes IQT, with no checks.
+    pub fn submit_raw(&mut self, descs: &[InvDesc]) {
+        for d in descs {
+            self.place(d);
+        }
+        self.ring_doorbell();
+    }
+
+    /// Writes `desc` at the driver's tail and advances it, without telling the unit.
+    pub fn place(&mut self, desc: &InvDesc) {
+        let width = self.queue.as_ref().expect("QI enabled").width();
+        let raw = desc
+            .encode(width)
+            .expect("descriptor encodes at the queue's width");
+        self.place_words(raw.0);
+    }
+
+    /// Writes raw descriptor words at the driver's tail (the first two in a 128-bit queue) and
+    /// advances it, without telling the unit: how tests put malformed descriptors in the queue.
+    pub fn place_words(&mut self, words: [u64; 4]) {
+        let q = self.queue.as_mut().expect("QI enabled");
+        let size = q.descriptor_size();
+        self.mem
+            .write_words(q.base + q.tail as u64 * size, &words[..(size / 8) as usize])
+            .expect("queue in RAM");
+        q.tail = (q.tail + 1) % q.count;
+    }
+
+    /// Writes IQT with the driver's tail: the unit processes what was placed.
+    pub fn ring_doorbell(&mut self) {
+        let q = self.queue.as_ref().expect("QI enabled");
+        self.w64(reg::IQT, q.tail as u64 * q.descriptor_size());
+    }
+}
+
+/// Page-selective-within-PASID PASID-IOTLB invalidation (Linux `qi_flush_piotlb`).
+pub fn pasid_iotlb_page(did: u16, pasid: u32, addr: u64, am: u8, ih: bool) -> InvDesc {
+    InvDesc::PasidIotlb(PasidIotlbInv {
+        did,
+        pasid,
+        granularity: PasidIotlbGranularity::Page { addr, am, ih },
+        ignored: Default::default(),
+    })
+}
+
+/// All-in-PASID PASID-IOTLB invalidation.
+pub fn pasid_iotlb_all(did: u16, pasid: u32) -> InvDesc {
+    InvDesc::PasidIotlb(PasidIotlbInv {
+        did,
+        pasid,
+        granularity: PasidIotlbGranularity::AllInPasid,
+        ignored: Default::default(),
+    })
+}
+
+/// PASID-cache invalidation (Linux `qi_flush_pasid_cache`).
+pub fn pasid_cache(did: u16, granularity: PasidCacheGranularity) -> InvDesc {
+    InvDesc::PasidCache(PasidCacheInv {
+        did,
+        granularity,
+        ignored: Default::default(),
+    })
+}
+
+/// Context-cache invalidation (Linux `qi_flush_context`).
+pub fn context_cache(granularity: ContextCacheGranularity) -> InvDesc {
+    InvDesc::ContextCache(ContextCacheInv {
+        granularity,
+        ignored: Default::default(),
+    })
+}
+
+/// IOTLB invalidation without drains (Linux `qi_flush_iotlb` on a unit without DRD/DWD).
+pub fn iotlb(granularity: IotlbGranularity) -> InvDesc {
+    InvDesc::Iotlb(IotlbInv {
+        granularity,
+        drain_read: false,
+        drain_write: false,
+        ignored: Default::default(),
+    })
+}
