@@ -25,14 +25,18 @@ fn check_round_trip(scalable: bool, ops: &[Op]) {
     // The same activity on both: translations, faults and MSIs stay identical.
     s.g.sink.take();
     for (dev, &(sid, pasid)) in s.devices.clone().iter().enumerate() {
+        let mut translated = 0;
         for page in 0..PAGES {
             for write in [false, true] {
                 let req = request(sid, pasid, page, write);
                 let a = s.g.unit.translate(&req);
                 let b = target.translate(&req);
                 assert_eq!(a, b, "device {dev} ({sid:#x}, {pasid:?}) page {page} write {write}");
+                translated += a.is_ok() as u32;
             }
         }
+        // Mapped pages: reads of 0..MAPPED, writes of all but the read-only page.
+        assert_eq!(translated, 2 * MAPPED as u32 - 1, "device {dev} translates its pages");
     }
     for sid in [0x08u16, 0x10] {
         for index in 0..(IR_ENTRIES as u16 + 1) {

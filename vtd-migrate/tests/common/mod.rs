@@ -146,7 +146,7 @@ impl Scenario {
             }
         }
         for (sid, dir) in &pasid_dirs {
-            ctx.set_scalable_context(&mut g.frames, *sid, dir.context_entry())
+            ctx.set_scalable_context(&mut g.frames, *sid, dir.context_entry().with_paside(true))
                 .unwrap();
         }
         g.set_root(ctx.rtaddr());
@@ -293,4 +293,50 @@ pub fn assert_same_registers<M: GuestRam + Send + Sync>(a: &VtdUnit<M>, b: &VtdU
     for ((off, size, x), (_, _, y)) in mmio_reads(a).into_iter().zip(mmio_reads(b)) {
         assert_eq!(x, y, "MMIO read of {size} bytes at {off:#x}: source {x:#x}, target {y:#x}");
     }
+}
+
+/// The unit state the golden snapshot holds: the scalable scenario stopped mid-queue with a
+/// pending fault, masked fault and completion events, interrupt remapping on.
+pub fn golden_scenario() -> Scenario {
+    use Op::*;
+    let mut s = Scenario::new(true);
+    for op in [
+        MaskFaultEvent(true),
+        MaskCompletionEvent(true),
+        Dma {
+            dev: 0,
+            page: 6,
+            write: true,
+        },
+        Msi {
+            sid: 0x77,
+            index: 1,
+        },
+        Dma {
+            dev: 3,
+            page: 1,
+            write: true,
+        },
+        FlushWithInterrupt,
+        BadDescriptor,
+        RewriteRtaddr,
+    ] {
+        s.apply(&op);
+    }
+    s
+}
+
+/// Builds a snapshot by hand from the documented layout (magic, version, flags, length,
+/// CRC-64/XZ over header-with-zero-checksum and payload): lets tests put any payload, version
+/// or flags behind a valid checksum.
+pub fn seal(version: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = b"VTDSNAP\0".to_vec();
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(payload);
+    let crc = crc::Crc::<u64>::new(&crc::CRC_64_XZ).checksum(&out);
+    out[24..32].copy_from_slice(&crc.to_le_bytes());
+    out
 }
