@@ -204,29 +204,40 @@ pub(crate) fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, F
         .map_err(|e| FormatError::Payload(e.to_string()))
 }
 
-/// serde `deserialize_with` for `Vec<T>` fields: grows the vector as elements arrive instead
-/// of trusting the encoded length (serde's default pre-allocates up to 1 MiB from the length
-/// field alone), so a forged length costs nothing.
-pub(crate) fn bounded_vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+/// serde `deserialize_with` for `Vec<T>` fields of at most `MAX` elements: grows the vector
+/// as elements arrive instead of trusting the encoded length (serde's default pre-allocates
+/// up to 1 MiB from the length field alone), and refuses a length above `MAX` before reading
+/// any element. What is allocated is then at most about three times what was read (capacity
+/// doubling, old and new buffer live together while growing), never what a length claims.
+pub(crate) fn bounded_vec<'de, D, T, const MAX: usize>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: serde::Deserialize<'de>,
 {
-    struct Grow<T>(std::marker::PhantomData<T>);
-    impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for Grow<T> {
+    struct Grow<T, const MAX: usize>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>, const MAX: usize> Visitor<'de> for Grow<T, MAX> {
         type Value = Vec<T>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a sequence")
+            write!(f, "a sequence of at most {MAX} elements")
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            if seq.size_hint().is_some_and(|n| n > MAX) {
+                return Err(serde::de::Error::invalid_length(
+                    seq.size_hint().unwrap_or(0),
+                    &self,
+                ));
+            }
             let mut out = Vec::new();
             while let Some(item) = seq.next_element()? {
+                if out.len() == MAX {
+                    return Err(serde::de::Error::invalid_length(MAX + 1, &self));
+                }
                 out.push(item);
             }
             Ok(out)
         }
     }
-    deserializer.deserialize_seq(Grow(std::marker::PhantomData))
+    deserializer.deserialize_seq(Grow::<T, MAX>(std::marker::PhantomData))
 }
 
 #[cfg(test)]
@@ -249,7 +260,7 @@ mod tests {
     fn a_forged_sequence_length_allocates_nothing_up_front() {
         #[derive(serde::Deserialize, Debug)]
         struct S {
-            #[serde(deserialize_with = "bounded_vec")]
+            #[serde(deserialize_with = "bounded_vec::<_, _, 16>")]
             v: Vec<u64>,
         }
         let mut payload = u64::MAX.to_le_bytes().to_vec();

@@ -15,17 +15,21 @@ use crate::snapshot::{HostCapabilities, PassthroughDevice, Snapshot};
 
 /// Format version number of this module.
 pub(crate) const VERSION: u32 = 1;
+/// One unit serves at most one device per requester ID.
+const MAX_DEVICES: usize = 1 << 16;
+/// PASIDs are 20 bits wide (spec 3.4.3).
+const MAX_PASIDS: usize = 1 << 20;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SnapshotV1 {
     unit: UnitV1,
-    #[serde(deserialize_with = "bounded_vec")]
+    #[serde(deserialize_with = "bounded_vec::<_, _, { MAX_DEVICES }>")]
     devices: Vec<DeviceV1>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 struct UnitV1 {
-    #[serde(deserialize_with = "bounded_vec")]
+    #[serde(deserialize_with = "bounded_vec::<_, _, { vtd_core::REGISTER_IMAGE_SIZE }>")]
     registers: Vec<u8>,
     next_fault_record: u16,
     latched_root: Option<u64>,
@@ -68,7 +72,7 @@ struct DeviceV1 {
     requester_id: u16,
     /// The host device's name (sysfs BDF or cdev), for messages.
     name: String,
-    #[serde(deserialize_with = "bounded_vec")]
+    #[serde(deserialize_with = "bounded_vec::<_, _, { MAX_PASIDS }>")]
     pasids: Vec<u32>,
     host: HostV1,
 }
