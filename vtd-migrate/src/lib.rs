@@ -103,11 +103,19 @@
 //!
 //! # Live migration and dirty pages
 //!
-//! Every byte the unit writes to guest memory (wait-descriptor status writes, A/D bits in the
-//! guest's tables) and every byte an emulated device writes through a
-//! [`DeviceAddressSpace`](vtd_core::DeviceAddressSpace) goes through the VMM's `vm-memory`
-//! guest memory: with `GuestMemoryMmap<AtomicBitmap>` those pages are marked dirty by vm-memory
-//! itself, and the VMM's pre-copy loop sends them (tests/dirty.rs shows it).
+//! Every byte the unit writes to guest memory (wait-descriptor status writes, A/D bits the
+//! walks set in the guest's tables) goes through the VMM's `vm-memory` guest memory: with
+//! `GuestMemoryMmap<AtomicBitmap>` vm-memory marks those pages dirty itself, and the VMM's
+//! pre-copy rounds send them. The same holds for an emulated device whose DMA translates
+//! through the unit ([`VtdUnit::translate`](vtd_core::VtdUnit::translate)) and writes the
+//! guest-physical address through that memory. tests/dirty.rs runs such a pre-copy migration
+//! and checks the target's memory byte for byte.
+//!
+//! One exception a VMM must know: vm-memory's `IommuMemory` (what a device built on a
+//! [`DeviceAddressSpace`](vtd_core::DeviceAddressSpace) uses) logs writes made with the IOMMU
+//! on in its own IOVA-indexed bitmap, not in guest memory's (vm-memory iommu.rs, "two bitmap
+//! levels"): a VMM migrating such devices reads that log per device. tests/dirty.rs pins this
+//! behaviour so a change in vm-memory shows up.
 #![forbid(unsafe_code)]
 
 mod codec;
