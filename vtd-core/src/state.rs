@@ -315,7 +315,11 @@ impl UnitState {
                 continue;
             }
             covered[off..off + n].iter_mut().for_each(|c| *c = true);
-            let width_mask = if n == 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
+            let width_mask = if n == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * n)) - 1
+            };
             let free = def.rw_mask
                 | def.w1c_mask
                 | def.wo_mask

@@ -67,7 +67,9 @@ pub enum FormatError {
     #[error("header announces a {0}-byte payload, more than the {MAX_PAYLOAD}-byte maximum")]
     Oversized(u64),
     /// Checksum mismatch.
-    #[error("checksum mismatch (header says {stored:#018x}, content gives {computed:#018x}): the snapshot is corrupt")]
+    #[error(
+        "checksum mismatch (header says {stored:#018x}, content gives {computed:#018x}): the snapshot is corrupt"
+    )]
     Checksum {
         /// Stored.
         stored: u64,
@@ -248,7 +250,10 @@ mod tests {
     fn sealed_bytes_open_and_every_single_bit_flip_is_caught() {
         let sealed = seal(1, b"payload bytes");
         let (h, p) = open(&sealed, 1..=1).unwrap();
-        assert_eq!((h.version, h.payload_len, p), (1, 13, &b"payload bytes"[..]));
+        assert_eq!(
+            (h.version, h.payload_len, p),
+            (1, 13, &b"payload bytes"[..])
+        );
         for bit in 0..sealed.len() * 8 {
             let mut bad = sealed.clone();
             bad[bit / 8] ^= 1 << (bit % 8);

@@ -77,7 +77,10 @@ fn the_payload_builder_matches_the_format() {
 #[test]
 fn forged_lengths_allocate_in_proportion_to_the_input() {
     let cases = [
-        ("2^40-byte register image in 100 bytes", payload(1 << 40, 40, 0, 0)),
+        (
+            "2^40-byte register image in 100 bytes",
+            payload(1 << 40, 40, 0, 0),
+        ),
         ("u64::MAX register image", payload(u64::MAX, 4096, 0, 0)),
         ("2^60 PASIDs", payload(4096, 4096, 1 << 60, 16)),
         ("2^32 PASIDs", payload(4096, 4096, 1 << 32, 0)),

@@ -37,8 +37,16 @@ impl Target {
     fn refuse(&self, bytes: &[u8]) -> SnapshotError {
         let err = vtd_migrate::restore(&self.s.g.unit, bytes).expect_err("must be refused");
         assert!(!err.to_string().is_empty());
-        assert_eq!(self.s.g.unit.export_state(), self.before.0, "state changed by {err}");
-        assert_eq!(mmio_reads(&self.s.g.unit), self.before.1, "registers changed by {err}");
+        assert_eq!(
+            self.s.g.unit.export_state(),
+            self.before.0,
+            "state changed by {err}"
+        );
+        assert_eq!(
+            mmio_reads(&self.s.g.unit),
+            self.before.1,
+            "registers changed by {err}"
+        );
         err
     }
 }
@@ -55,7 +63,11 @@ fn set(regs: &mut [u8], offset: u64, size: usize, value: u64) {
 }
 
 fn get(regs: &[u8], offset: u64) -> u64 {
-    u64::from_le_bytes(regs[offset as usize..offset as usize + 8].try_into().unwrap())
+    u64::from_le_bytes(
+        regs[offset as usize..offset as usize + 8]
+            .try_into()
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -67,7 +79,9 @@ fn truncation_at_every_length_is_refused() {
         assert!(
             matches!(
                 err,
-                SnapshotError::Format(FormatError::Truncated(_) | FormatError::PayloadLength { .. })
+                SnapshotError::Format(
+                    FormatError::Truncated(_) | FormatError::PayloadLength { .. }
+                )
             ),
             "{len}: {err}"
         );
@@ -84,7 +98,10 @@ fn every_single_bit_flip_is_refused() {
     for bit in 0..bytes.len() * 8 {
         let mut bad = bytes.clone();
         bad[bit / 8] ^= 1 << (bit % 8);
-        assert!(vtd_migrate::decode(&bad).is_err(), "flip of bit {bit} accepted");
+        assert!(
+            vtd_migrate::decode(&bad).is_err(),
+            "flip of bit {bit} accepted"
+        );
     }
     // And through restore, for a sample (the unit-unchanged check is the expensive part).
     let t = Target::new();
@@ -101,7 +118,10 @@ fn header_errors_name_what_is_wrong() {
     let t = Target::new();
     let mut magic = bytes.clone();
     magic[0] = b'X';
-    assert!(matches!(t.refuse(&magic), SnapshotError::Format(FormatError::Magic(_))));
+    assert!(matches!(
+        t.refuse(&magic),
+        SnapshotError::Format(FormatError::Magic(_))
+    ));
 
     let payload = &bytes[32..];
     match t.refuse(&seal(2, 0, payload)) {
@@ -204,9 +224,18 @@ fn valid_headers_over_invalid_register_values_are_refused() {
         ("CAP", forged(|u| set(&mut u.registers, reg::CAP, 8, 0))),
         ("VER", forged(|u| set(&mut u.registers, reg::VER, 4, 0x20))),
         ("reserved offset", forged(|u| u.registers[0x300] = 1)),
-        ("GSTS reserved bit", forged(|u| set(&mut u.registers, reg::GSTS, 4, 0xc700_0001))),
-        ("PMEN", forged(|u| set(&mut u.registers, reg::PMEN, 4, 1 << 31))),
-        ("IQT bits 3:0", forged(|u| set(&mut u.registers, reg::IQT, 8, 0x81))),
+        (
+            "GSTS reserved bit",
+            forged(|u| set(&mut u.registers, reg::GSTS, 4, 0xc700_0001)),
+        ),
+        (
+            "PMEN",
+            forged(|u| set(&mut u.registers, reg::PMEN, 4, 1 << 31)),
+        ),
+        (
+            "IQT bits 3:0",
+            forged(|u| set(&mut u.registers, reg::IQT, 8, 0x81)),
+        ),
         (
             "RTPS without latched root",
             forged(|u| u.latched_root = None),
@@ -215,7 +244,10 @@ fn valid_headers_over_invalid_register_values_are_refused() {
             "IRTPS without latched table",
             forged(|u| u.latched_irta = None),
         ),
-        ("latched root reserved bits", forged(|u| u.latched_root = Some(0x1000 | 0x3))),
+        (
+            "latched root reserved bits",
+            forged(|u| u.latched_root = Some(0x1000 | 0x3)),
+        ),
         ("next fault record", forged(|u| u.next_fault_record = 4)),
         (
             "FRI out of range",

@@ -83,7 +83,8 @@ fn differing_page(a: &Mem, b: &Mem) -> Option<u64> {
 /// addresses, and the first-stage table's root.
 fn setup(mem: &Mem) -> (Arc<Unit>, u64, u64, u64) {
     let cfg = VtdConfig::from_qemu_props("x-scalable-mode=on,x-flts=on").unwrap();
-    let unit = Arc::new(VtdUnit::new(cfg, mem.clone(), Arc::new(RecordingSink::default())).unwrap());
+    let unit =
+        Arc::new(VtdUnit::new(cfg, mem.clone(), Arc::new(RecordingSink::default())).unwrap());
     let mut frames = FrameAllocator::new(16 << 20, 32 << 20);
     let mut ctx = ContextTablesBuilder::new(mem, &mut frames, true).unwrap();
     let mut pasids = PasidTablesBuilder::new(mem, &mut frames, 0).unwrap();
@@ -96,7 +97,11 @@ fn setup(mem: &Mem) -> (Arc<Unit>, u64, u64, u64) {
             .unwrap();
     }
     pasids
-        .set_entry(&mut frames, 0, PasidEntry::first_stage(fs.root(), false, 1, 2))
+        .set_entry(
+            &mut frames,
+            0,
+            PasidEntry::first_stage(fs.root(), false, 1, 2),
+        )
         .unwrap();
     ctx.set_scalable_context(&mut frames, SID, pasids.context_entry())
         .unwrap();
@@ -123,7 +128,10 @@ fn flush_and_wait(unit: &Unit, mem: &Mem, queue: u64, status: u64, seq: u32) {
             ignored: Default::default(),
         }),
         InvDesc::Wait(WaitInv {
-            status_write: Some(StatusWrite { addr: status, data: seq }),
+            status_write: Some(StatusWrite {
+                addr: status,
+                data: seq,
+            }),
             interrupt: false,
             fence: true,
             page_drain: false,
@@ -169,13 +177,21 @@ fn the_unit_and_emulated_devices_leave_no_dirty_page_behind() {
     // Round 0: the whole of memory, then tracking starts from clean bitmaps.
     let target = memory();
     collect_dirty(&source);
-    copy_pages(&source, &target, &(0..RAM / PAGE).map(|p| p * PAGE).collect::<Vec<_>>());
+    copy_pages(
+        &source,
+        &target,
+        &(0..RAM / PAGE).map(|p| p * PAGE).collect::<Vec<_>>(),
+    );
 
     for round in 1..=5u64 {
         device_writes(&unit, round);
         flush_and_wait(&unit, &source, queue, status, round as u32);
         // Translations that only read still set A bits in the tables.
-        let _ = unit.translate(&DmaRequest::new(SID, IOVA + (round + 40) * PAGE, AccessKind::Read));
+        let _ = unit.translate(&DmaRequest::new(
+            SID,
+            IOVA + (round + 40) * PAGE,
+            AccessKind::Read,
+        ));
         let dirty = collect_dirty(&source);
         assert!(!dirty.is_empty());
         copy_pages(&source, &target, &dirty);
@@ -185,17 +201,31 @@ fn the_unit_and_emulated_devices_leave_no_dirty_page_behind() {
     flush_and_wait(&unit, &source, queue, status, 6);
     let snapshot = vtd_migrate::save(&unit);
     copy_pages(&source, &target, &collect_dirty(&source));
-    assert_eq!(differing_page(&source, &target), None, "a changed page was not dirty");
+    assert_eq!(
+        differing_page(&source, &target),
+        None,
+        "a changed page was not dirty"
+    );
 
     // The target resumes: the device keeps writing there, through the restored unit.
-    let restored =
-        Arc::new(VtdUnit::new(unit.config().clone(), target.clone(), Arc::new(RecordingSink::default())).unwrap());
+    let restored = Arc::new(
+        VtdUnit::new(
+            unit.config().clone(),
+            target.clone(),
+            Arc::new(RecordingSink::default()),
+        )
+        .unwrap(),
+    );
     vtd_migrate::restore(&restored, &snapshot).unwrap();
     device_writes(&restored, 7);
     device_writes(&unit, 7);
     flush_and_wait(&restored, &target, queue, status, 7);
     flush_and_wait(&unit, &source, queue, status, 7);
-    assert_eq!(differing_page(&source, &target), None, "both continue identically");
+    assert_eq!(
+        differing_page(&source, &target),
+        None,
+        "both continue identically"
+    );
     assert_eq!(restored.stats().dma_faults, 0);
 }
 
@@ -212,7 +242,8 @@ fn each_kind_of_write_by_the_unit_marks_its_page() {
     assert_eq!(entry & 0x60, 0, "A/D clear before the walk");
     let leaf = leaf & !(PAGE - 1);
     // Warm the upper levels' A bits, then start clean.
-    unit.translate(&DmaRequest::new(SID, IOVA, AccessKind::Read)).unwrap();
+    unit.translate(&DmaRequest::new(SID, IOVA, AccessKind::Read))
+        .unwrap();
     collect_dirty(&mem);
     // A/D set by a write translation (compare-exchange on the entry).
     unit.translate(&DmaRequest::new(SID, IOVA + 3 * PAGE, AccessKind::Write))
@@ -245,14 +276,21 @@ fn iommu_memory_logs_device_writes_by_iova_not_in_guest_memory() {
     // Warm the walk so its A/D updates are not part of what is measured.
     dma_write(&unit, IOVA + 5 * PAGE, &[0]);
     collect_dirty(&mem);
-    let iova_log = AtomicBitmap::new((IOVA + DMA_PAGES * PAGE) as usize, NonZeroUsize::new(PAGE as usize).unwrap());
+    let iova_log = AtomicBitmap::new(
+        (IOVA + DMA_PAGES * PAGE) as usize,
+        NonZeroUsize::new(PAGE as usize).unwrap(),
+    );
     let dev = IommuMemory::new(mem.clone(), unit.address_space(SID, None), true, iova_log);
     dev.write_slice(&[1, 2, 3], GuestAddress(IOVA + 5 * PAGE + 8))
         .unwrap();
     let mut check = [0u8; 3];
-    mem.read_slice(&mut check, GuestAddress(DMA_BASE + 5 * PAGE + 8)).unwrap();
+    mem.read_slice(&mut check, GuestAddress(DMA_BASE + 5 * PAGE + 8))
+        .unwrap();
     assert_eq!(check, [1, 2, 3], "the write reached guest memory");
-    assert!(dev.bitmap().is_addr_set((IOVA + 5 * PAGE) as usize), "logged by IOVA");
+    assert!(
+        dev.bitmap().is_addr_set((IOVA + 5 * PAGE) as usize),
+        "logged by IOVA"
+    );
     // Not in the guest-physical bitmap: a VMM migrating devices built on IommuMemory must
     // read each device's IOVA log and map it to guest-physical pages itself.
     assert_eq!(collect_dirty(&mem), Vec::<u64>::new());

@@ -40,7 +40,11 @@ fn golden_v1_loads_and_reads_back_the_same_registers() {
 
     // Decoding and encoding again gives the same bytes: the format did not drift.
     let snapshot = vtd_migrate::decode(&bytes).expect("golden decodes");
-    assert_eq!(vtd_migrate::encode(&snapshot), bytes, "re-encoding changed the bytes");
+    assert_eq!(
+        vtd_migrate::encode(&snapshot),
+        bytes,
+        "re-encoding changed the bytes"
+    );
 
     let (target, _) = fresh_unit(config(true), copy_memory(&golden_scenario().g.mem));
     vtd_migrate::restore(&target, &bytes).expect("golden restores");
@@ -51,11 +55,26 @@ fn golden_v1_loads_and_reads_back_the_same_registers() {
     let gsts = Gsts::from_bits(target.read(reg::GSTS, 4) as u32);
     assert!(gsts.tes() && gsts.rtps() && gsts.qies() && gsts.ires() && gsts.irtps());
     let fsts = Fsts::from_bits(target.read(reg::FSTS, 4) as u32);
-    assert!(fsts.ppf() && fsts.iqe(), "pending fault and queue error: {fsts:?}");
-    assert_eq!(target.read(reg::FECTL, 4), 0xc000_0000, "fault event masked and pending");
-    assert_eq!(target.read(reg::IECTL, 4), 0xc000_0000, "completion masked and pending");
+    assert!(
+        fsts.ppf() && fsts.iqe(),
+        "pending fault and queue error: {fsts:?}"
+    );
+    assert_eq!(
+        target.read(reg::FECTL, 4),
+        0xc000_0000,
+        "fault event masked and pending"
+    );
+    assert_eq!(
+        target.read(reg::IECTL, 4),
+        0xc000_0000,
+        "completion masked and pending"
+    );
     assert_eq!(target.read(reg::ICS, 4), 1);
-    assert_eq!(target.read(reg::RTADDR, 8), 0x1f0_0000, "rewritten without SRTP");
+    assert_eq!(
+        target.read(reg::RTADDR, 8),
+        0x1f0_0000,
+        "rewritten without SRTP"
+    );
     assert_eq!(snapshot.unit.queue.last_descriptor_type, Some(5));
     assert_ne!(snapshot.unit.latched_root, Some(0x1f0_0000));
     // Translation runs on the latched root, not the rewritten register.

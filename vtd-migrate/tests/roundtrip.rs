@@ -31,16 +31,25 @@ fn check_round_trip(scalable: bool, ops: &[Op]) {
                 let req = request(sid, pasid, page, write);
                 let a = s.g.unit.translate(&req);
                 let b = target.translate(&req);
-                assert_eq!(a, b, "device {dev} ({sid:#x}, {pasid:?}) page {page} write {write}");
+                assert_eq!(
+                    a, b,
+                    "device {dev} ({sid:#x}, {pasid:?}) page {page} write {write}"
+                );
                 translated += a.is_ok() as u32;
             }
         }
         // Mapped pages: reads of 0..MAPPED, writes of all but the read-only page.
-        assert_eq!(translated, 2 * MAPPED as u32 - 1, "device {dev} translates its pages");
+        assert_eq!(
+            translated,
+            2 * MAPPED as u32 - 1,
+            "device {dev} translates its pages"
+        );
     }
     for sid in [0x08u16, 0x10] {
         for index in 0..(IR_ENTRIES as u16 + 1) {
-            let a = s.g.unit.remap_msi(MsiSource::Device(sid), remappable(index), 0);
+            let a =
+                s.g.unit
+                    .remap_msi(MsiSource::Device(sid), remappable(index), 0);
             let b = target.remap_msi(MsiSource::Device(sid), remappable(index), 0);
             assert_eq!(a, b, "MSI from {sid:#x} index {index}");
         }
@@ -49,8 +58,16 @@ fn check_round_trip(scalable: bool, ops: &[Op]) {
     s.g.w32(vtd_regs::regs::offset::FSTS, 0x71);
     target.write(vtd_regs::regs::offset::FSTS, 4, 0x71);
     assert_same_registers(&s.g.unit, &target);
-    assert_eq!(s.g.sink.take(), target_sink.take(), "interrupts the unit raised");
-    assert_eq!(memory_difference(&s.g.mem, &target_mem), None, "guest memory (A/D bits)");
+    assert_eq!(
+        s.g.sink.take(),
+        target_sink.take(),
+        "interrupts the unit raised"
+    );
+    assert_eq!(
+        memory_difference(&s.g.mem, &target_mem),
+        None,
+        "guest memory (A/D bits)"
+    );
 }
 
 proptest! {
@@ -73,22 +90,50 @@ fn a_unit_stopped_mid_queue_with_pending_faults_and_events_round_trips() {
     let ops = [
         MaskFaultEvent(true),
         MaskCompletionEvent(true),
-        Dma { dev: 0, page: 6, write: true },
-        Dma { dev: 1, page: 7, write: false },
-        Msi { sid: 0x77, index: 1 },
+        Dma {
+            dev: 0,
+            page: 6,
+            write: true,
+        },
+        Dma {
+            dev: 1,
+            page: 7,
+            write: false,
+        },
+        Msi {
+            sid: 0x77,
+            index: 1,
+        },
         FlushWithInterrupt,
         BadDescriptor,
-        Dma { dev: 2, page: 1, write: true },
+        Dma {
+            dev: 2,
+            page: 1,
+            write: true,
+        },
     ];
     let mut s = Scenario::new(true);
     for op in &ops {
         s.apply(op);
     }
     let state = s.g.unit.export_state();
-    assert!(state.pending.fault_event && state.pending.completion_event, "{state:?}");
-    assert!(state.pending.fault_status & 0x10 != 0, "IQE: the queue stopped");
-    assert_ne!(state.queue.head, state.queue.tail, "descriptors left in the queue");
-    assert_eq!(state.queue.last_descriptor_type, Some(5), "the wait ran last");
+    assert!(
+        state.pending.fault_event && state.pending.completion_event,
+        "{state:?}"
+    );
+    assert!(
+        state.pending.fault_status & 0x10 != 0,
+        "IQE: the queue stopped"
+    );
+    assert_ne!(
+        state.queue.head, state.queue.tail,
+        "descriptors left in the queue"
+    );
+    assert_eq!(
+        state.queue.last_descriptor_type,
+        Some(5),
+        "the wait ran last"
+    );
     assert!(state.enabled.interrupt_remapping && state.enabled.translation);
     check_round_trip(true, &ops);
 }

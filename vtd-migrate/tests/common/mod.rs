@@ -125,8 +125,15 @@ impl Scenario {
             for page in 0..MAPPED {
                 // Each device maps its pages to its own frames; page 3 is read-only.
                 let gpa = 0x80_0000 + (i as u64 * 16 + page) * 4096;
-                pt.map(&mut g.frames, iova(page), gpa, PageSize::Size4K, true, page != 3)
-                    .unwrap();
+                pt.map(
+                    &mut g.frames,
+                    iova(page),
+                    gpa,
+                    PageSize::Size4K,
+                    true,
+                    page != 3,
+                )
+                .unwrap();
             }
             if scalable {
                 if !pasid_dirs.iter().any(|(s, _)| *s == sid) {
@@ -155,10 +162,8 @@ impl Scenario {
         for index in 0..IR_ENTRIES {
             let mut irte = Irte::remapped(0x40 + index as u8, index as u32, false);
             if index % 2 == 1 {
-                irte = irte.with_source_validation(SourceValidation::RequesterId {
-                    sid: 0x08,
-                    sq: 0,
-                });
+                irte =
+                    irte.with_source_validation(SourceValidation::RequesterId { sid: 0x08, sq: 0 });
             }
             if index == IR_ENTRIES - 1 {
                 irte = Irte::decode(0, 0); // not present
@@ -218,7 +223,9 @@ impl Scenario {
             }
             Op::ClearIcs => g.w32(reg::ICS, 1),
             Op::Msi { sid, index } => {
-                let _ = g.unit.remap_msi(MsiSource::Device(sid), remappable(index), 0);
+                let _ = g
+                    .unit
+                    .remap_msi(MsiSource::Device(sid), remappable(index), 0);
             }
             Op::InterruptRemapping(on) => g.set_interrupt_remapping(on),
             Op::RewriteRtaddr => g.w64(reg::RTADDR, 0x1f0_0000),
@@ -233,7 +240,11 @@ pub fn request(sid: u16, pasid: Option<u32>, page: u64, write: bool) -> DmaReque
         ..DmaRequest::new(
             sid,
             iova(page),
-            if write { AccessKind::Write } else { AccessKind::Read },
+            if write {
+                AccessKind::Write
+            } else {
+                AccessKind::Read
+            },
         )
     }
 }
@@ -291,7 +302,10 @@ pub fn mmio_reads<M: GuestRam + Send + Sync>(unit: &VtdUnit<M>) -> Vec<(u64, u8,
 /// Asserts that `b` reads exactly like `a` at every register.
 pub fn assert_same_registers<M: GuestRam + Send + Sync>(a: &VtdUnit<M>, b: &VtdUnit<M>) {
     for ((off, size, x), (_, _, y)) in mmio_reads(a).into_iter().zip(mmio_reads(b)) {
-        assert_eq!(x, y, "MMIO read of {size} bytes at {off:#x}: source {x:#x}, target {y:#x}");
+        assert_eq!(
+            x, y,
+            "MMIO read of {size} bytes at {off:#x}: source {x:#x}, target {y:#x}"
+        );
     }
 }
 
