@@ -106,7 +106,8 @@
 //! Every byte the unit writes to guest memory (wait-descriptor status writes, A/D bits the
 //! walks set in the guest's tables) goes through the VMM's `vm-memory` guest memory: with
 //! `GuestMemoryMmap<AtomicBitmap>` vm-memory marks those pages dirty itself, and the VMM's
-//! pre-copy rounds send them. The same holds for an emulated device whose DMA translates
+//! pre-copy rounds send them. [`PreCopy`] runs those rounds over any number of
+//! [`DirtyTracker`]s ([`GuestMemoryDirtyLog`] for vm-memory's bitmap). The same holds for an emulated device whose DMA translates
 //! through the unit ([`VtdUnit::translate`](vtd_core::VtdUnit::translate)) and writes the
 //! guest-physical address through that memory. tests/dirty.rs runs such a pre-copy migration
 //! and checks the target's memory byte for byte.
@@ -119,10 +120,14 @@
 #![forbid(unsafe_code)]
 
 mod codec;
+mod precopy;
 mod snapshot;
 mod v1;
 
 pub use codec::{FormatError, HEADER_SIZE, MAGIC, MAX_PAYLOAD};
+pub use precopy::{
+    DIRTY_PAGE_SIZE, DirtyError, DirtyPages, DirtyTracker, FinalRound, GuestMemoryDirtyLog, PreCopy,
+};
 pub use snapshot::{
     FORMAT_VERSION, HostCapabilities, OLDEST_FORMAT_VERSION, PassthroughDevice, Snapshot,
     SnapshotError, decode, encode, restore, save,

@@ -17,6 +17,7 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::iommu::IommuMemory;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vtd_core::{AccessKind, DmaRequest, RecordingSink, VtdUnit};
+use vtd_migrate::{GuestMemoryDirtyLog, PreCopy};
 use vtd_regs::VtdConfig;
 use vtd_regs::inv::{DescWidth, InvDesc, IotlbGranularity, IotlbInv, StatusWrite, WaitInv};
 use vtd_regs::regs::{Gcmd, Iqa, offset as reg};
@@ -174,9 +175,10 @@ fn the_unit_and_emulated_devices_leave_no_dirty_page_behind() {
     let source = memory();
     let (unit, queue, status, _) = setup(&source);
 
-    // Round 0: the whole of memory, then tracking starts from clean bitmaps.
+    // Round 0: tracking starts, then the whole of memory is copied.
     let target = memory();
-    collect_dirty(&source);
+    let mut precopy =
+        PreCopy::start(vec![Box::new(GuestMemoryDirtyLog::new(source.clone()))]).unwrap();
     copy_pages(
         &source,
         &target,
@@ -192,15 +194,19 @@ fn the_unit_and_emulated_devices_leave_no_dirty_page_behind() {
             IOVA + (round + 40) * PAGE,
             AccessKind::Read,
         ));
-        let dirty = collect_dirty(&source);
-        assert!(!dirty.is_empty());
-        copy_pages(&source, &target, &dirty);
+        let dirty = precopy.round().unwrap();
+        assert!(dirty.contains(&status), "round {round}: the status write");
+        copy_pages(&source, &target, &dirty.into_iter().collect::<Vec<_>>());
     }
     // Final round: the VMM pauses the guest and devices, copies what is left, saves the unit.
     device_writes(&unit, 6);
     flush_and_wait(&unit, &source, queue, status, 6);
-    let snapshot = vtd_migrate::save(&unit);
-    copy_pages(&source, &target, &collect_dirty(&source));
+    let last = precopy.finish(&unit, vtd_migrate::save).unwrap();
+    copy_pages(
+        &source,
+        &target,
+        &last.pages.into_iter().collect::<Vec<_>>(),
+    );
     assert_eq!(
         differing_page(&source, &target),
         None,
@@ -216,7 +222,7 @@ fn the_unit_and_emulated_devices_leave_no_dirty_page_behind() {
         )
         .unwrap(),
     );
-    vtd_migrate::restore(&restored, &snapshot).unwrap();
+    vtd_migrate::restore(&restored, &last.snapshot).unwrap();
     device_writes(&restored, 7);
     device_writes(&unit, 7);
     flush_and_wait(&restored, &target, queue, status, 7);
