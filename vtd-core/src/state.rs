@@ -634,3 +634,83 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vtd_regs::VtdConfig;
+
+    use super::*;
+    use crate::{EventLog, RecordingSink};
+
+    fn unit(props: &str) -> VtdUnit<GuestMemoryMmap<()>> {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let cfg = VtdConfig::from_qemu_props(props).unwrap();
+        VtdUnit::new(cfg, mem, Arc::new(RecordingSink::default())).unwrap()
+    }
+
+    #[test]
+    fn a_reset_unit_exports_a_state_that_validates_and_round_trips() {
+        let a = unit("x-scalable-mode=on,x-flts=on");
+        let state = a.export_state();
+        assert_eq!(state.registers.len(), REGISTER_IMAGE_SIZE);
+        assert_eq!(state.latched_root, None);
+        assert_eq!(state.queue.last_descriptor_type, None);
+        let b = unit("x-scalable-mode=on,x-flts=on");
+        b.import_state(&state).unwrap();
+        assert_eq!(b.export_state(), state);
+    }
+
+    #[test]
+    fn import_tells_observers_about_the_latched_tables_and_enables() {
+        let a = unit("x-scalable-mode=on,x-flts=on,intremap=on,eim=off");
+        a.write(reg::RTADDR, 8, 0x10_0000 | 1 << 10);
+        a.write(reg::GCMD, 4, Gsts::new().with_rtps(true).into_bits() as u64);
+        a.write(reg::IRTA, 8, 0x20_0000 | 3);
+        a.write(
+            reg::GCMD,
+            4,
+            Gsts::new().with_irtps(true).into_bits() as u64,
+        );
+        a.write(reg::GCMD, 4, Gsts::new().with_tes(true).into_bits() as u64);
+        let state = a.export_state();
+        assert!(state.enabled.translation);
+        let b = unit("x-scalable-mode=on,x-flts=on,intremap=on,eim=off");
+        let log = Arc::new(EventLog::default());
+        b.subscribe(log.clone());
+        b.import_state(&state).unwrap();
+        let events = log.take();
+        assert!(events.contains(&VtdEvent::RootTableLatched {
+            root: RootTable {
+                addr: 0x10_0000,
+                mode: TranslationTableMode::Scalable
+            },
+            changed: true
+        }));
+        assert!(events.contains(&VtdEvent::InterruptTableLatched {
+            base: 0x20_0000,
+            entries: 16,
+            eime: false
+        }));
+        assert!(events.contains(&VtdEvent::TranslationEnabled(true)));
+        assert!(b.translation_enabled());
+        assert_eq!(b.root_table(), a.root_table());
+    }
+
+    #[test]
+    fn a_refused_import_changes_nothing() {
+        let a = unit("");
+        let mut state = a.export_state();
+        let b = unit("");
+        b.write(reg::FECTL, 4, 0);
+        let before = b.export_state();
+        state.registers[0x300] = 1;
+        assert!(matches!(
+            b.import_state(&state),
+            Err(StateError::RegisterBits { .. })
+        ));
+        assert_eq!(b.export_state(), before);
+    }
+}
