@@ -1,6 +1,6 @@
 //! Differential conformance of vtd's VT-d unit against QEMU's intel-iommu.
 //!
-//! A scenario (JSON, see `shared/conformance/SCENARIOS.md`) is encoded into a small
+//! A scenario (JSON, format in the crate's README.md) is encoded into a small
 //! binary module ([`encode`]) that a bare-metal interpreter guest (`guest/`, built by
 //! build.rs) runs on both QEMU and vtd-vmm ([`runner`]); the two transcripts
 //! ([`transcript`]) must be identical.

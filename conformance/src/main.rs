@@ -1,6 +1,7 @@
 //! `vtd-conformance`: runs scenarios on QEMU and on vtd-vmm and compares transcripts.
 
-use std::path::PathBuf;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vtd_conformance::runner::{
@@ -10,94 +11,117 @@ use vtd_conformance::scenario::{Scenario, load_scenario};
 use vtd_conformance::transcript::{self, Transcript};
 use vtd_conformance::{encode, expand_operands};
 
-const USAGE: &str = "\
-usage: vtd-conformance run --target qemu|vmm [OPTIONS] FILE|DIR...
-       vtd-conformance diff [OPTIONS] FILE|DIR...
-       vtd-conformance check FILE|DIR...
-       vtd-conformance encode FILE -o OUT
-       vtd-conformance interpreter -o OUT
-
-  run          print each scenario's transcript on one machine
-  diff         run on both machines, print a unified diff for each scenario whose
-               transcripts differ, end with `N passed, M failed` (exit 0 only if all match)
-  check        validate scenario files
-  encode       write the binary module the interpreter reads
-  interpreter  write the interpreter image (multiboot elf32-i386 kernel)
-
-options:
-  --qemu PATH      QEMU binary (default: $VTD_QEMU, else qemu-system-x86_64)
-  --vmm PATH       vtd-vmm binary (default: $VTD_VMM, next to this program, then PATH)
-  --timeout SECS   per-run timeout (default 60)
-  -j N             parallel runs (default: number of CPUs, at most 4)
-  -o OUT           output file (encode, interpreter)";
-
-struct Opts {
-    cmd: String,
-    target: Option<Target>,
-    qemu: PathBuf,
-    vmm: Option<PathBuf>,
-    timeout: Duration,
-    jobs: usize,
-    out: Option<PathBuf>,
-    files: Vec<PathBuf>,
+/// vtd-conformance: runs scenarios on QEMU and on vtd-vmm and compares transcripts
+#[derive(Debug, Parser)]
+#[command(
+    name = "vtd-conformance",
+    version,
+    after_help = "RUST_LOG filters tracing events on standard error.\n\
+                  Exit status: 0 when everything passed, 1 when a scenario failed or differs, \
+                  2 for a usage or setup error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
 }
 
-fn parse_args(args: Vec<String>) -> Result<Opts, String> {
-    let mut it = args.into_iter();
-    let cmd = it.next().ok_or("missing command")?;
-    if !["run", "diff", "check", "encode", "interpreter"].contains(&cmd.as_str()) {
-        return Err(format!("unknown command `{cmd}`"));
-    }
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(4);
-    let mut o = Opts {
-        cmd,
-        target: None,
-        qemu: default_qemu(),
-        vmm: None,
-        timeout: runner::DEFAULT_TIMEOUT,
-        jobs,
-        out: None,
-        files: Vec::new(),
-    };
-    while let Some(a) = it.next() {
-        let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match a.as_str() {
-            "--target" => {
-                o.target = Some(match val("--target")?.as_str() {
-                    "qemu" => Target::Qemu,
-                    "vmm" => Target::Vmm,
-                    t => return Err(format!("unknown target `{t}` (qemu or vmm)")),
-                })
-            }
-            "--qemu" => o.qemu = PathBuf::from(val("--qemu")?),
-            "--vmm" => o.vmm = Some(PathBuf::from(val("--vmm")?)),
-            "--timeout" => {
-                let v = val("--timeout")?;
-                o.timeout = v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| *s > 0.0)
-                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                    .ok_or(format!("bad --timeout `{v}`"))?;
-            }
-            "-j" | "--jobs" => {
-                let v = val("-j")?;
-                o.jobs = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or(format!("bad -j `{v}`"))?;
-            }
-            "-o" => o.out = Some(PathBuf::from(val("-o")?)),
-            "-h" | "--help" => return Err(String::new()),
-            s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option `{s}`")),
-            _ => o.files.push(PathBuf::from(a)),
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print each scenario's transcript on one machine
+    Run {
+        /// The machine
+        #[arg(long, value_enum)]
+        target: TargetArg,
+        #[command(flatten)]
+        machines: MachineArgs,
+        /// Scenario files, or directories of them
+        #[arg(value_name = "FILE|DIR", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run on both machines, print a unified diff for each scenario whose transcripts differ,
+    /// end with `N passed, M failed` (exit 0 only if all match)
+    Diff {
+        #[command(flatten)]
+        machines: MachineArgs,
+        /// Scenario files, or directories of them
+        #[arg(value_name = "FILE|DIR", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate scenario files
+    Check {
+        /// Scenario files, or directories of them
+        #[arg(value_name = "FILE|DIR", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write the binary module the interpreter reads
+    Encode {
+        /// The scenario file
+        file: PathBuf,
+        /// Output file
+        #[arg(short = 'o', value_name = "OUT")]
+        out: PathBuf,
+    },
+    /// Write the interpreter image (multiboot elf32-i386 kernel)
+    Interpreter {
+        /// Output file
+        #[arg(short = 'o', value_name = "OUT")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TargetArg {
+    /// qemu-system-x86_64 (TCG) with its intel-iommu and edu
+    Qemu,
+    /// This project's vtd-vmm
+    Vmm,
+}
+
+impl From<TargetArg> for Target {
+    fn from(t: TargetArg) -> Target {
+        match t {
+            TargetArg::Qemu => Target::Qemu,
+            TargetArg::Vmm => Target::Vmm,
         }
     }
-    Ok(o)
+}
+
+/// Where the machines are and how runs are scheduled.
+#[derive(Debug, clap::Args)]
+struct MachineArgs {
+    /// QEMU binary [default: $VTD_QEMU, else qemu-system-x86_64]
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
+    /// vtd-vmm binary [default: $VTD_VMM, next to this program, then PATH]
+    #[arg(long, value_name = "PATH")]
+    vmm: Option<PathBuf>,
+    /// Per-run timeout in seconds
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// Parallel runs [default: number of CPUs, at most 4]
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+}
+
+impl MachineArgs {
+    fn jobs(&self) -> usize {
+        match self.jobs {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4),
+        }
+    }
+}
+
+/// `--timeout`: positive seconds, fractions allowed.
+fn parse_timeout(v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| "expected a positive number of seconds".to_string())
 }
 
 /// A scenario file and what loading it gave.
@@ -118,9 +142,10 @@ fn load_all(files: &[PathBuf]) -> Result<Vec<Loaded>, String> {
         .collect())
 }
 
-fn machines(o: &Opts, need_qemu: bool) -> Result<Machines, String> {
+fn machines(o: &MachineArgs, need_qemu: bool) -> Result<Machines, String> {
+    let qemu = o.qemu.clone().unwrap_or_else(default_qemu);
     if need_qemu {
-        let version = check_qemu(&o.qemu)?;
+        let version = check_qemu(&qemu)?;
         if !version.contains("version 10.") {
             eprintln!(
                 "vtd-conformance: warning: the corpus was validated against QEMU 10.0.2, this is `{version}`"
@@ -128,7 +153,7 @@ fn machines(o: &Opts, need_qemu: bool) -> Result<Machines, String> {
         }
     }
     Ok(Machines {
-        qemu: o.qemu.clone(),
+        qemu,
         vmm: o.vmm.clone().or_else(find_vmm),
         timeout: o.timeout,
     })
@@ -140,15 +165,16 @@ fn checked(s: &Scenario, r: Result<Transcript, String>) -> Result<Transcript, St
     Ok(t)
 }
 
-fn cmd_run(o: &Opts) -> Result<bool, String> {
-    let target = o.target.ok_or("run needs --target qemu|vmm")?;
+fn cmd_run(target: Target, o: &MachineArgs, files: &[PathBuf]) -> Result<bool, String> {
     let m = machines(o, target == Target::Qemu)?;
     if target == Target::Vmm && m.vmm.is_none() {
-        return Err("vtd-vmm not found: build it (cargo build -p vtd-examples --bin vtd-vmm) or pass --vmm PATH".into());
+        return Err(
+            "vtd-vmm not found: build it (cargo build -p vtd-vmm) or pass --vmm PATH".into(),
+        );
     }
     let work = WorkDir::new()?;
-    let loaded = load_all(&o.files)?;
-    let results = runner::parallel(&loaded, o.jobs, |(_, s)| match s {
+    let loaded = load_all(files)?;
+    let results = runner::parallel(&loaded, o.jobs(), |(_, s)| match s {
         Ok(s) => checked(s, run_scenario(&m, &work, target, s)),
         Err(e) => Err(e.clone()),
     });
@@ -171,18 +197,20 @@ fn cmd_run(o: &Opts) -> Result<bool, String> {
     Ok(all_ok)
 }
 
-fn cmd_diff(o: &Opts) -> Result<bool, String> {
+fn cmd_diff(o: &MachineArgs, files: &[PathBuf]) -> Result<bool, String> {
     let m = machines(o, true)?;
     if m.vmm.is_none() {
-        return Err("vtd-vmm not found: build it (cargo build -p vtd-examples --bin vtd-vmm) or pass --vmm PATH".into());
+        return Err(
+            "vtd-vmm not found: build it (cargo build -p vtd-vmm) or pass --vmm PATH".into(),
+        );
     }
     let work = WorkDir::new()?;
-    let loaded = load_all(&o.files)?;
+    let loaded = load_all(files)?;
     let jobs: Vec<(usize, Target)> = (0..loaded.len())
         .flat_map(|i| [(i, Target::Qemu), (i, Target::Vmm)])
         .filter(|(i, _)| loaded[*i].1.is_ok())
         .collect();
-    let results = runner::parallel(&jobs, o.jobs, |(i, t)| match &loaded[*i].1 {
+    let results = runner::parallel(&jobs, o.jobs(), |(i, t)| match &loaded[*i].1 {
         Ok(s) => checked(s, run_scenario(&m, &work, *t, s)),
         Err(e) => Err(e.clone()),
     });
@@ -233,9 +261,9 @@ fn cmd_diff(o: &Opts) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
-fn cmd_check(o: &Opts) -> Result<bool, String> {
+fn cmd_check(files: &[PathBuf]) -> Result<bool, String> {
     let mut ok = true;
-    for (file, s) in load_all(&o.files)? {
+    for (file, s) in load_all(files)? {
         match s {
             Ok(s) => println!(
                 "ok   {} ({}, {} steps)",
@@ -252,46 +280,48 @@ fn cmd_check(o: &Opts) -> Result<bool, String> {
     Ok(ok)
 }
 
-fn cmd_encode(o: &Opts) -> Result<bool, String> {
-    let [file] = o.files.as_slice() else {
-        return Err("encode takes one scenario file".into());
-    };
-    let out = o.out.as_ref().ok_or("encode needs -o OUT")?;
+fn cmd_encode(file: &Path, out: &Path) -> Result<bool, String> {
     let s = load_scenario(file).map_err(|e| e.to_string())?;
     let bytes = encode::encode(&s)?;
     std::fs::write(out, bytes).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(true)
 }
 
-fn cmd_interpreter(o: &Opts) -> Result<bool, String> {
-    let out = o.out.as_ref().ok_or("interpreter needs -o OUT")?;
+fn cmd_interpreter(out: &Path) -> Result<bool, String> {
     std::fs::write(out, runner::INTERPRETER).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(true)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let o = match parse_args(args) {
-        Ok(o) => o,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("vtd-conformance: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+    // args_os: a non-UTF-8 argument is clap's usage error (status 2), not a panic.
+    let cli = match Cli::try_parse_from(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
     };
+    // Tracing events on standard error, filtered by RUST_LOG (errors only when it is unset or
+    // invalid): transcripts on standard output stay clean.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let start = Instant::now();
-    let r = match o.cmd.as_str() {
-        "run" => cmd_run(&o),
-        "diff" => cmd_diff(&o),
-        "check" => cmd_check(&o),
-        "encode" => cmd_encode(&o),
-        _ => cmd_interpreter(&o),
+    let timed = matches!(cli.command, Cmd::Run { .. } | Cmd::Diff { .. });
+    let r = match &cli.command {
+        Cmd::Run {
+            target,
+            machines,
+            files,
+        } => cmd_run((*target).into(), machines, files),
+        Cmd::Diff { machines, files } => cmd_diff(machines, files),
+        Cmd::Check { files } => cmd_check(files),
+        Cmd::Encode { file, out } => cmd_encode(file, out),
+        Cmd::Interpreter { out } => cmd_interpreter(out),
     };
     match r {
         Ok(true) => {
-            if matches!(o.cmd.as_str(), "run" | "diff") {
+            if timed {
                 eprintln!("vtd-conformance: done in {:.1?}", start.elapsed());
             }
             ExitCode::SUCCESS

@@ -3,24 +3,13 @@
 use crate::encode::encode;
 use crate::scenario::Scenario;
 use crate::transcript::{self, Transcript};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use vtd_testkit::process::run_bounded;
 
-/// How to get QEMU 10.0.2 on this project's Debian machines.
-pub const QEMU_INSTALL: &str = "echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/bookworm-backports.list && apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86";
-
-/// Default QEMU binary.
-pub const QEMU_BIN: &str = "qemu-system-x86_64";
-
-/// The QEMU binary to use: `VTD_QEMU` if set, else [`QEMU_BIN`] from PATH.
-pub fn default_qemu() -> PathBuf {
-    std::env::var_os("VTD_QEMU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(QEMU_BIN))
-}
+pub use vtd_testkit::discovery::{QEMU_BIN, QEMU_INSTALL, qemu_binary as default_qemu};
 
 /// Default per-run timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -112,29 +101,12 @@ impl Drop for WorkDir {
     }
 }
 
-/// Checks that QEMU can be started; the error carries the install line.
+/// Checks that QEMU can be started and returns its `--version` line; the error carries the
+/// install line.
 pub fn check_qemu(qemu: &Path) -> Result<String, String> {
-    match Command::new(qemu)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string()),
-        Ok(o) => Err(format!(
-            "`{} --version` failed ({}): {}",
-            qemu.display(),
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!(
-            "cannot run {} ({e}). Install QEMU 10.0.2:\n  {QEMU_INSTALL}",
-            qemu.display()
-        )),
-    }
+    vtd_testkit::discovery::probe_qemu(qemu)
+        .map(|q| q.version_line)
+        .map_err(|e| e.to_string())
 }
 
 /// Looks for vtd-vmm: `VTD_VMM`, then next to this executable (and its parent, for test
@@ -161,7 +133,7 @@ pub fn find_vmm() -> Option<PathBuf> {
     })
 }
 
-/// The QEMU command line for a scenario (see SCENARIOS.md).
+/// The QEMU command line for a scenario (see README.md, "Machines").
 pub fn qemu_command(qemu: &Path, scenario: &Scenario, kernel: &Path, module: &Path) -> Command {
     let mut c = Command::new(qemu);
     let iommu = if scenario.iommu.is_empty() {
@@ -202,74 +174,6 @@ pub fn vmm_command(vmm: &Path, scenario: &Scenario, kernel: &Path, module: &Path
     c
 }
 
-/// What one process run produced.
-#[derive(Debug)]
-pub struct ProcessOutput {
-    /// Exit code (None when killed or ended by a signal).
-    pub code: Option<i32>,
-    /// Whether the timeout ended it.
-    pub timed_out: bool,
-    /// Its standard output.
-    pub stdout: String,
-    /// Its standard error.
-    pub stderr: String,
-}
-
-/// Runs a command with null stdin, collecting its output; kills it after `timeout`.
-pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<ProcessOutput, String> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out_t = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err_t = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let start = Instant::now();
-    let mut timed_out = false;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) => {}
-            Err(e) => return Err(format!("waiting for {program}: {e}")),
-        }
-        if start.elapsed() >= timeout {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().ok();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
-    Ok(ProcessOutput {
-        code: status.and_then(|s| s.code()),
-        timed_out,
-        stdout,
-        stderr,
-    })
-}
-
 fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
@@ -287,14 +191,14 @@ pub fn run_scenario(
         Target::Qemu => qemu_command(&machines.qemu, scenario, work.kernel(), &module),
         Target::Vmm => {
             let vmm = machines.vmm.as_ref().ok_or_else(|| {
-                "vtd-vmm not found: build it (cargo build -p vtd-examples --bin vtd-vmm), \
+                "vtd-vmm not found: build it (cargo build -p vtd-vmm), \
                  or point VTD_VMM / --vmm at it"
                     .to_string()
             })?;
             vmm_command(vmm, scenario, work.kernel(), &module)
         }
     };
-    let out = run_bounded(cmd, machines.timeout);
+    let out = run_bounded(cmd, machines.timeout).map_err(|e| e.to_string());
     let _ = std::fs::remove_file(&module);
     let out = out?;
     let transcript = transcript::extract(&out.stdout);
@@ -416,19 +320,6 @@ mod tests {
                 "m"
             ]
         );
-    }
-
-    #[test]
-    fn bounded_run_kills_on_timeout() {
-        let mut c = Command::new("sleep");
-        c.arg("30");
-        let t = Instant::now();
-        let out = run_bounded(c, Duration::from_millis(200)).unwrap();
-        assert!(out.timed_out);
-        assert!(t.elapsed() < Duration::from_secs(10));
-        let out = run_bounded(Command::new("true"), Duration::from_secs(10)).unwrap();
-        assert_eq!(out.code, Some(0));
-        assert!(!out.timed_out);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Scenario files: JSON parsing and validation (format: `shared/conformance/SCENARIOS.md`).
+//! Scenario files: JSON parsing and validation (the format is documented in the crate's
+//! README.md, "Scenario format").
 //!
 //! Every problem is reported as a [`ScenarioError`] that names the file and, where it
 //! applies, the step index and op; nothing in here panics on bad input.
@@ -15,6 +16,10 @@ pub const UNIT_WINDOW: u64 = 0x1000;
 pub const EDU_BUFFER: u64 = 4096;
 /// Largest `dump` and `dma` length.
 pub const MAX_XFER: u64 = 4096;
+/// The top of RAM that QEMU's firmware keeps (multiboot mem_upper is 128 KiB short of
+/// `memory_mb` on QEMU 10.0.2, and vtd-vmm matches it): scenario data must end below it, or
+/// the interpreter refuses the step on both machines.
+pub const FIRMWARE_RESERVED_TOP: u64 = 0x2_0000;
 /// Default `memory_mb`.
 pub const DEFAULT_MEMORY_MB: u64 = 256;
 /// Smallest and largest `memory_mb` accepted: RAM must stay below the PCI hole on both machines.
@@ -227,8 +232,14 @@ impl StepCtx<'_> {
     }
 }
 
+/// End (exclusive) of the RAM a scenario may touch: what the interpreter learns from
+/// multiboot's mem_upper.
+pub fn scenario_ram_end(memory_mb: u64) -> u64 {
+    (memory_mb << 20) - FIRMWARE_RESERVED_TOP
+}
+
 fn ram_range(gpa: u64, len: u64, memory_mb: u64) -> Result<(), String> {
-    let end = memory_mb << 20;
+    let end = scenario_ram_end(memory_mb);
     if gpa < SCENARIO_RAM_START {
         return Err(format!(
             "gpa {gpa:#x} is below 16 MiB (0x1000000), which belongs to the interpreter"
@@ -236,7 +247,8 @@ fn ram_range(gpa: u64, len: u64, memory_mb: u64) -> Result<(), String> {
     }
     if gpa.checked_add(len).is_none_or(|e| e > end) {
         return Err(format!(
-            "range {gpa:#x}+{len:#x} goes past the end of RAM ({end:#x}, memory_mb {memory_mb})"
+            "range {gpa:#x}+{len:#x} goes past the end of RAM ({end:#x}: memory_mb {memory_mb} \
+             less the 128 KiB the firmware keeps)"
         ));
     }
     Ok(())
@@ -251,7 +263,7 @@ fn reg_access(c: &StepCtx<'_>) -> Result<(u64, u8), String> {
     if off % size != 0 {
         return Err(format!("off {off:#x} is not aligned to size {size}"));
     }
-    if off + size > UNIT_WINDOW {
+    if off.checked_add(size).is_none_or(|end| end > UNIT_WINDOW) {
         return Err(format!(
             "off {off:#x} is outside the unit's 4 KiB register window"
         ));
@@ -575,6 +587,49 @@ mod tests {
         assert!(e.to_string().contains("aligned"));
         let e = parse(r#"{"op":"mmio_read","off":"0x1000","size":4}"#).unwrap_err();
         assert!(e.to_string().contains("window"));
+    }
+
+    /// An offset near u64::MAX must not overflow `off + size` (a panic in debug builds, a
+    /// wrapped sum that passed the window check in release builds).
+    #[test]
+    fn register_offsets_near_u64_max_are_refused() {
+        for off in ["0xfffffffffffffff8", "0xfffffffffffffffc"] {
+            for op in ["mmio_read", "mmio_write", "poll"] {
+                let step = format!(r#"{{"op":"{op}","off":"{off}","size":4,"value":0,"mask":1}}"#);
+                let step = if op == "mmio_read" {
+                    format!(r#"{{"op":"{op}","off":"{off}","size":4}}"#)
+                } else if op == "mmio_write" {
+                    format!(r#"{{"op":"{op}","off":"{off}","size":4,"value":0}}"#)
+                } else {
+                    step
+                };
+                let e = parse(&step).unwrap_err();
+                assert!(e.to_string().contains("window"), "{op} {off}: {e}");
+            }
+        }
+        let e = parse(r#"{"op":"mmio_read","off":"0xfffffffffffffff8","size":8}"#).unwrap_err();
+        assert!(e.to_string().contains("window"), "{e}");
+    }
+
+    /// QEMU's firmware keeps the top 128 KiB of RAM (mem_upper 0x3fb80 at 256 MiB): a range
+    /// touching it is refused, the bytes just below are accepted.
+    #[test]
+    fn the_firmware_reserved_top_of_ram_is_refused() {
+        assert_eq!(scenario_ram_end(256), 0x0ffe_0000);
+        for (gpa, len) in [("0xffe0000", 16), ("0xfffff00", 16), ("0xffdfff8", 16)] {
+            let e = parse(&format!(r#"{{"op":"dump","gpa":"{gpa}","len":{len}}}"#)).unwrap_err();
+            assert!(
+                e.to_string().contains("128 KiB the firmware keeps"),
+                "{gpa}: {e}"
+            );
+            let e = parse(&format!(
+                r#"{{"op":"fill","gpa":"{gpa}","len":{len},"byte":1}}"#
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("past the end of RAM"), "{gpa}: {e}");
+        }
+        parse(r#"{"op":"dump","gpa":"0xffdfff0","len":16}"#).expect("last usable 16 bytes");
+        parse(r#"{"op":"write64","gpa":"0xffdfff8","values":[1]}"#).expect("last usable u64");
     }
 
     #[test]

@@ -3,14 +3,13 @@
 //!
 //! Without qemu-system-x86_64 (or `VTD_QEMU`) the diff test prints a skip notice, or fails when `CI` is set.
 //! vtd-vmm comes from `VTD_VMM`, else it is built here (`cargo build --profile test -p
-//! vtd-examples --bin vtd-vmm`, sharing this build's target directory).
+//! vtd-vmm --bin vtd-vmm`, sharing this build's target directory).
 //! `VTD_CONFORMANCE_QEMU_ONLY=1` runs the corpus on QEMU alone (transcripts checked for
 //! form, not compared) for use while vtd-vmm is not available.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vtd_conformance::runner::{QEMU_INSTALL, check_qemu, default_qemu};
 use vtd_conformance::scenario::load_scenario;
 use vtd_conformance::{corpus_dir, expand_operands};
 
@@ -41,22 +40,14 @@ fn corpus_parses() {
     }
 }
 
-/// The shared example scenarios (`../shared/conformance/scenarios`, beside the repository)
-/// must parse unchanged.
+/// The hand-written examples of README.md's "Scenario format" section are part of the corpus
+/// (so they also run in the QEMU diff) and parse.
 #[test]
-fn shared_examples_parse() {
-    let dir = workspace_root().join("../shared/conformance/scenarios");
-    if !dir.is_dir() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED shared_examples_parse: {} not found",
-            dir.display()
-        );
-        return;
-    }
-    let files = expand_operands(&[dir]).expect("shared scenarios");
-    for f in files {
-        load_scenario(&f).unwrap_or_else(|e| panic!("{e}"));
+fn format_examples_are_in_the_corpus() {
+    for name in ["example-identity-x-flts", "example-legacy-ss-4level-4k"] {
+        let f = corpus_dir().join(format!("{name}.json"));
+        let s = load_scenario(&f).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.name, name);
     }
 }
 
@@ -79,7 +70,7 @@ fn vmm_binary() -> Result<PathBuf, String> {
             "--profile",
             "test",
             "-p",
-            "vtd-examples",
+            "vtd-vmm",
             "--bin",
             "vtd-vmm",
         ])
@@ -108,23 +99,17 @@ fn vmm_binary() -> Result<PathBuf, String> {
 
 #[test]
 fn corpus_matches_qemu() {
-    let qemu = default_qemu();
-    if let Err(e) = check_qemu(&qemu) {
-        let install = if e.contains(QEMU_INSTALL) {
-            String::new()
-        } else {
-            format!("\ninstall it with:\n  {QEMU_INSTALL}")
-        };
-        if std::env::var_os("CI").is_some() {
-            panic!("QEMU is required in CI: {e}{install}");
+    let qemu = match vtd_testkit::discovery::qemu10() {
+        Ok(q) => q,
+        Err(e) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("QEMU 10.x is required in CI: {e}");
+            }
+            // Straight to the stderr handle: libtest would swallow eprintln! of a passing test.
+            let _ = writeln!(std::io::stderr(), "SKIPPED corpus_matches_qemu: {e}");
+            return;
         }
-        // Straight to the stderr handle: libtest would swallow eprintln! of a passing test.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED corpus_matches_qemu: {e}{install}"
-        );
-        return;
-    }
+    };
     let runner = env!("CARGO_BIN_EXE_vtd-conformance");
     let mut cmd = Command::new(runner);
     let qemu_only = std::env::var_os("VTD_CONFORMANCE_QEMU_ONLY").is_some();
@@ -135,6 +120,7 @@ fn corpus_matches_qemu() {
             .unwrap_or_else(|e| panic!("vtd-vmm is needed to compare against QEMU: {e}"));
         cmd.arg("diff").arg("--vmm").arg(vmm);
     }
+    cmd.arg("--qemu").arg(&qemu.binary);
     let out = cmd.arg(corpus_dir()).output().expect("run vtd-conformance");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

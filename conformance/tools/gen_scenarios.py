@@ -2,7 +2,9 @@
 """Generates the conformance corpus (conformance/scenarios/*.json).
 
 The JSON files are the corpus under version control and what the tests run; this
-script is how they were written and how to regenerate them after a change here:
+script is how they were written and how to regenerate them after a change here
+(files named example-*.json are the hand-written examples of conformance/README.md,
+which this script leaves alone):
 
     python3 conformance/tools/gen_scenarios.py            # rewrite the corpus
     python3 conformance/tools/gen_scenarios.py --check    # fail if a file is stale
@@ -390,6 +392,26 @@ def identity(out):
                           (IECTL, 4), (IEDATA, 4), (IEADDR, 4), (IEUADDR, 4), (IRTA, 8),
                           (IVA, 8), (IOTLB, 8), (FRCD_LO, 8), (FRCD_HI, 8)]:
             s.rd(off, size)
+        out.append(s)
+
+
+# QEMU's firmware keeps the top 128 KiB of RAM: multiboot mem_upper is 0x3fb80 KiB at
+# 256 MiB, and scenario data must end below memory_mb MiB - 128 KiB.
+FIRMWARE_RESERVED_TOP = 0x20000
+
+
+def memory_top(out):
+    for mb in (64, 256):
+        top = (mb << 20) - FIRMWARE_RESERVED_TOP
+        s = S(f"ram-top-usable-{mb}m", memory_mb=mb,
+              description=f"the last usable page of {mb} MiB, below the 128 KiB the firmware "
+                          f"keeps: written by the CPU, copied by edu DMA with translation off, "
+                          f"read back")
+        s.w64(top - 16, 0x1122334455667788, 0x99AABBCCDDEEFF00)
+        s.dma("to_device", top - 0x1000, 0x1000)
+        s.fill(top - 0x1000, 0x1000, 0x5A)
+        s.dma("from_device", top - 0x1000, 0x1000)
+        s.dump(top - 32, 32)
         out.append(s)
 
 
@@ -1345,14 +1367,24 @@ def invalidation(out):
 def build():
     out = []
     identity(out)
+    memory_top(out)
     registers(out)
     legacy_translation(out)
     legacy_faults(out)
     scalable(out)
     invalidation(out)
     names = [s.name for s in out]
+    assert not any(n.startswith(HAND_WRITTEN_PREFIX) for n in names), "reserved prefix"
     assert len(names) == len(set(names)), "duplicate scenario names"
     return out
+
+
+# Hand-written format examples (conformance/README.md): not generated, never removed.
+HAND_WRITTEN_PREFIX = "example-"
+
+
+def generated(f):
+    return f.endswith(".json") and not f.startswith(HAND_WRITTEN_PREFIX)
 
 
 def main():
@@ -1367,7 +1399,7 @@ def main():
     if not check:
         os.makedirs(corpus, exist_ok=True)
         for f in os.listdir(corpus):
-            if f.endswith(".json") and f not in wanted:
+            if generated(f) and f not in wanted:
                 os.remove(os.path.join(corpus, f))
     for f, text in wanted.items():
         path = os.path.join(corpus, f)
@@ -1378,7 +1410,7 @@ def main():
                 with open(path, "w") as fh:
                     fh.write(text)
     if check:
-        extra = [f for f in os.listdir(corpus) if f.endswith(".json") and f not in wanted]
+        extra = [f for f in os.listdir(corpus) if generated(f) and f not in wanted]
         if stale or extra:
             print("stale:", " ".join(stale + extra))
             sys.exit(1)

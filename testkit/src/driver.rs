@@ -13,6 +13,12 @@
 //!   descriptor with a status write, one IQT write, then a poll of the status while checking
 //!   FSTS.IQE (`qi_check_fault`).
 //!
+//! - The page request queue is set up as `intel_iommu_enable_prq` does (the MSI programmed and
+//!   unmasked, PQH = PQT = 0, PQA = base | order), drained as `prq_event_thread` does (clear
+//!   PPR first, read PQT and PQH, handle head..tail, write PQH = tail, then clear PRO once the
+//!   queue is empty) and answered as `intel_iommu_page_response` does (one page group response
+//!   through `qi_submit_sync`), all from Linux drivers/iommu/intel/prq.c.
+//!
 //! Registers are named by `vtd_regs::regs::offset` and their fields by the typed registers
 //! (`Gcmd`, `Gsts`, `Iqa`, `Fsts`, `EventControl`), not by bit constants of their own.
 //! The unit executes a doorbell synchronously, so each poll succeeds or fails on its first
@@ -23,17 +29,23 @@ use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd_core::{EventLog, RecordingSink, VtdUnit};
 use vtd_regs::VtdConfig;
+use vtd_regs::inv::PageGroupResponse;
 use vtd_regs::inv::{
     ContextCacheGranularity, ContextCacheInv, DescWidth, InvDesc, IotlbGranularity, IotlbInv,
     PasidCacheGranularity, PasidCacheInv, PasidIotlbGranularity, PasidIotlbInv, StatusWrite,
     WaitInv,
 };
+use vtd_regs::prq::{
+    PAGE_REQUEST_SIZE, PageRequestDescError, PageRequestDescriptor, Pqa, Prs, QUEUE_OFFSET_MASK,
+    ResponseCode,
+};
 use vtd_regs::regs::{EventControl, Fsts, Gcmd, Gsts, Iqa, Iqercd, Irta, offset as reg};
 use vtd_tables::GuestRam;
 use vtd_tables::builder::{
     ContextTablesBuilder, FrameAllocator, PageSize, PageTableBuilder, PageTableFormat,
+    PasidTablesBuilder,
 };
-use vtd_tables::entries::ContextEntry;
+use vtd_tables::entries::{ContextEntry, PasidEntry};
 
 /// Guest memory as the tests build it.
 pub type Mem = GuestMemoryMmap<()>;
@@ -100,6 +112,25 @@ pub enum QueueStall {
     StatusNotWritten,
 }
 
+/// The page request queue as the driver set it up.
+#[derive(Clone, Copy, Debug)]
+pub struct PageRequestQueue {
+    /// Queue base (PQA).
+    pub base: u64,
+    /// Descriptors the queue holds.
+    pub count: u32,
+}
+
+/// What one run of the page request handler found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageRequestBatch {
+    /// The descriptors from PQH to PQT, in order (a descriptor that does not decode is kept
+    /// as its error: Linux would log it as an invalid page request).
+    pub requests: Vec<Result<PageRequestDescriptor, PageRequestDescError>>,
+    /// PRS.PRO was set, and cleared because the queue was empty afterwards.
+    pub overflow_cleared: bool,
+}
+
 /// A guest with its RAM, the unit, an event log subscribed first, and its driver state.
 pub struct Guest {
     /// Guest RAM.
@@ -116,6 +147,8 @@ pub struct Guest {
     pub gcmd: Gcmd,
     /// The invalidation queue, once enabled.
     pub queue: Option<Queue>,
+    /// The page request queue, once enabled.
+    pub prq: Option<PageRequestQueue>,
 }
 
 impl std::fmt::Debug for Guest {
@@ -161,6 +194,7 @@ impl Guest {
             frames: FrameAllocator::new(frames.0, frames.1),
             gcmd: Gcmd::new(),
             queue: None,
+            prq: None,
         }
     }
 
@@ -306,6 +340,102 @@ impl Guest {
         self.w32(reg::FEDATA, 0x4321);
         self.w32(reg::FEADDR, 0xfee0_0000);
         self.w32(reg::FECTL, EventControl::new().into_bits());
+    }
+
+    /// As Linux 6.12 `intel_iommu_enable_prq`: a queue of 2^`order` pages (Linux: PRQ_ORDER =
+    /// 4), its MSI programmed (PEDATA 0x4322 to 0xfee00000) and unmasked as
+    /// `request_threaded_irq` does through dmar.c's MSI ops, then PQH = PQT = 0 and
+    /// PQA = base | order.
+    pub fn enable_prq(&mut self, order: u8) {
+        let base = self.frames.alloc(&self.mem, 1 << order).expect("frames");
+        self.w32(reg::PEDATA, 0x4322);
+        self.w32(reg::PEADDR, 0xfee0_0000);
+        self.w32(reg::PECTL, EventControl::new().into_bits());
+        self.w64(reg::PQH, 0);
+        self.w64(reg::PQT, 0);
+        let pqa = Pqa::new().with_pqs(order).with_pqa(base >> 12);
+        self.w64(reg::PQA, pqa.into_bits());
+        self.prq = Some(PageRequestQueue {
+            base,
+            count: pqa.descriptor_count(),
+        });
+    }
+
+    /// One run of Linux's `prq_event_thread`: PRS.PPR cleared first (so a request that comes
+    /// later raises a new event), PQT and PQH read, the descriptors between them read, PQH =
+    /// PQT written; then, if PRS.PRO is set and the queue is empty, PRO cleared.
+    pub fn read_page_requests(&mut self) -> PageRequestBatch {
+        let q = self.prq.expect("page request queue enabled");
+        self.w32(reg::PRS, Prs::new().with_ppr(true).into_bits());
+        let ring = q.count as u64 * PAGE_REQUEST_SIZE;
+        // Linux's PRQ_RING_MASK: the queue's size less one descriptor.
+        let ring_mask = ring - PAGE_REQUEST_SIZE;
+        let tail = self.r64(reg::PQT) & ring_mask;
+        let mut head = self.r64(reg::PQH) & ring_mask;
+        let mut batch = PageRequestBatch::default();
+        // At most one lap: the unit never fills the last slot, so head meets tail before.
+        for _ in 0..q.count {
+            if head == tail {
+                break;
+            }
+            let words = self
+                .mem
+                .read_words::<4>(q.base + head)
+                .expect("queue in RAM");
+            batch.requests.push(PageRequestDescriptor::decode(words));
+            head = (head + PAGE_REQUEST_SIZE) % ring;
+        }
+        self.w64(reg::PQH, tail);
+        if Prs::from_bits(self.r32(reg::PRS)).pro() {
+            let head = self.r64(reg::PQH) & QUEUE_OFFSET_MASK;
+            let tail = self.r64(reg::PQT) & QUEUE_OFFSET_MASK;
+            if head == tail {
+                self.w32(reg::PRS, Prs::new().with_pro(true).into_bits());
+                batch.overflow_cleared = true;
+            }
+        }
+        batch
+    }
+
+    /// The page group response Linux's `intel_iommu_page_response` builds for the group
+    /// `req` ends: requester, PASID (PP when the request had one), code, PRG index and LPIG.
+    pub fn page_group_response(req: &PageRequestDescriptor, code: ResponseCode) -> InvDesc {
+        InvDesc::PageGroupResponse(PageGroupResponse {
+            rid: req.rid,
+            pasid: req.pasid,
+            response_code: code.into_bits(),
+            prg_index: req.prg_index,
+            last_in_group: req.last_in_group,
+            ignored: Default::default(),
+        })
+    }
+
+    /// Answers the group `req` ends, as `intel_iommu_page_response` does: one page group
+    /// response submitted with `qi_submit_sync` (a wait descriptor behind it).
+    pub fn respond(&mut self, req: &PageRequestDescriptor, code: ResponseCode) {
+        self.submit(&[Self::page_group_response(req, code)]);
+    }
+
+    /// A scalable-mode device `sid` with a pass-through PASID entry for PASID 0 in domain
+    /// `did`, its context entry's PRE = `pre` (Linux sets PRE when it enables PRI for the
+    /// device, `context_entry_set_pre` in drivers/iommu/intel/pasid.c), the root latched, the
+    /// caches invalidated and translation on. Needs queued invalidation enabled.
+    pub fn scalable_device(&mut self, sid: u16, did: u16, pre: bool) {
+        let mem = self.mem.clone();
+        let mut ctx = ContextTablesBuilder::new(&mem, &mut self.frames, true).expect("frames");
+        let mut pasids = PasidTablesBuilder::new(&mem, &mut self.frames, 0).expect("frames");
+        pasids
+            .set_entry(&mut self.frames, 0, PasidEntry::pass_through(did, 2))
+            .expect("PASID entry");
+        let entry = pasids.context_entry().with_pre(pre);
+        ctx.set_scalable_context(&mut self.frames, sid, entry)
+            .expect("context entry");
+        self.set_root(ctx.rtaddr());
+        self.submit(&[
+            context_cache(ContextCacheGranularity::Global),
+            iotlb(IotlbGranularity::Global),
+        ]);
+        self.enable_translation();
     }
 
     /// Fault-recording register `i` (at CAP.FRO): (low, high) qwords.

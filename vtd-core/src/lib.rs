@@ -5,6 +5,9 @@
 //! [`VtdUnit::read`] / [`VtdUnit::write`], translates emulated devices' DMA with
 //! [`VtdUnit::translate`] or a per-device [`DeviceAddressSpace`] (a `vm_memory::iommu::Iommu`),
 //! and remaps MSIs with [`VtdUnit::remap_msi`]. Observers subscribe to the [`EventBus`].
+//! With page requests configured (ECAP.PRS), devices with PRI send them with
+//! [`VtdUnit::page_request`] and receive the guest's answers as
+//! [`VtdEvent::PageGroupResponse`] (see the `prq` module).
 //!
 //! One `use vtd_core::{...}` brings what a VMM needs: the configuration ([`VtdConfig`]),
 //! the DMA request and result types ([`DmaRequest`], [`AccessKind`], [`Translation`]), the
@@ -47,6 +50,7 @@ mod events;
 mod faults;
 mod ir;
 mod irq;
+mod prq;
 mod qi;
 mod regfile;
 mod shadow;
@@ -70,7 +74,12 @@ pub use irq::{InterruptSink, Msi, RecordingSink};
 pub use state::{
     EnabledFlags, PendingInterrupts, QueueState, REGISTER_IMAGE_SIZE, StateError, UnitState,
 };
+pub use prq::{
+    MAX_OUTSTANDING_GROUPS, OutstandingGroup, PageGroupResponseEvent, PageRequest,
+    PageRequestError, PageRequestOutcome, PrqState, PrqStateError, ResponseOrigin,
+};
 pub use unit::{RestoreError, TranslateError, UnitSnapshot, UnitStats, VtdUnit};
+pub use vtd_regs::prq::ResponseCode;
 
 // What a VMM needs next to the unit, so one `use vtd_core::{...}` serves it.
 pub use vtd_regs::{Bdf, ConfigError, VtdConfig};

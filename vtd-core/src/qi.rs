@@ -5,6 +5,7 @@ use vtd_regs::inv::{
     ContextCacheGranularity, DescWidth, InvDesc, IotlbGranularity, PasidCacheGranularity,
     PasidIotlbGranularity, RawDesc,
 };
+use vtd_regs::prq::ResponseCode;
 use vtd_regs::regs::{EventControl, Fsts, Gsts, Iqa, Iqercd, offset as reg};
 use vtd_tables::GuestRam;
 use vtd_tables::walk::DeviceContext;
@@ -124,9 +125,18 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 Ok(d) => d,
                 Err(e) => return self.queue_error(st, head, iqei_for(&e)),
             };
-            if !self.supports(&desc) {
-                return self.queue_error(st, head, iqei::INVALID_TYPE);
+            if let Err(code) = self.validate(&desc) {
+                return self.queue_error(st, head, code);
             }
+            // Response codes 2-0xE are reserved (spec 6.5.2.x): a descriptor programming one
+            // is invalid, not a response to forward (QEMU forwards them as Response Failure).
+            let response_code = match &desc {
+                InvDesc::PageGroupResponse(r) => match ResponseCode::from_bits(r.response_code) {
+                    Some(code) => Some(code),
+                    None => return self.queue_error(st, head, iqei::RESERVED_FIELD),
+                },
+                _ => None,
+            };
             let source = InvalidationSource::Queue {
                 index: head,
                 ends_batch: false,
@@ -155,6 +165,9 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             } else {
                 self.execute_invalidation(st, &desc, source);
                 batch.opened(st);
+                if let (InvDesc::PageGroupResponse(r), Some(code)) = (&desc, response_code) {
+                    self.page_group_response(st, r, code, head);
+                }
             }
             st.descriptors += 1;
             st.last_descriptor_type = Some(raw.type_code());
@@ -173,6 +186,33 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             InvDesc::PasidIotlb(_) | InvDesc::PasidCache(_) => ecap.smts(),
             InvDesc::PageGroupResponse(_) => ecap.prs(),
             _ => true,
+        }
+    }
+
+    /// The capability-dependent checks of a decoded descriptor, as the IQEI code of the
+    /// error (vtd-regs decodes the fixed format; what depends on CAP/ECAP is decided here):
+    ///
+    /// - a type the unit does not implement: IQEI 3;
+    /// - a wait descriptor with PD (bit 7) without ECAP.PDS: PD is a reserved field there
+    ///   (spec 6.5.2.8; QEMU hw/i386/intel_iommu.c `VTD_INV_DESC_WAIT_RSVD_LO` and openvmm's
+    ///   intel_vtd both reserve it), IQEI 4;
+    /// - a page-selective IOTLB descriptor with AM above CAP.MAMV (spec 6.5.2.3, 11.4.2):
+    ///   QEMU's `vtd_process_iotlb_desc` rejects it, and Linux `qi_flush_iotlb` never sends
+    ///   one (it falls back to a domain flush), IQEI 4. The PASID-based IOTLB descriptor is
+    ///   exempt: spec 11.4.2 requires any defined AM to work there regardless of MAMV.
+    fn validate(&self, desc: &InvDesc) -> Result<(), u8> {
+        if !self.supports(desc) {
+            return Err(iqei::INVALID_TYPE);
+        }
+        match desc {
+            InvDesc::Wait(w) if w.page_drain && !self.walk.ecap.pds() => Err(iqei::RESERVED_FIELD),
+            InvDesc::Iotlb(i) => match i.granularity {
+                IotlbGranularity::Page { am, .. } if am > self.walk.cap.mamv() => {
+                    Err(iqei::RESERVED_FIELD)
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
         }
     }
 

@@ -10,6 +10,7 @@ use vtd_regs::regs::{
 use vtd_regs::{ConfigError, VtdConfig};
 use vtd_tables::GuestRam;
 use vtd_tables::entries::PasidEntry;
+use vtd_tables::reserved::ReservedRules;
 use vtd_tables::walk::{
     self, DeviceContext, DmaRequest, Fault, Perms, RootTable, StepFault, Translation,
     TranslationKind, WalkConfig,
@@ -30,7 +31,7 @@ const CONTEXT_ENTRIES: usize = 256;
 const PASID_ENTRIES: usize = 1024;
 
 /// The interrupt address range (spec 3.15): requests without PASID here are interrupts.
-pub(crate) const INTERRUPT_RANGE: std::ops::RangeInclusive<u64> = 0xfee0_0000..=0xfeef_ffff;
+pub(crate) const INTERRUPT_RANGE: std::ops::RangeInclusive<u64> = walk::INTERRUPT_RANGE;
 
 /// Why a DMA translation did not produce an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -94,6 +95,8 @@ pub(crate) struct State {
     /// Type code of the last descriptor the queue executed (QEMU's `iq_last_desc_type`),
     /// carried in the migration state.
     pub(crate) last_descriptor_type: Option<u8>,
+    /// Page groups with queued requests and no response yet (ECAP.PRS).
+    pub(crate) prq: crate::prq::GroupTracker,
 }
 
 /// The emulated remapping unit.
@@ -151,6 +154,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 wait_deferred: false,
                 replay_budget: crate::shadow::REPLAY_BUDGET,
                 last_descriptor_type: None,
+                prq: Default::default(),
             }),
             delivery: Delivery::default(),
             config,
@@ -253,6 +257,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         st.root = None;
         st.ir = None;
         st.last_descriptor_type = None;
+        st.prq.clear();
         self.te.store(false, Ordering::Release);
         self.root.store(0, Ordering::Release);
         self.flush_all_caches();
@@ -307,6 +312,14 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         }
         if touches(reg::ICS, 4) || touches(reg::IECTL, 4) {
             self.after_ics_iectl_write(&mut st);
+        }
+        if self.walk.ecap.prs() {
+            if touches(reg::PRS, 4) {
+                self.after_prs_write(&mut st);
+            }
+            if touches(reg::PECTL, 4) {
+                self.after_pectl_write(&mut st);
+            }
         }
         let iva = self.walk.ecap.iotlb_register_offset();
         if touches(iva + 12, 4) {
@@ -462,7 +475,17 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
 
     /// Translates one DMA request (spec 3): pass-through while translation is off, the IOTLB,
     /// then the caches and a walk. A fault is recorded (or suppressed) before this returns.
+    ///
+    /// Besides the walk, the request itself is checked: a request with PASID while the root
+    /// table is in legacy mode faults 0x31, and an output in the interrupt address range
+    /// faults 0x0E/0x87 (spec 3.15), both through [`walk::check_request`] and
+    /// [`walk::check_output`] so the reference walk and the unit agree. Without ECAP.ERS the
+    /// ER field of a request is ignored (it is translated and recorded as a read).
     pub fn translate(&self, req: &DmaRequest) -> Result<Translation, TranslateError> {
+        let req = &DmaRequest {
+            access: self.walk.effective_access(req.access),
+            ..*req
+        };
         // A write without PASID to the interrupt range is an interrupt message whether or not
         // DMA remapping is on (spec 3.15, 5.1).
         let interrupt_range = req.pasid.is_none() && INTERRUPT_RANGE.contains(&req.iova);
@@ -491,6 +514,13 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 self.report_dma_fault(StepFault::new(reason).into_fault(req)),
             ));
         }
+        if let Err(f) = walk::check_request(self.latched_root(), req) {
+            return Err(TranslateError::Fault(
+                self.report_dma_fault(f.into_fault(req)),
+            ));
+        }
+        // The IOTLB never holds a page overlapping the interrupt range (see translate_miss),
+        // so a hit needs no output check.
         if let Some(t) = self.iotlb.lookup(req.sid, req.pasid, req.iova, req.access) {
             return Ok(t);
         }
@@ -506,8 +536,12 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         let result = self.walk_with_caches(req, epoch);
         match result {
             Ok(t) => {
-                self.iotlb
-                    .insert(&self.epoch, epoch, req.sid, req.pasid, req.iova, t);
+                // The walk checked this request's output; a page overlapping the interrupt
+                // range is not cached, so other addresses of it are checked by their walk.
+                if !walk::overlaps_interrupt_range(&t) {
+                    self.iotlb
+                        .insert(&self.epoch, epoch, req.sid, req.pasid, req.iova, t);
+                }
                 Ok(t)
             }
             Err(f) => Err(TranslateError::Fault(
@@ -607,6 +641,14 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             }
             Err(f) => Err(f.into_fault(&req)),
         }
+    }
+
+    /// The reserved-field rules of this unit's CAP/ECAP: what [`Self::read_context`],
+    /// [`Self::read_pasid_entry`] and every walk apply. Code that interprets a guest PASID
+    /// entry for the unit (vtd-accel's binder) checks it with
+    /// [`ReservedRules::check_pasid_entry`] so it accepts exactly the entries the unit does.
+    pub fn reserved_rules(&self) -> ReservedRules {
+        self.walk.rules()
     }
 
     /// Whether DMA translation is enabled (GSTS.TES).

@@ -18,6 +18,7 @@ pub mod config;
 pub mod fault;
 pub mod inv;
 pub mod irte;
+pub mod prq;
 pub mod regs;
 
 pub use bdf::Bdf;

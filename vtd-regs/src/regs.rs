@@ -198,6 +198,23 @@ pub fn register_layout(cap: Cap, ecap: Ecap) -> Vec<RegisterDef> {
         // IRTA 63:12, EIME 11, S 3:0 (spec 11.4.10.1).
         RegisterDef::new("IRTA", IRTA, 8, 0).rw(0xffff_ffff_ffff_f80f),
     ];
+    if ecap.prs() {
+        // The page request queue (spec 11.4.11); without ECAP.PRS these offsets are reserved.
+        // PQH/PQT: byte offset of a 256-bit descriptor in bits 18:5; software owns PQH and
+        // initialises PQT (Linux intel_iommu_enable_prq writes both as 0), the unit advances
+        // PQT. PQA: base 63:12 and PQS 2:0.
+        regs.push(RegisterDef::new("PQH", PQH, 8, 0).rw(crate::prq::QUEUE_OFFSET_MASK));
+        regs.push(RegisterDef::new("PQT", PQT, 8, 0).rw(crate::prq::QUEUE_OFFSET_MASK));
+        regs.push(RegisterDef::new("PQA", PQA, 8, 0).rw(0xffff_ffff_ffff_f007));
+        // PPR 0 and PRO 1 are RW1C (Linux prq_event_thread clears PPR, later PRO, by writing 1).
+        regs.push(RegisterDef::new("PRS", PRS, 4, 0).w1c(0x3));
+        // IM 31 is set at reset like FECTL's (spec 11.4.11.5; QEMU resets PECTL to 0, the
+        // spec and Intel's datasheets say 1); IP 30 is hardware-managed.
+        regs.push(RegisterDef::new("PECTL", PECTL, 4, 0x8000_0000).rw(0x8000_0000));
+        regs.push(RegisterDef::new("PEDATA", PEDATA, 4, 0).rw(0xffff));
+        regs.push(RegisterDef::new("PEADDR", PEADDR, 4, 0).rw(0xffff_fffc));
+        regs.push(RegisterDef::new("PEUADDR", PEUADDR, 4, 0).rw(eim_upper));
+    }
     let iva = ecap.iotlb_register_offset();
     // ADDR 63:12, IH 6, AM 5:0; write-only per spec 11.4.8.2.
     regs.push(RegisterDef::new("IVA", iva, 8, 0).wo(0xffff_ffff_ffff_f07f));
@@ -564,6 +581,54 @@ mod tests {
         );
         let iqa = legacy.iter().find(|r| r.name == "IQA").unwrap();
         assert_eq!(iqa.apply_write(0, u64::MAX), 0xffff_ffff_ffff_f007);
+    }
+
+    #[test]
+    fn page_request_registers_exist_only_with_prs() {
+        let (cap, ecap) = qemu_flts();
+        let regs = register_layout(cap, ecap);
+        assert!(!regs.iter().any(|r| r.offset == offset::PQH));
+        let regs = register_layout(cap, ecap.with_prs(true));
+        let find = |name: &str| regs.iter().find(|r| r.name == name).copied().unwrap();
+        let expect = [
+            ("PQH", 0xc0, 8),
+            ("PQT", 0xc8, 8),
+            ("PQA", 0xd0, 8),
+            ("PRS", 0xdc, 4),
+            ("PECTL", 0xe0, 4),
+            ("PEDATA", 0xe4, 4),
+            ("PEADDR", 0xe8, 4),
+            ("PEUADDR", 0xec, 4),
+        ];
+        for (name, off, size) in expect {
+            assert_eq!((find(name).offset, find(name).size), (off, size), "{name}");
+        }
+        // PQH/PQT keep only bits 18:5; PQA keeps base and PQS.
+        assert_eq!(find("PQH").apply_write(0, u64::MAX), 0x7ffe0);
+        assert_eq!(find("PQT").apply_write(0, u64::MAX), 0x7ffe0);
+        assert_eq!(find("PQA").apply_write(0, u64::MAX), 0xffff_ffff_ffff_f007);
+        // PRS: PPR and PRO are RW1C, nothing else sticks.
+        let prs = find("PRS");
+        assert_eq!(prs.apply_write(0x3, 0x1), 0x2);
+        assert_eq!(prs.apply_write(0x3, 0x2), 0x1);
+        assert_eq!(prs.apply_write(0, u64::MAX), 0);
+        // PECTL: IM set at reset and RW, IP read-only.
+        let pectl = find("PECTL");
+        assert_eq!(pectl.reset, 0x8000_0000);
+        assert_eq!(pectl.apply_write(0x4000_0000, 0), 0x4000_0000);
+        assert_eq!(pectl.apply_write(0, 0xc000_0000), 0x8000_0000);
+        // Without EIM the upper address is reserved.
+        assert_eq!(find("PEUADDR").apply_write(0, u64::MAX), 0);
+        // The page request registers sit between IRTA and IVA without overlapping either.
+        let mut spans: Vec<_> = regs
+            .iter()
+            .map(|r| (r.offset, r.offset + r.size as u64))
+            .collect();
+        spans.sort();
+        for w in spans.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{w:?} overlap");
+        }
+        assert_eq!(find("PEADDR").apply_write(0, u64::MAX), 0xffff_fffc);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! In-memory formats of the remapping structures (VT-d spec chapter 9), with builders.
 //!
-//! Every type decodes any bit pattern (the guest wrote it) and exposes a reserved-bit check;
-//! constructors and `with_*` methods build well-formed entries for tests, examples and guests.
+//! Every type decodes any bit pattern (the guest wrote it); which bits are reserved depends on
+//! the unit's capabilities and lives in [`crate::reserved`]. Constructors and `with_*` methods
+//! build well-formed entries for tests, examples and guests.
 
 use bitfield_struct::bitfield;
 
@@ -34,11 +35,6 @@ impl RootEntry {
     pub const fn context_table(&self) -> u64 {
         self.0[0] & ADDR_MASK
     }
-    /// Reserved bits set for a unit with host address width `haw` (bits 11:1, CTP above HAW, the
-    /// whole upper qword).
-    pub const fn reserved_bits(&self, haw: u8) -> [u64; 2] {
-        [self.0[0] & (0xffe | (bits_above(haw) & !0xfff)), self.0[1]]
-    }
 }
 
 /// Scalable-mode root entry (spec 9.2): lower and upper context-table pointers for devfn 0-127
@@ -67,10 +63,6 @@ impl ScalableRootEntry {
         } else {
             None
         }
-    }
-    /// Reserved bits of the half that serves `devfn`.
-    pub const fn reserved_bits(&self, devfn: u8, haw: u8) -> u64 {
-        self.0[(devfn >> 7) as usize] & (0xffe | (bits_above(haw) & !0xfff))
     }
 }
 
@@ -142,13 +134,6 @@ impl ContextEntry {
     /// DID: domain identifier.
     pub const fn did(&self) -> u16 {
         (self.0[1] >> 8) as u16
-    }
-    /// Reserved bits (spec 9.3): lo 11:4, SSPTPTR above HAW; hi 7:3 and 63:24.
-    pub const fn reserved_bits(&self, haw: u8) -> [u64; 2] {
-        [
-            self.0[0] & (0xff0 | (bits_above(haw) & !0xfff)),
-            self.0[1] & (0xf8 | 0xffff_ffff_ff00_0000),
-        ]
     }
 }
 
@@ -227,15 +212,6 @@ impl ScalableContextEntry {
     pub const fn rid_pasid(&self) -> u32 {
         (self.0[1] & 0xf_ffff) as u32
     }
-    /// Reserved bits (spec 9.4): lo 8:5, pointer above HAW; hi 63:21; upper 128 bits.
-    pub const fn reserved_bits(&self, haw: u8) -> [u64; 4] {
-        [
-            self.0[0] & (0x1e0 | (bits_above(haw) & !0xfff)),
-            self.0[1] & !0x1f_ffff,
-            self.0[2],
-            self.0[3],
-        ]
-    }
 }
 
 /// PASID directory entry (spec 9.5), 64 bits; index = PASID >> 6.
@@ -261,10 +237,6 @@ impl PasidDirEntry {
     /// PASID table address.
     pub const fn table(&self) -> u64 {
         self.table_pfn() << 12
-    }
-    /// Reserved bits: 11:2 and the pointer above HAW.
-    pub const fn reserved_bits(&self, haw: u8) -> u64 {
-        self.into_bits() & (0xffc | (bits_above(haw) & !0xfff))
     }
 }
 
@@ -376,6 +348,17 @@ impl PasidEntry {
         self.0[1] = (self.0[1] & !(1 << 23)) | (v as u64) << 23;
         self
     }
+    /// Sets SSADE (second-stage accessed/dirty, needs ECAP.SLADS).
+    pub const fn with_ssade(mut self, v: bool) -> Self {
+        self.0[0] = (self.0[0] & !(1 << 9)) | (v as u64) << 9;
+        self
+    }
+    /// Sets PGSNP (page snoop, needs ECAP.SC), as Linux does for a domain with
+    /// force_snooping.
+    pub const fn with_pgsnp(mut self, v: bool) -> Self {
+        self.0[1] = (self.0[1] & !(1 << 24)) | (v as u64) << 24;
+        self
+    }
     /// Sets PGTT to any value (tests of reserved values).
     pub const fn with_pgtt(mut self, pgtt: Pgtt) -> Self {
         self.0[0] = (self.0[0] & !(7 << 6)) | (pgtt.into_bits() as u64) << 6;
@@ -440,22 +423,6 @@ impl PasidEntry {
     /// FSPTPTR.
     pub const fn fs_table(&self) -> u64 {
         self.0[2] & ADDR_MASK
-    }
-    /// Reserved bits (spec 9.6): qw0 11:10 and SSPTPTR above HAW; qw1 22:16 and 63:25
-    /// (CD/EMT/PAT are not implemented: treated as reserved); qw2 11:8, 6:5 and FSPTPTR above
-    /// HAW; qw3-qw7 all.
-    pub const fn reserved_bits(&self, haw: u8) -> [u64; 8] {
-        let above = bits_above(haw) & !0xfff;
-        [
-            self.0[0] & (0xc00 | above),
-            self.0[1] & (0x7f_0000 | 0xffff_ffff_fe00_0000),
-            self.0[2] & (0xf60 | above),
-            self.0[3],
-            self.0[4],
-            self.0[5],
-            self.0[6],
-            self.0[7],
-        ]
     }
 }
 
@@ -585,10 +552,8 @@ mod tests {
             (pe.did(), pe.aw(), pe.fs_table(), pe.fspm()),
             (5, 2, 0x5000, 0)
         );
-        assert_eq!(pe.reserved_bits(48), [0; 8]);
         let sc = ScalableContextEntry::new(0x7000, 0);
         assert_eq!((sc.pasid_dir(), sc.pasid_limit()), (0x7000, 1 << 13));
-        assert_eq!(sc.reserved_bits(48), [0; 4]);
         assert_eq!(
             FirstStagePte::leaf(0x1400000, true, false).into_bits(),
             0x1400067
@@ -603,11 +568,7 @@ mod tests {
     }
 
     #[test]
-    fn reserved_bits_catch_addresses_beyond_haw() {
-        assert_eq!(RootEntry::new(1 << 40).reserved_bits(39)[0], 1 << 40);
-        assert_eq!(RootEntry::new(1 << 40).reserved_bits(48), [0, 0]);
-        let ce = ContextEntry([1 | 0x10, 0x8]);
-        assert_eq!(ce.reserved_bits(48)[0], 0x10);
+    fn bits_above_a_width() {
         assert_eq!(bits_above(64), 0);
         assert_eq!(bits_above(48), 0xffff_0000_0000_0000);
     }

@@ -2,6 +2,8 @@
 //!
 //! - [`entries`]: root, context, PASID directory/table and paging entries (VT-d spec chapter 9),
 //!   each decodable from any bit pattern and buildable for tests, examples and guests;
+//! - [`reserved`]: which fields of each entry are reserved, derived from CAP/ECAP, shared by
+//!   the walker and anything else that interprets guest entries for the unit;
 //! - [`walk`]: legacy second-stage, scalable first-stage, second-stage, nested and pass-through
 //!   walks that end in a translation or in the spec's fault;
 //! - [`builder`]: page-table builders over guest memory;
@@ -15,6 +17,7 @@ pub mod dmar;
 pub mod entries;
 pub mod enumerate;
 pub mod mem;
+pub mod reserved;
 pub mod walk;
 
 pub use mem::{GuestRam, MemError};

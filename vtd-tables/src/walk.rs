@@ -13,6 +13,7 @@ use vtd_regs::{Cap, Ecap};
 
 use crate::entries::*;
 use crate::mem::GuestRam;
+use crate::reserved::ReservedRules;
 
 /// The fault reasons the walkers report, by the walk step that detects them (VT-d spec 7.1.3).
 mod fr {
@@ -26,24 +27,18 @@ mod fr {
     pub const PTE_ACCESS: R = R::PagingEntryAccessError;
     pub const ROOT_TABLE_INVALID: R = R::RootTableAccessError;
     pub const CONTEXT_TABLE_INVALID: R = R::ContextTableAccessError;
-    pub const ROOT_RESERVED: R = R::RootEntryReserved;
-    pub const CONTEXT_RESERVED: R = R::ContextEntryReserved;
     pub const PTE_RESERVED: R = R::PagingEntryReserved;
     pub const SM_ROOT_TABLE_INVALID: R = R::SmRootTableAddressInvalid;
     pub const SM_ROOT_ACCESS: R = R::SmRootEntryAccessError;
     pub const SM_ROOT_NOT_PRESENT: R = R::SmRootEntryNotPresent;
-    pub const SM_ROOT_RESERVED: R = R::SmRootEntryReserved;
     pub const SM_CONTEXT_ACCESS: R = R::SmContextEntryAccessError;
     pub const SM_CONTEXT_NOT_PRESENT: R = R::SmContextEntryNotPresent;
-    pub const SM_CONTEXT_RESERVED: R = R::SmContextEntryReserved;
     pub const SM_PASID_DISABLED: R = R::SmContextPasidDisabled;
     pub const SM_PASID_TOO_LARGE: R = R::SmPasidBeyondDirectorySize;
     pub const SM_PASID_DIR_ACCESS: R = R::PasidDirectoryAccessError;
     pub const SM_PASID_DIR_NOT_PRESENT: R = R::PasidDirectoryEntryNotPresent;
-    pub const SM_PASID_DIR_RESERVED: R = R::PasidDirectoryEntryReserved;
     pub const SM_PASID_ACCESS: R = R::PasidEntryAccessError;
     pub const SM_PASID_NOT_PRESENT: R = R::PasidEntryNotPresent;
-    pub const SM_PASID_RESERVED: R = R::PasidEntryReserved;
     pub const SM_PASID_INVALID: R = R::PasidEntryInvalid;
     pub const SM_ERE_CLEAR: R = R::PasidEntryExecuteDisabled;
     pub const SM_SRE_CLEAR: R = R::PasidEntrySupervisorDisabled;
@@ -64,7 +59,13 @@ mod fr {
     pub const FS_EXECUTE: R = R::ExecuteNotPermitted;
     pub const SM_BEYOND_MAX: R = R::AddressBeyondHardwareMax;
     pub const SM_WRITE: R = R::SmWriteNotPermitted;
+    pub const LEGACY_WITH_PASID: R = R::SmLegacyModeRequestWithPasid;
+    pub const INTERRUPT_RANGE: R = R::InterruptAddressRange;
+    pub const SM_INTERRUPT_RANGE: R = R::SmInterruptAddressRange;
 }
+
+/// The interrupt address range (spec 3.15, 5.1): 0xFEE0_0000-0xFEEF_FFFF.
+pub const INTERRUPT_RANGE: std::ops::RangeInclusive<u64> = 0xfee0_0000..=0xfeef_ffff;
 
 /// What a DMA request wants to do (VT-d spec 3.4: reads, writes; ER = execute-requested reads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -269,6 +270,55 @@ impl WalkConfig {
     pub const fn haw(&self) -> u8 {
         self.cap.max_guest_address_width()
     }
+    /// The reserved-field rules of this unit (computed from CAP/ECAP, so they can never be
+    /// out of date with the fields above).
+    pub const fn rules(&self) -> ReservedRules {
+        ReservedRules::from_caps(self.cap, self.ecap)
+    }
+    /// The access the unit sees for `access`: without ECAP.ERS the ER field of a request is
+    /// ignored and an execute request is a read (execute requests were removed in spec rev
+    /// 4.0; Linux drivers/iommu/intel dropped NXE/XD programming accordingly).
+    pub const fn effective_access(&self, access: AccessKind) -> AccessKind {
+        match access {
+            AccessKind::Execute if !self.ecap.ers() => AccessKind::Read,
+            other => other,
+        }
+    }
+}
+
+/// Checks what the request itself may ask for before any table is read (spec 3.4.1, fault
+/// conditions RTA.2): a request with PASID while the root table is in legacy mode is blocked
+/// with 0x31 (legacy context entries have no PASID).
+pub fn check_request(root: RootTable, req: &DmaRequest) -> Result<(), StepFault> {
+    if root.mode == TranslationTableMode::Legacy && req.pasid.is_some() {
+        return Err(StepFault::new(fr::LEGACY_WITH_PASID));
+    }
+    Ok(())
+}
+
+/// An untranslated request whose *output* lands in the interrupt address range is blocked
+/// (spec 3.15: LGN.4 0x0E in legacy mode, SGN.8 0x87 in scalable mode; QEMU
+/// hw/i386/intel_iommu.c checks the translated address for every stage too). Only the
+/// request's own address counts, so a large page that merely overlaps the range still
+/// translates the rest of its addresses.
+pub fn check_output(t: &Translation) -> Result<(), StepFault> {
+    if !INTERRUPT_RANGE.contains(&t.output) {
+        return Ok(());
+    }
+    Err(StepFault::new(match t.kind {
+        TranslationKind::LegacySecondStage | TranslationKind::LegacyPassThrough => {
+            fr::INTERRUPT_RANGE
+        }
+        _ => fr::SM_INTERRUPT_RANGE,
+    }))
+}
+
+/// Whether the page `t` maps overlaps the interrupt address range: such a translation must
+/// not be cached, or a later hit at another offset of the page would skip [`check_output`].
+pub const fn overlaps_interrupt_range(t: &Translation) -> bool {
+    let base = t.output_base();
+    let last = base.saturating_add(t.page_size - 1);
+    base <= *INTERRUPT_RANGE.end() && last >= *INTERRUPT_RANGE.start()
 }
 
 /// The root table the unit latched at SRTP.
@@ -308,7 +358,7 @@ pub fn lookup_context(
 ) -> Result<DeviceContext, StepFault> {
     let bus = (sid >> 8) as u64;
     let devfn = sid as u8;
-    let haw = cfg.haw();
+    let rules = cfg.rules();
     // RTADDR is guest-chosen: a root table that wraps the address space cannot be read.
     let Some(root_addr) = root.addr.checked_add(bus * 16) else {
         let reason = match root.mode {
@@ -326,9 +376,7 @@ pub fn lookup_context(
             if !re.present() {
                 return Err(StepFault::new(fr::ROOT_NOT_PRESENT));
             }
-            if re.reserved_bits(haw) != [0, 0] {
-                return Err(StepFault::new(fr::ROOT_RESERVED));
-            }
+            rules.check_root_entry(&re).map_err(StepFault::new)?;
             let ce_addr = re.context_table() + devfn as u64 * 16;
             let ce = ContextEntry(
                 mem.read_words::<2>(ce_addr)
@@ -338,9 +386,9 @@ pub fn lookup_context(
             if !ce.present() {
                 return Err(StepFault::new(fr::CONTEXT_NOT_PRESENT).with_fpd(ce.fpd()));
             }
-            if ce.reserved_bits(haw) != [0, 0] {
-                return Err(StepFault::new(fr::CONTEXT_RESERVED).with_fpd(ce.fpd()));
-            }
+            rules
+                .check_context_entry(&ce)
+                .map_err(|r| StepFault::new(r).with_fpd(ce.fpd()))?;
             let valid = match ce.translation_type() {
                 LegacyTranslationType::MultiLevel => {
                     cfg.cap.supports_second_stage_levels(ce.aw() + 2)
@@ -364,9 +412,9 @@ pub fn lookup_context(
             let Some(table) = re.context_table_for(devfn) else {
                 return Err(StepFault::new(fr::SM_ROOT_NOT_PRESENT));
             };
-            if re.reserved_bits(devfn, haw) != 0 {
-                return Err(StepFault::new(fr::SM_ROOT_RESERVED));
-            }
+            rules
+                .check_scalable_root_entry(&re, devfn)
+                .map_err(StepFault::new)?;
             let ce_addr = table + (devfn & 0x7f) as u64 * 32;
             let ce = ScalableContextEntry(
                 mem.read_words::<4>(ce_addr)
@@ -376,9 +424,9 @@ pub fn lookup_context(
             if !ce.present() {
                 return Err(StepFault::new(fr::SM_CONTEXT_NOT_PRESENT).with_fpd(ce.fpd()));
             }
-            if ce.reserved_bits(haw) != [0; 4] {
-                return Err(StepFault::new(fr::SM_CONTEXT_RESERVED).with_fpd(ce.fpd()));
-            }
+            rules
+                .check_scalable_context_entry(&ce)
+                .map_err(|r| StepFault::new(r).with_fpd(ce.fpd()))?;
             Ok(DeviceContext::Scalable(ce))
         }
         TranslationTableMode::Reserved2 | TranslationTableMode::AbortDma => {
@@ -407,7 +455,7 @@ pub fn lookup_pasid_entry(
     with_pasid: bool,
 ) -> Result<PasidEntry, StepFault> {
     let fpd = ctx.fpd();
-    let haw = cfg.haw();
+    let rules = cfg.rules();
     if with_pasid && !ctx.paside() {
         return Err(StepFault::new(fr::SM_PASID_DISABLED).with_fpd(fpd));
     }
@@ -424,9 +472,9 @@ pub fn lookup_pasid_entry(
     if !de.present() {
         return Err(StepFault::new(fr::SM_PASID_DIR_NOT_PRESENT).with_fpd(fpd));
     }
-    if de.reserved_bits(haw) != 0 {
-        return Err(StepFault::new(fr::SM_PASID_DIR_RESERVED).with_fpd(fpd));
-    }
+    rules
+        .check_pasid_dir_entry(&de)
+        .map_err(|r| StepFault::new(r).with_fpd(fpd))?;
     let pe_addr = de.table() + (pasid & 0x3f) as u64 * 64;
     let pe = PasidEntry(
         mem.read_words::<8>(pe_addr)
@@ -436,23 +484,11 @@ pub fn lookup_pasid_entry(
     if !pe.present() {
         return Err(StepFault::new(fr::SM_PASID_NOT_PRESENT).with_fpd(fpd));
     }
-    if pe.reserved_bits(haw) != [0; 8] {
-        return Err(StepFault::new(fr::SM_PASID_RESERVED).with_fpd(fpd));
-    }
-    let ss_ok = cfg
-        .cap
-        .supports_second_stage_levels(pe.aw().saturating_add(2));
-    let fs_ok = pe.fspm() == 0 || (pe.fspm() == 1 && cfg.cap.fl5lp());
-    let valid = match pe.pgtt() {
-        Pgtt::FirstStage => cfg.ecap.flts() && fs_ok,
-        Pgtt::SecondStage => cfg.ecap.slts() && ss_ok,
-        Pgtt::Nested => cfg.ecap.nest() && ss_ok && fs_ok,
-        Pgtt::PassThrough => cfg.ecap.pt(),
-        Pgtt::Reserved(_) => false,
-    };
-    if !valid {
-        return Err(StepFault::new(fr::SM_PASID_INVALID).with_fpd(fpd));
-    }
+    // Reserved fields (0x5A) and then PGTT/AW/FSPM programming (0x5B), by the same rules
+    // vtd-accel's binder applies before binding the entry on the host.
+    rules
+        .check_pasid_entry(&pe)
+        .map_err(|reason| StepFault::new(reason).with_fpd(fpd))?;
     Ok(pe)
 }
 
@@ -559,12 +595,7 @@ pub fn walk_second_stage(
     if addr >> width.min(63) != 0 || addr >> mgaw.min(63) != 0 {
         return Err(StepFault::new(beyond));
     }
-    let haw = cfg.haw();
-    let ignored = 0xbff0_0000_0000_0000u64; // bits 63 and 61:52 (spec 9.8)
-    let mut reserved_common = bits_above(haw) & !ignored & ADDR_MASK_AND_HIGH;
-    if !cfg.ecap.dt() {
-        reserved_common |= 1 << 62; // TM needs device-TLB support
-    }
+    let rules = cfg.rules();
     // Table pointers are page addresses: a caller-supplied pointer's low bits are ignored, and
     // an entry offset (at most 0xff8) can then not wrap the address space.
     let mut table = table & !0xfff;
@@ -573,8 +604,9 @@ pub fn walk_second_stage(
         let shift = 12 + 9 * (level as u32 - 1);
         let entry_addr = table + ((addr >> shift) & 0x1ff) * 8;
         // Failing to read the root of a scalable-mode second stage means SSPTPTR is invalid
-        // (0x7B); further down it is an access error.
-        let read_fault = if level == levels && mode == Scalable {
+        // (0x7B, SSL.4), whichever PGTT uses the table (second stage only or nested); further
+        // down it is an access error (0x78).
+        let read_fault = if level == levels && mode != Legacy {
             fr::SS_TABLE_POINTER
         } else {
             read_fail
@@ -592,19 +624,7 @@ pub fn walk_second_stage(
             return Err(StepFault::new(write_fault));
         }
         let leaf = level == 1 || pte.ps();
-        let mut rsvd = reserved_common;
-        if level >= 2 && pte.ps() && !cfg.cap.supports_second_stage_large_page(level) {
-            rsvd |= 1 << 7; // PS where the unit has no page of that size
-        }
-        if leaf {
-            if !cfg.ecap.sc() {
-                rsvd |= 1 << 11; // SNP needs snoop control
-            }
-            if level >= 2 {
-                rsvd |= ((1u64 << shift) - 1) & !0xfff; // large-page address bits below the page
-            }
-        }
-        if raw & rsvd != 0 {
+        if raw & rules.second_stage_pte_mask(level, pte.ps()) != 0 {
             return Err(StepFault::new(reserved));
         }
         perms = perms.and(Perms {
@@ -637,9 +657,6 @@ pub fn walk_second_stage(
     }
     Err(StepFault::new(read_fail))
 }
-
-/// Address bits 51:12 plus the high bits 63:52 (reserved checks look at both).
-const ADDR_MASK_AND_HIGH: u64 = 0xffff_ffff_ffff_f000;
 
 /// Sets bits in an entry with a locked compare-exchange (spec 3.6.2, 3.7.2). Returns the entry
 /// as written. If the guest changed the entry meanwhile, the bits are set on the new value only
@@ -686,9 +703,14 @@ pub fn walk_first_stage(
     if upper != 0 && upper != -1 {
         return Err(StepFault::new(fr::NON_CANONICAL));
     }
-    if privileged && !pe.sre() {
+    let rules = cfg.rules();
+    // SRE, ERE, EAFE and SSADE count only where the unit has the capability (spec 9.6; an
+    // entry setting them without it faults 0x5A at lookup, this covers callers that pass an
+    // entry of their own).
+    if privileged && !rules.supervisor_requests(pe) {
         return Err(StepFault::new(fr::SM_SRE_CLEAR));
     }
+    let access = cfg.effective_access(access);
     if access == AccessKind::Execute && !pe.ere() {
         return Err(StepFault::new(fr::SM_ERE_CLEAR));
     }
@@ -701,16 +723,19 @@ pub fn walk_first_stage(
             root: pe.ss_table(),
             levels: ss_levels,
             mode,
-            set_ad: pe.ssade(),
+            set_ad: rules.second_stage_ad(pe),
         };
         let leaf = walk_second_stage(mem, cfg, &ss, gpa, acc)?;
         Ok(leaf.page_base | (gpa & (leaf.page_size - 1)))
     };
-    let haw = cfg.haw();
-    let reserved_common = bits_above(haw) & ADDR_MASK; // 51:HAW; bits 62:52 ignored, 63 is XD
     let mut table = pe.fs_table();
     let mut perms = Perms::ALL;
-    let accessed = 1u64 << 5 | if pe.eafe() { 1 << 10 } else { 0 };
+    let accessed = 1u64 << 5
+        | if rules.extended_accessed(pe) {
+            1 << 10
+        } else {
+            0
+        };
     for level in (1..=levels).rev() {
         let shift = 12 + 9 * (level as u32 - 1);
         let entry_gpa = table + ((iova >> shift) & 0x1ff) * 8;
@@ -734,21 +759,15 @@ pub fn walk_first_stage(
         if !pte.present() {
             return Err(StepFault::new(fr::FS_NOT_PRESENT));
         }
-        let mut rsvd = reserved_common;
         let leaf = level == 1 || (pte.ps() && level <= 3);
-        if pte.ps() && (level >= 4 || (level == 3 && !cfg.cap.fl1gp())) {
-            rsvd |= 1 << 7; // PS in PML4/PML5, or 1 GiB pages without FL1GP
-        }
-        if leaf && level >= 2 {
-            rsvd |= ((1u64 << shift) - 1) & !0x1fff; // bits below a large page, above PAT (12)
-        }
-        if raw & rsvd != 0 {
+        if raw & rules.first_stage_pte_mask(level, pte.ps()) != 0 {
             return Err(StepFault::new(fr::FS_RESERVED));
         }
         perms = perms.and(Perms {
             read: true,
             write: pte.writable(),
-            execute: !pte.xd(),
+            // XD counts only where execute requests exist (ECAP.ERS).
+            execute: !(pte.xd() && rules.execute_requests()),
         });
         if !pte.user() && !privileged {
             return Err(StepFault::new(fr::FS_USER));
@@ -766,7 +785,8 @@ pub fn walk_first_stage(
             table = pte.addr();
             continue;
         }
-        // Supervisor writes ignore R/W unless WPE (spec 3.6.2, like CR0.WP).
+        // Supervisor writes ignore R/W unless WPE (spec 3.6.2, like CR0.WP); `privileged` here
+        // implies SRE with ECAP.SRS (checked above).
         let may_write = perms.write || (privileged && !pe.wpe());
         if access.is_write() && !may_write {
             return Err(StepFault::new(fr::SM_WRITE));
@@ -811,7 +831,7 @@ pub fn walk_first_stage(
                 root: pe.ss_table(),
                 levels: ss_levels,
                 mode: SecondStageMode::NestedOutput,
-                set_ad: pe.ssade(),
+                set_ad: rules.second_stage_ad(pe),
             },
             out_gpa,
             access,
@@ -837,6 +857,7 @@ pub fn translate(
     root: RootTable,
     req: &DmaRequest,
 ) -> Result<Translation, Fault> {
+    check_request(root, req).map_err(|f| f.into_fault(req))?;
     let ctx = lookup_context(mem, cfg, root, req.sid).map_err(|f| f.into_fault(req))?;
     translate_with_context(mem, cfg, &ctx, req).map_err(|f| f.into_fault(req))
 }
@@ -850,7 +871,13 @@ pub fn translate_with_context(
 ) -> Result<Translation, StepFault> {
     match ctx {
         DeviceContext::Legacy(ce) => {
-            translate_legacy(mem, cfg, ce, req).map_err(|f| f.with_fpd(ce.fpd()))
+            if req.pasid.is_some() {
+                // A cached legacy context never serves a request with PASID (0x31).
+                return Err(StepFault::new(fr::LEGACY_WITH_PASID));
+            }
+            translate_legacy(mem, cfg, ce, req)
+                .and_then(|t| check_output(&t).map(|()| t))
+                .map_err(|f| f.with_fpd(ce.fpd()))
         }
         DeviceContext::Scalable(sc) => {
             let pasid = effective_pasid(cfg, sc, req.pasid);
@@ -892,7 +919,7 @@ fn translate_legacy(
                 set_ad: false,
             },
             req.iova,
-            req.access,
+            cfg.effective_access(req.access),
         )
     })?;
     Ok(Translation {
@@ -906,7 +933,8 @@ fn translate_legacy(
     })
 }
 
-/// Translates `req` given its (possibly cached) PASID entry for `pasid`.
+/// Translates `req` given its (possibly cached) PASID entry for `pasid`; an output in the
+/// interrupt address range faults (0x87, [`check_output`]).
 pub fn translate_with_pasid_entry(
     mem: &impl GuestRam,
     cfg: &WalkConfig,
@@ -914,6 +942,19 @@ pub fn translate_with_pasid_entry(
     pasid: u32,
     req: &DmaRequest,
 ) -> Result<Translation, StepFault> {
+    let t = translate_pasid_entry(mem, cfg, pe, pasid, req)?;
+    check_output(&t)?;
+    Ok(t)
+}
+
+fn translate_pasid_entry(
+    mem: &impl GuestRam,
+    cfg: &WalkConfig,
+    pe: &PasidEntry,
+    pasid: u32,
+    req: &DmaRequest,
+) -> Result<Translation, StepFault> {
+    let access = cfg.effective_access(req.access);
     let (leaf, kind) = match pe.pgtt() {
         Pgtt::PassThrough => {
             if req.iova >> cfg.haw().min(63) != 0 {
@@ -938,16 +979,16 @@ pub fn translate_with_pasid_entry(
                         root: pe.ss_table(),
                         levels: pe.aw() + 2,
                         mode: SecondStageMode::Scalable,
-                        set_ad: pe.ssade(),
+                        set_ad: cfg.rules().second_stage_ad(pe),
                     },
                     req.iova,
-                    req.access,
+                    access,
                 )
             })?,
             TranslationKind::SecondStage,
         ),
         Pgtt::FirstStage | Pgtt::Nested => (
-            retry_once(|| walk_first_stage(mem, cfg, pe, req.iova, req.access, req.privileged))?,
+            retry_once(|| walk_first_stage(mem, cfg, pe, req.iova, access, req.privileged))?,
             if pe.pgtt() == Pgtt::Nested {
                 TranslationKind::Nested
             } else {
