@@ -71,12 +71,12 @@ pub use events::{
 };
 pub use ir::MsiSource;
 pub use irq::{InterruptSink, Msi, RecordingSink};
-pub use state::{
-    EnabledFlags, PendingInterrupts, QueueState, REGISTER_IMAGE_SIZE, StateError, UnitState,
-};
 pub use prq::{
     MAX_OUTSTANDING_GROUPS, OutstandingGroup, PageGroupResponseEvent, PageRequest,
     PageRequestError, PageRequestOutcome, PrqState, PrqStateError, ResponseOrigin,
+};
+pub use state::{
+    EnabledFlags, PendingInterrupts, QueueState, REGISTER_IMAGE_SIZE, StateError, UnitState,
 };
 pub use unit::{RestoreError, TranslateError, UnitSnapshot, UnitStats, VtdUnit};
 pub use vtd_regs::prq::ResponseCode;

@@ -9,7 +9,7 @@
 //! - state: the 4 KiB register image, the root-table and interrupt-remapping-table pointers
 //!   latched by SRTP/SIRTP (they may differ from RTADDR/IRTA, which the guest can rewrite
 //!   without latching), the next fault-recording index, the type of the last descriptor the
-//!   queue executed;
+//!   queue executed, the page groups awaiting a response;
 //! - derived, recomputed on import: GSTS.TES as the translate path reads it, the decoded root
 //!   and interrupt table;
 //! - not state: the IOTLB, context and PASID caches (spec 6.1 lets hardware drop cached
@@ -38,6 +38,7 @@ use vtd_tables::walk::RootTable;
 
 use crate::events::VtdEvent;
 use crate::ir::IrTable;
+use crate::prq::{GroupTracker, PrqState, PrqStateError};
 use crate::unit::{VtdUnit, encode_root};
 
 /// Size of the register image (the unit's 4 KiB MMIO window).
@@ -66,6 +67,9 @@ pub struct UnitState {
     pub pending: PendingInterrupts,
     /// What the guest turned on.
     pub enabled: EnabledFlags,
+    /// Page groups the guest has not answered yet (ECAP.PRS; the page request queue's
+    /// registers are in `registers`).
+    pub page_requests: PrqState,
 }
 
 /// The invalidation queue (spec 6.5.2), decoded from IQA/IQH/IQT plus the one thing the
@@ -208,6 +212,9 @@ pub enum StateError {
     /// The last descriptor type is not one the unit executes.
     #[error("last descriptor type {0:#x} is not an invalidation descriptor type")]
     DescriptorType(u8),
+    /// The outstanding page groups are not ones this unit can hold.
+    #[error("page request state: {0}")]
+    PageRequests(#[from] PrqStateError),
     /// A summary field disagrees with the register image.
     #[error("{field} is {saved:#x} but the register image says {from_registers:#x}")]
     Inconsistent {
@@ -258,7 +265,7 @@ fn hardware_bits(name: &str, offset: u64, cap: Cap, ecap: Ecap) -> u64 {
         // PPF 1, FRI 15:8.
         "FSTS" => 0xff02,
         // IP 30.
-        "FECTL" | "IECTL" => 0x4000_0000,
+        "FECTL" | "IECTL" | "PECTL" => 0x4000_0000,
         // QH 18:4.
         "IQH" => 0x7fff0,
         // IQEI 3:0: the only IQERCD field the unit reports (no device-TLB timeouts).
@@ -303,6 +310,7 @@ impl UnitState {
         self.validate_latches()?;
         self.validate_faults(cap)?;
         self.validate_queue(ecap)?;
+        GroupTracker::from_state(&self.page_requests, ecap.prs())?;
         let derived = derive(&self.registers, ecap, self.latched_irta, self.queue);
         self.check_summary(&derived)
     }
@@ -574,6 +582,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             queue: derived.queue,
             pending: derived.pending,
             enabled: derived.enabled,
+            page_requests: st.prq.snapshot(),
             registers,
         }
     }
@@ -591,7 +600,9 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     pub fn import_state(&self, state: &UnitState) -> Result<(), StateError> {
         self.validate_state(state)?;
         let ecap = self.walk.ecap;
+        let page_groups = GroupTracker::from_state(&state.page_requests, ecap.prs())?;
         let mut st = self.lock();
+        st.prq = page_groups;
         st.regs.load_image(&state.registers);
         st.faults.set_next(state.next_fault_record);
         st.last_descriptor_type = state.queue.last_descriptor_type;

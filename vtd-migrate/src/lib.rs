@@ -51,12 +51,12 @@
 //! identity, every register bit against what a guest write or the unit could have produced,
 //! indices, devices) runs before the target unit is touched.
 //!
-//! # Format version 1
+//! # Format
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 8 | magic `VTDSNAP\0` |
-//! | 8 | 4 | format version, u32 LE (1) |
+//! | 8 | 4 | format version, u32 LE (1 or 2) |
 //! | 12 | 4 | flags, u32 LE, must be 0 |
 //! | 16 | 8 | payload length, u64 LE (at most 16 MiB, exactly the bytes that follow) |
 //! | 24 | 8 | CRC-64/XZ over bytes 0..24, eight zero bytes, then the payload |
@@ -75,20 +75,24 @@
 //!   `compatibility_format`, `extended_interrupt_mode`, each `bool`;
 //! - devices: `u64` count, then per device `requester_id: u16`, `name` (`u64` length, UTF-8),
 //!   `pasids` (`u64` count, `u32` each), host `iommu_type: u32`, `cap: u64`, `ecap: u64`,
-//!   `vtd_flags: u32`, `max_pasid_log2: u8`, `capabilities: u64`.
+//!   `vtd_flags: u32`, `max_pasid_log2: u8`, `capabilities: u64`;
+//! - version 2 only: page groups awaiting a response, `u64` count, then per group
+//!   `requester_id: u16`, `pasid: Option<u32>`, `prg_index: u16`, oldest first.
 //!
-//! The serialized types live in this crate (module `v1`), converted from and to vtd-core's
-//! plain state structs, so an internal change in vtd-core is a compile error in a conversion,
-//! never a silent change of the format. `tests/data/golden-v1.bin` pins version 1.
+//! Version 1 is everything above but the page groups; version 2 appends them. Page requests
+//! (ECAP.PRS, spec 7.5) did not exist in vtd-core when version 1 was fixed, so version 1 was
+//! designed to be extended this way: the page request queue's registers (PQH, PQT, PQA,
+//! PRS_REG, PECTL, PEDATA, PEADDR, PEUADDR) were already inside its 4 KiB register image, and
+//! only the groups the unit delivered and the guest has not answered needed a new field.
+//! [`encode`] writes version 2; [`encode_as`] writes version 1 for an older target and
+//! refuses a snapshot with outstanding page groups rather than drop them. [`decode`] reads
+//! both (a version 1 snapshot has no outstanding group), and refuses any newer version with a
+//! clear error: upgrade the target.
 //!
-//! # Later versions
-//!
-//! Page requests (the page request queue registers PQH/PQT/PQA/PRS_REG and the page requests
-//! awaiting a page group response, spec 7.5) do not exist in vtd-core yet. They will be added
-//! as format version 2: a `v2` module whose snapshot is version 1's followed by the page
-//! request state; decoding a version 1 snapshot then yields no pending page request. A reader
-//! refuses any version newer than it knows with a clear error (upgrade the target), and keeps
-//! reading every older one.
+//! The serialized types live in this crate (modules `v1`, `v2`), converted from and to
+//! vtd-core's plain state structs, so an internal change in vtd-core is a compile error in a
+//! conversion, never a silent change of the format. `tests/data/golden-v1.bin` and
+//! `golden-v2.bin` pin both versions.
 //!
 //! # Codec
 //!
@@ -123,6 +127,7 @@ mod codec;
 mod precopy;
 mod snapshot;
 mod v1;
+mod v2;
 
 pub use codec::{FormatError, HEADER_SIZE, MAGIC, MAX_PAYLOAD};
 pub use precopy::{
@@ -130,5 +135,5 @@ pub use precopy::{
 };
 pub use snapshot::{
     FORMAT_VERSION, HostCapabilities, OLDEST_FORMAT_VERSION, PassthroughDevice, Snapshot,
-    SnapshotError, decode, encode, restore, save,
+    SnapshotError, decode, encode, encode_as, restore, save,
 };

@@ -10,10 +10,10 @@ use vtd_regs::Bdf;
 use vtd_tables::GuestRam;
 
 use crate::codec::{self, FormatError};
-use crate::v1;
+use crate::{v1, v2};
 
 /// Format version [`encode`] writes.
-pub const FORMAT_VERSION: u32 = v1::VERSION;
+pub const FORMAT_VERSION: u32 = v2::VERSION;
 /// Oldest format version [`decode`] reads.
 pub const OLDEST_FORMAT_VERSION: u32 = v1::VERSION;
 
@@ -83,6 +83,14 @@ pub enum SnapshotError {
     /// can be in.
     #[error("unit state refused: {0}")]
     State(#[from] StateError),
+    /// The snapshot cannot be written in the format version asked for.
+    #[error("format version {version} cannot carry this snapshot: {reason}")]
+    NotRepresentable {
+        /// The version asked for.
+        version: u32,
+        /// What it cannot carry.
+        reason: &'static str,
+    },
     /// The snapshot has passthrough devices, which this restore path cannot bind again.
     #[error(
         "snapshot has {count} passthrough device(s) (first: {first} {name}): restore through \
@@ -134,8 +142,31 @@ impl Snapshot {
 
 /// Encodes a snapshot in the newest format version.
 pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
-    let payload = codec::encode_payload(&v1::SnapshotV1::from(snapshot));
-    codec::seal(FORMAT_VERSION, &payload)
+    let payload = codec::encode_payload(&v2::SnapshotV2::from(snapshot));
+    codec::seal(v2::VERSION, &payload)
+}
+
+/// Encodes a snapshot in an older format version, for a target that reads only that one:
+/// refused if the snapshot holds what that version cannot carry (version 1: outstanding page
+/// groups), so nothing is dropped silently.
+pub fn encode_as(snapshot: &Snapshot, version: u32) -> Result<Vec<u8>, SnapshotError> {
+    match version {
+        v2::VERSION => Ok(encode(snapshot)),
+        v1::VERSION => {
+            let v1 =
+                v1::SnapshotV1::from_snapshot(snapshot).ok_or(SnapshotError::NotRepresentable {
+                    version,
+                    reason: "page groups await a response (page requests need version 2)",
+                })?;
+            Ok(codec::seal(v1::VERSION, &codec::encode_payload(&v1)))
+        }
+        _ => Err(FormatError::UnsupportedVersion {
+            found: version,
+            oldest: OLDEST_FORMAT_VERSION,
+            newest: FORMAT_VERSION,
+        }
+        .into()),
+    }
 }
 
 /// Decodes a snapshot of any supported format version and checks its structure (not yet
@@ -144,6 +175,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     let (header, payload) = codec::open(bytes, OLDEST_FORMAT_VERSION..=FORMAT_VERSION)?;
     let snapshot: Snapshot = match header.version {
         v1::VERSION => codec::decode_payload::<v1::SnapshotV1>(payload)?.into(),
+        v2::VERSION => codec::decode_payload::<v2::SnapshotV2>(payload)?.into(),
         // `open` admits only the versions above.
         other => {
             return Err(FormatError::UnsupportedVersion {

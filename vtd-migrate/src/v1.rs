@@ -7,7 +7,7 @@
 //! breaks the build instead of the format.
 
 use serde::{Deserialize, Serialize};
-use vtd_core::{EnabledFlags, PendingInterrupts, QueueState, UnitState};
+use vtd_core::{EnabledFlags, PendingInterrupts, PrqState, QueueState, UnitState};
 use vtd_regs::Bdf;
 
 use crate::codec::bounded_vec;
@@ -16,7 +16,7 @@ use crate::snapshot::{HostCapabilities, PassthroughDevice, Snapshot};
 /// Format version number of this module.
 pub(crate) const VERSION: u32 = 1;
 /// One unit serves at most one device per requester ID.
-const MAX_DEVICES: usize = 1 << 16;
+pub(crate) const MAX_DEVICES: usize = 1 << 16;
 /// PASIDs are 20 bits wide (spec 3.4.3).
 const MAX_PASIDS: usize = 1 << 20;
 
@@ -28,7 +28,7 @@ pub(crate) struct SnapshotV1 {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-struct UnitV1 {
+pub(crate) struct UnitV1 {
     #[serde(deserialize_with = "bounded_vec::<_, _, { vtd_core::REGISTER_IMAGE_SIZE }>")]
     registers: Vec<u8>,
     next_fault_record: u16,
@@ -67,7 +67,7 @@ struct EnabledV1 {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-struct DeviceV1 {
+pub(crate) struct DeviceV1 {
     /// Requester ID (bus << 8 | devfn) in the guest.
     requester_id: u16,
     /// The host device's name (sysfs BDF or cdev), for messages.
@@ -87,106 +87,125 @@ struct HostV1 {
     capabilities: u64,
 }
 
-impl From<&Snapshot> for SnapshotV1 {
-    fn from(s: &Snapshot) -> Self {
-        let u = &s.unit;
+impl UnitV1 {
+    pub(crate) fn from_state(u: &UnitState) -> Self {
         Self {
-            unit: UnitV1 {
-                registers: u.registers.clone(),
-                next_fault_record: u.next_fault_record,
-                latched_root: u.latched_root,
-                latched_irta: u.latched_irta,
-                queue: QueueV1 {
-                    base: u.queue.base,
-                    descriptor_count: u.queue.descriptor_count,
-                    wide: u.queue.wide,
-                    head: u.queue.head,
-                    tail: u.queue.tail,
-                    last_descriptor_type: u.queue.last_descriptor_type,
-                },
-                pending: PendingV1 {
-                    fault_status: u.pending.fault_status,
-                    fault_event: u.pending.fault_event,
-                    wait_completion: u.pending.wait_completion,
-                    completion_event: u.pending.completion_event,
-                },
-                enabled: EnabledV1 {
-                    translation: u.enabled.translation,
-                    queued_invalidation: u.enabled.queued_invalidation,
-                    interrupt_remapping: u.enabled.interrupt_remapping,
-                    compatibility_format: u.enabled.compatibility_format,
-                    extended_interrupt_mode: u.enabled.extended_interrupt_mode,
-                },
+            registers: u.registers.clone(),
+            next_fault_record: u.next_fault_record,
+            latched_root: u.latched_root,
+            latched_irta: u.latched_irta,
+            queue: QueueV1 {
+                base: u.queue.base,
+                descriptor_count: u.queue.descriptor_count,
+                wide: u.queue.wide,
+                head: u.queue.head,
+                tail: u.queue.tail,
+                last_descriptor_type: u.queue.last_descriptor_type,
             },
-            devices: s
-                .devices
-                .iter()
-                .map(|d| DeviceV1 {
-                    requester_id: d.bdf.sid(),
-                    name: d.name.clone(),
-                    pasids: d.pasids.clone(),
-                    host: HostV1 {
-                        iommu_type: d.host.iommu_type,
-                        cap: d.host.cap,
-                        ecap: d.host.ecap,
-                        vtd_flags: d.host.vtd_flags,
-                        max_pasid_log2: d.host.max_pasid_log2,
-                        capabilities: d.host.capabilities,
-                    },
-                })
-                .collect(),
+            pending: PendingV1 {
+                fault_status: u.pending.fault_status,
+                fault_event: u.pending.fault_event,
+                wait_completion: u.pending.wait_completion,
+                completion_event: u.pending.completion_event,
+            },
+            enabled: EnabledV1 {
+                translation: u.enabled.translation,
+                queued_invalidation: u.enabled.queued_invalidation,
+                interrupt_remapping: u.enabled.interrupt_remapping,
+                compatibility_format: u.enabled.compatibility_format,
+                extended_interrupt_mode: u.enabled.extended_interrupt_mode,
+            },
         }
+    }
+
+    /// The state, with the page request state later versions carry.
+    pub(crate) fn into_state(self, page_requests: PrqState) -> UnitState {
+        let u = self;
+        UnitState {
+            registers: u.registers,
+            next_fault_record: u.next_fault_record,
+            latched_root: u.latched_root,
+            latched_irta: u.latched_irta,
+            queue: QueueState {
+                base: u.queue.base,
+                descriptor_count: u.queue.descriptor_count,
+                wide: u.queue.wide,
+                head: u.queue.head,
+                tail: u.queue.tail,
+                last_descriptor_type: u.queue.last_descriptor_type,
+            },
+            pending: PendingInterrupts {
+                fault_status: u.pending.fault_status,
+                fault_event: u.pending.fault_event,
+                wait_completion: u.pending.wait_completion,
+                completion_event: u.pending.completion_event,
+            },
+            enabled: EnabledFlags {
+                translation: u.enabled.translation,
+                queued_invalidation: u.enabled.queued_invalidation,
+                interrupt_remapping: u.enabled.interrupt_remapping,
+                compatibility_format: u.enabled.compatibility_format,
+                extended_interrupt_mode: u.enabled.extended_interrupt_mode,
+            },
+            page_requests,
+        }
+    }
+}
+
+impl DeviceV1 {
+    pub(crate) fn from_device(d: &PassthroughDevice) -> Self {
+        Self {
+            requester_id: d.bdf.sid(),
+            name: d.name.clone(),
+            pasids: d.pasids.clone(),
+            host: HostV1 {
+                iommu_type: d.host.iommu_type,
+                cap: d.host.cap,
+                ecap: d.host.ecap,
+                vtd_flags: d.host.vtd_flags,
+                max_pasid_log2: d.host.max_pasid_log2,
+                capabilities: d.host.capabilities,
+            },
+        }
+    }
+
+    pub(crate) fn into_device(self) -> PassthroughDevice {
+        let d = self;
+        PassthroughDevice {
+            bdf: Bdf::from_sid(d.requester_id),
+            name: d.name,
+            pasids: d.pasids,
+            host: HostCapabilities {
+                iommu_type: d.host.iommu_type,
+                cap: d.host.cap,
+                ecap: d.host.ecap,
+                vtd_flags: d.host.vtd_flags,
+                max_pasid_log2: d.host.max_pasid_log2,
+                capabilities: d.host.capabilities,
+            },
+        }
+    }
+}
+
+impl SnapshotV1 {
+    /// Version 1 cannot carry outstanding page groups: `None` if `s` has some.
+    pub(crate) fn from_snapshot(s: &Snapshot) -> Option<Self> {
+        if !s.unit.page_requests.outstanding.is_empty() {
+            return None;
+        }
+        Some(Self {
+            unit: UnitV1::from_state(&s.unit),
+            devices: s.devices.iter().map(DeviceV1::from_device).collect(),
+        })
     }
 }
 
 impl From<SnapshotV1> for Snapshot {
     fn from(s: SnapshotV1) -> Self {
-        let u = s.unit;
         Self {
-            unit: UnitState {
-                registers: u.registers,
-                next_fault_record: u.next_fault_record,
-                latched_root: u.latched_root,
-                latched_irta: u.latched_irta,
-                queue: QueueState {
-                    base: u.queue.base,
-                    descriptor_count: u.queue.descriptor_count,
-                    wide: u.queue.wide,
-                    head: u.queue.head,
-                    tail: u.queue.tail,
-                    last_descriptor_type: u.queue.last_descriptor_type,
-                },
-                pending: PendingInterrupts {
-                    fault_status: u.pending.fault_status,
-                    fault_event: u.pending.fault_event,
-                    wait_completion: u.pending.wait_completion,
-                    completion_event: u.pending.completion_event,
-                },
-                enabled: EnabledFlags {
-                    translation: u.enabled.translation,
-                    queued_invalidation: u.enabled.queued_invalidation,
-                    interrupt_remapping: u.enabled.interrupt_remapping,
-                    compatibility_format: u.enabled.compatibility_format,
-                    extended_interrupt_mode: u.enabled.extended_interrupt_mode,
-                },
-            },
-            devices: s
-                .devices
-                .into_iter()
-                .map(|d| PassthroughDevice {
-                    bdf: Bdf::from_sid(d.requester_id),
-                    name: d.name,
-                    pasids: d.pasids,
-                    host: HostCapabilities {
-                        iommu_type: d.host.iommu_type,
-                        cap: d.host.cap,
-                        ecap: d.host.ecap,
-                        vtd_flags: d.host.vtd_flags,
-                        max_pasid_log2: d.host.max_pasid_log2,
-                        capabilities: d.host.capabilities,
-                    },
-                })
-                .collect(),
+            // Version 1 predates page requests: none was outstanding.
+            unit: s.unit.into_state(PrqState::default()),
+            devices: s.devices.into_iter().map(DeviceV1::into_device).collect(),
         }
     }
 }

@@ -46,7 +46,7 @@ fn peak_during<T>(f: impl FnOnce() -> T) -> usize {
     peak
 }
 
-/// A version 1 payload of a unit with an image of `regs` bytes, nothing latched, and one
+/// A version 2 payload of a unit with an image of `regs` bytes, nothing latched, and one
 /// device whose PASID count field says `pasid_count` but holds `pasids_present` PASIDs.
 fn payload(regs_len_field: u64, regs: usize, pasid_count: u64, pasids_present: usize) -> Vec<u8> {
     let mut p = regs_len_field.to_le_bytes().to_vec();
@@ -64,13 +64,14 @@ fn payload(regs_len_field: u64, regs: usize, pasid_count: u64, pasids_present: u
         p.extend_from_slice(&(i as u32).to_le_bytes());
     }
     p.extend_from_slice(&[0; 4 + 8 + 8 + 4 + 1 + 8]); // host capabilities
+    p.extend_from_slice(&0u64.to_le_bytes()); // no outstanding page group (version 2)
     p
 }
 
 #[test]
 fn the_payload_builder_matches_the_format() {
     // An honest payload decodes (so the forged ones below fail only for their forgery).
-    let snap = vtd_migrate::decode(&seal(1, 0, &payload(4096, 4096, 3, 3))).unwrap();
+    let snap = vtd_migrate::decode(&seal(2, 0, &payload(4096, 4096, 3, 3))).unwrap();
     assert_eq!(snap.devices[0].pasids, [0, 1, 2]);
 }
 
@@ -88,7 +89,7 @@ fn forged_lengths_allocate_in_proportion_to_the_input() {
         ("4097-byte register image", payload(4097, 4097, 0, 0)),
     ];
     for (what, p) in cases {
-        let bytes = seal(1, 0, &p);
+        let bytes = seal(2, 0, &p);
         let peak = peak_during(|| vtd_migrate::decode(&bytes));
         assert!(vtd_migrate::decode(&bytes).is_err(), "{what} accepted");
         // Vectors grow by doubling (old and new buffer live while growing): at most three

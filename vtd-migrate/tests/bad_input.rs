@@ -124,11 +124,11 @@ fn header_errors_name_what_is_wrong() {
     ));
 
     let payload = &bytes[32..];
-    match t.refuse(&seal(2, 0, payload)) {
+    match t.refuse(&seal(3, 0, payload)) {
         SnapshotError::Format(FormatError::UnsupportedVersion {
-            found: 2,
+            found: 3,
             oldest: 1,
-            newest: 1,
+            newest: 2,
         }) => {}
         e => panic!("{e}"),
     }
@@ -137,11 +137,16 @@ fn header_errors_name_what_is_wrong() {
         SnapshotError::Format(FormatError::UnsupportedVersion { found: 0, .. })
     ));
     assert!(matches!(
-        t.refuse(&seal(1, 4, payload)),
+        t.refuse(&seal(2, 4, payload)),
         SnapshotError::Format(FormatError::Flags(4))
     ));
     // The genuine payload behind a valid hand-made header is accepted (the helper is right).
-    assert_eq!(seal(1, 0, payload), bytes);
+    assert_eq!(seal(2, 0, payload), bytes);
+    // A version 2 payload is not a version 1 one (trailing page groups count).
+    assert!(matches!(
+        t.refuse(&seal(1, 0, payload)),
+        SnapshotError::Format(FormatError::Payload(_))
+    ));
 
     for announced in [u64::MAX, (16 << 20) + 1, 1 << 40] {
         let mut big = bytes.clone();
@@ -168,7 +173,7 @@ fn forged_payload_lengths_and_malformed_payloads_are_refused() {
     for len in [0u64, 4095, 4097, 1 << 20, u64::MAX] {
         let mut p = payload.clone();
         p[..8].copy_from_slice(&len.to_le_bytes());
-        let err = t.refuse(&seal(1, 0, &p));
+        let err = t.refuse(&seal(2, 0, &p));
         assert!(
             matches!(
                 err,
@@ -182,26 +187,27 @@ fn forged_payload_lengths_and_malformed_payloads_are_refused() {
     let mut p = payload.clone();
     p[8 + 4096 + 2] = 7;
     assert!(matches!(
-        t.refuse(&seal(1, 0, &p)),
+        t.refuse(&seal(2, 0, &p)),
         SnapshotError::Format(FormatError::Payload(_))
     ));
-    // A bool that is 2 (queue.wide).
-    let mut snap = vtd_migrate::decode(&bytes).unwrap();
-    snap.unit.queue.wide = false;
-    let p = vtd_migrate::encode(&snap)[32..].to_vec();
-    let wide_at = p.len() - 8 - 4 - 3 - 5 - 2 - 4 - 4 - 1; // see the layout in the crate docs
-    assert_eq!(p[wide_at], 0);
-    let mut p2 = p.clone();
+    // A bool that is 2 (queue.wide). Layout (crate docs): register length and image, next
+    // fault record, latched root and IRTA (both Some: tag and value), queue base and count.
+    let wide_at = 8 + 4096 + 2 + 9 + 9 + 8 + 4;
+    assert_eq!(
+        payload[wide_at], 1,
+        "the golden scenario's queue is 256-bit"
+    );
+    let mut p2 = payload.clone();
     p2[wide_at] = 2;
     assert!(matches!(
-        t.refuse(&seal(1, 0, &p2)),
+        t.refuse(&seal(2, 0, &p2)),
         SnapshotError::Format(FormatError::Payload(_))
     ));
     // Payload cut short or extended behind a valid header.
-    t.refuse(&seal(1, 0, &payload[..payload.len() - 1]));
+    t.refuse(&seal(2, 0, &payload[..payload.len() - 1]));
     let mut longer = payload.clone();
     longer.push(0);
-    t.refuse(&seal(1, 0, &longer));
+    t.refuse(&seal(2, 0, &longer));
 }
 
 #[test]
@@ -281,6 +287,18 @@ fn valid_headers_over_invalid_register_values_are_refused() {
             "last descriptor type",
             forged(|u| u.queue.last_descriptor_type = Some(0x0f)),
         ),
+        (
+            "page groups on a unit without page requests",
+            forged(|u| {
+                u.page_requests
+                    .outstanding
+                    .push(vtd_core::OutstandingGroup {
+                        sid: 8,
+                        pasid: None,
+                        prg_index: 1,
+                    })
+            }),
+        ),
     ];
     for (what, bytes) in cases {
         let err = t.refuse(&bytes);
@@ -332,6 +350,7 @@ proptest! {
         payload in proptest::collection::vec(any::<u8>(), 0..6000),
     ) {
         let _ = vtd_migrate::decode(&seal(1, 0, &payload));
+        let _ = vtd_migrate::decode(&seal(2, 0, &payload));
     }
 
     #[test]
@@ -344,7 +363,7 @@ proptest! {
             let at = at % payload.len();
             payload[at] = v;
         }
-        if let Ok(snap) = vtd_migrate::decode(&seal(1, 0, &payload)) {
+        if let Ok(snap) = vtd_migrate::decode(&seal(2, 0, &payload)) {
             let (unit, _) = fresh_unit(config(true), copy_memory(&golden_scenario().g.mem));
             let before = mmio_reads(&unit);
             if unit.import_state(&snap.unit).is_err() {
@@ -352,4 +371,33 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn forged_page_groups_are_refused() {
+    let s = golden_v2_scenario();
+    let bytes = vtd_migrate::save(&s.g.unit);
+    let (target, _) = fresh_unit(config_with_page_requests(), copy_memory(&s.g.mem));
+    let before = target.export_state();
+    for group in [
+        vtd_core::OutstandingGroup {
+            sid: 8,
+            pasid: None,
+            prg_index: 0x200,
+        },
+        vtd_core::OutstandingGroup {
+            sid: 8,
+            pasid: Some(1 << 20),
+            prg_index: 1,
+        },
+    ] {
+        let mut snap = vtd_migrate::decode(&bytes).unwrap();
+        snap.unit.page_requests.outstanding.push(group);
+        match vtd_migrate::restore(&target, &vtd_migrate::encode(&snap)) {
+            Err(SnapshotError::State(StateError::PageRequests(_))) => {}
+            other => panic!("{group:?}: {other:?}"),
+        }
+        assert_eq!(target.export_state(), before);
+    }
+    vtd_migrate::restore(&target, &bytes).unwrap();
 }

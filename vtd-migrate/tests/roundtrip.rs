@@ -4,13 +4,18 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::*;
 use proptest::prelude::*;
-use vtd_core::MsiSource;
+use vtd_core::{EventLog, MsiSource};
+use vtd_testkit::driver::Guest;
 
-fn check_round_trip(scalable: bool, ops: &[Op]) {
-    let mut s = Scenario::new(scalable);
-    for op in ops {
+/// Runs `before` on a fresh scenario, migrates it (snapshot bytes, a byte-for-byte copy of
+/// memory, a fresh unit), checks both units read, translate and remap the same, then runs
+/// `after` on both and checks again, memory included.
+fn check_scenario(mut s: Scenario, before: &[Op], after: &[Op]) {
+    for op in before {
         s.apply(op);
     }
     let bytes = vtd_migrate::save(&s.g.unit);
@@ -54,9 +59,31 @@ fn check_round_trip(scalable: bool, ops: &[Op]) {
             assert_eq!(a, b, "MSI from {sid:#x} index {index}");
         }
     }
-    // The guest clears the queue error (if any) and flushes: both resume the same way.
+
+    // The guest goes on on both sides: the driver's own state moves with the guest.
+    let mut t = Scenario {
+        g: Guest {
+            mem: target_mem.clone(),
+            unit: target.clone(),
+            sink: target_sink.clone(),
+            log: Arc::new(EventLog::default()),
+            frames: s.g.frames.clone(),
+            gcmd: s.g.gcmd,
+            queue: s.g.queue.clone(),
+            prq: s.g.prq,
+        },
+        devices: s.devices.clone(),
+        ir_table: s.ir_table,
+        page_requests: s.page_requests,
+    };
+    // It clears the queue error (if any) first, so the queue runs again.
     s.g.w32(vtd_regs::regs::offset::FSTS, 0x71);
-    target.write(vtd_regs::regs::offset::FSTS, 4, 0x71);
+    t.g.w32(vtd_regs::regs::offset::FSTS, 0x71);
+    for op in after {
+        s.apply(op);
+        t.apply(op);
+    }
+    assert_eq!(target.export_state(), s.g.unit.export_state());
     assert_same_registers(&s.g.unit, &target);
     assert_eq!(
         s.g.sink.take(),
@@ -66,21 +93,30 @@ fn check_round_trip(scalable: bool, ops: &[Op]) {
     assert_eq!(
         memory_difference(&s.g.mem, &target_mem),
         None,
-        "guest memory (A/D bits)"
+        "guest memory"
     );
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(op(), 0..40)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn legacy_unit_round_trips(ops in proptest::collection::vec(op(), 0..40)) {
-        check_round_trip(false, &ops);
+    fn legacy_unit_round_trips(before in ops(), after in ops()) {
+        check_scenario(Scenario::new(false), &before, &after);
     }
 
     #[test]
-    fn scalable_unit_with_pasids_round_trips(ops in proptest::collection::vec(op(), 0..40)) {
-        check_round_trip(true, &ops);
+    fn scalable_unit_with_pasids_round_trips(before in ops(), after in ops()) {
+        check_scenario(Scenario::new(true), &before, &after);
+    }
+
+    #[test]
+    fn unit_with_page_requests_round_trips(before in ops(), after in ops()) {
+        check_scenario(Scenario::with_page_requests(), &before, &after);
     }
 }
 
@@ -135,5 +171,28 @@ fn a_unit_stopped_mid_queue_with_pending_faults_and_events_round_trips() {
         "the wait ran last"
     );
     assert!(state.enabled.interrupt_remapping && state.enabled.translation);
-    check_round_trip(true, &ops);
+    check_scenario(Scenario::new(true), &ops, &[Op::FlushWithInterrupt]);
+}
+
+#[test]
+fn outstanding_page_groups_round_trip() {
+    let s = golden_v2_scenario();
+    let state = s.g.unit.export_state();
+    assert_eq!(state.page_requests.outstanding.len(), 3, "{state:?}");
+    check_scenario(
+        Scenario::with_page_requests(),
+        &[
+            Op::PageRequest {
+                dev: 0,
+                prg: 1,
+                last: true,
+            },
+            Op::PageRequest {
+                dev: 3,
+                prg: 2,
+                last: true,
+            },
+        ],
+        &[Op::RespondOldest, Op::ReadPageRequests, Op::RespondOldest],
+    );
 }

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vtd_core::{AccessKind, DmaRequest, MsiSource, RecordingSink, VtdUnit};
+use vtd_core::{AccessKind, DmaRequest, MsiSource, PageRequest, RecordingSink, VtdUnit};
 use vtd_regs::VtdConfig;
 use vtd_regs::inv::{InvDesc, IotlbGranularity, WaitInv};
 use vtd_regs::irte::{Irte, SourceValidation};
-use vtd_regs::regs::{EventControl, Fsts, offset as reg};
+use vtd_regs::prq::{PageRequestDescriptor, ResponseCode};
+use vtd_regs::regs::{EventControl, offset as reg};
 use vtd_tables::GuestRam;
 use vtd_tables::builder::{
     ContextTablesBuilder, PageSize, PageTableBuilder, PageTableFormat, PasidTablesBuilder,
@@ -57,6 +58,12 @@ pub enum Op {
     InterruptRemapping(bool),
     /// RTADDR rewritten without SRTP (latched root differs from the register).
     RewriteRtaddr,
+    /// A device's page request (units with page requests; ignored elsewhere).
+    PageRequest { dev: usize, prg: u16, last: bool },
+    /// The guest answers the oldest outstanding page group.
+    RespondOldest,
+    /// The guest reads the page request queue (PQH to PQT, clears PPR).
+    ReadPageRequests,
 }
 
 pub fn op() -> impl Strategy<Value = Op> {
@@ -75,6 +82,10 @@ pub fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(sid, index)| Op::Msi { sid, index }),
         1 => any::<bool>().prop_map(Op::InterruptRemapping),
         1 => Just(Op::RewriteRtaddr),
+        3 => (0..4usize, 0..6u16, any::<bool>())
+            .prop_map(|(dev, prg, last)| Op::PageRequest { dev, prg, last }),
+        1 => Just(Op::RespondOldest),
+        1 => Just(Op::ReadPageRequests),
     ]
 }
 
@@ -85,6 +96,7 @@ pub struct Scenario {
     pub g: Guest,
     pub devices: Vec<Device>,
     pub ir_table: u64,
+    pub page_requests: bool,
 }
 
 pub fn config(scalable: bool) -> VtdConfig {
@@ -102,9 +114,31 @@ pub fn config(scalable: bool) -> VtdConfig {
     cfg
 }
 
+/// The scalable configuration with page requests (ECAP.PRS needs device-iotlb).
+pub fn config_with_page_requests() -> VtdConfig {
+    let mut cfg = VtdConfig::from_qemu_props(
+        "x-scalable-mode=on,x-flts=on,intremap=on,eim=off,device-iotlb=on,x-vtd-page-requests=on",
+    )
+    .expect("config");
+    cfg.pasid_bits = 8;
+    cfg.fault_records = 4;
+    cfg
+}
+
 impl Scenario {
     pub fn new(scalable: bool) -> Self {
-        let mut g = Guest::with_config(config(scalable), RAM_MB);
+        Self::with_config(config(scalable), scalable)
+    }
+
+    /// The scalable scenario on a unit with page requests, the queue enabled (16 slots) and
+    /// PRE set for the devices.
+    pub fn with_page_requests() -> Self {
+        Self::with_config(config_with_page_requests(), true)
+    }
+
+    fn with_config(cfg: VtdConfig, scalable: bool) -> Self {
+        let page_requests = cfg.page_requests;
+        let mut g = Guest::with_config(cfg, RAM_MB);
         let mem = g.mem.clone();
         g.enable_qi(scalable);
         let mut ctx = ContextTablesBuilder::new(&mem, &mut g.frames, scalable).unwrap();
@@ -153,7 +187,11 @@ impl Scenario {
             }
         }
         for (sid, dir) in &pasid_dirs {
-            ctx.set_scalable_context(&mut g.frames, *sid, dir.context_entry().with_paside(true))
+            let entry = dir
+                .context_entry()
+                .with_paside(true)
+                .with_pre(page_requests);
+            ctx.set_scalable_context(&mut g.frames, *sid, entry)
                 .unwrap();
         }
         g.set_root(ctx.rtaddr());
@@ -175,10 +213,15 @@ impl Scenario {
         g.w64(reg::IRTA, ir_table | 2);
         g.latch_interrupt_table();
         g.set_interrupt_remapping(true);
+        if page_requests {
+            // 2^0 pages: 16 descriptors of 256 bits.
+            g.enable_prq(0);
+        }
         Self {
             g,
             devices,
             ir_table,
+            page_requests,
         }
     }
 
@@ -229,8 +272,54 @@ impl Scenario {
             }
             Op::InterruptRemapping(on) => g.set_interrupt_remapping(on),
             Op::RewriteRtaddr => g.w64(reg::RTADDR, 0x1f0_0000),
+            Op::PageRequest { dev, prg, last } => {
+                if !self.page_requests {
+                    return;
+                }
+                let (sid, pasid) = self.devices[dev % self.devices.len()];
+                let _ = g.unit.page_request(&PageRequest {
+                    sid,
+                    pasid,
+                    address: iova(prg as u64),
+                    read: true,
+                    write: prg % 2 == 0,
+                    execute: false,
+                    privileged: false,
+                    last_in_group: last,
+                    prg_index: prg,
+                });
+            }
+            Op::RespondOldest => {
+                let oldest = g
+                    .unit
+                    .export_state()
+                    .page_requests
+                    .outstanding
+                    .first()
+                    .copied();
+                let Some(group) = oldest else { return };
+                if g.fsts().iqe() {
+                    return;
+                }
+                let desc = PageRequestDescriptor {
+                    rid: group.sid,
+                    pasid: group.pasid,
+                    execute: false,
+                    privileged: false,
+                    read: true,
+                    write: false,
+                    last_in_group: true,
+                    prg_index: group.prg_index,
+                    address: 0,
+                };
+                g.submit_raw(&[Guest::page_group_response(&desc, ResponseCode::Success)]);
+            }
+            Op::ReadPageRequests => {
+                if self.page_requests {
+                    g.read_page_requests();
+                }
+            }
         }
-        let _ = Fsts::new();
     }
 }
 
@@ -353,4 +442,49 @@ pub fn seal(version: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
     let crc = crc::Crc::<u64>::new(&crc::CRC_64_XZ).checksum(&out);
     out[24..32].copy_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// The state golden-v2.bin holds: the page request scenario with groups awaiting a response,
+/// one answered, requests read by the guest, on top of golden_scenario's activity.
+pub fn golden_v2_scenario() -> Scenario {
+    use Op::*;
+    let mut s = Scenario::with_page_requests();
+    for op in [
+        MaskFaultEvent(true),
+        Dma {
+            dev: 0,
+            page: 6,
+            write: true,
+        },
+        PageRequest {
+            dev: 0,
+            prg: 1,
+            last: false,
+        },
+        PageRequest {
+            dev: 0,
+            prg: 1,
+            last: true,
+        },
+        PageRequest {
+            dev: 1,
+            prg: 2,
+            last: true,
+        },
+        PageRequest {
+            dev: 3,
+            prg: 3,
+            last: true,
+        },
+        ReadPageRequests,
+        RespondOldest,
+        PageRequest {
+            dev: 2,
+            prg: 4,
+            last: true,
+        },
+    ] {
+        s.apply(&op);
+    }
+    s
 }
