@@ -4,9 +4,6 @@
 //!
 //! Every test names the VT-d spec section (rev 4.1) or the Linux source it reproduces.
 
-mod common;
-
-use common::*;
 use vtd_core::{TranslateError, VtdEvent};
 use vtd_regs::VtdConfig;
 use vtd_regs::fault::FaultReason;
@@ -16,6 +13,7 @@ use vtd_tables::GuestRam;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
 use vtd_tables::walk::{AccessKind, DmaRequest};
+use vtd_testkit::driver::*;
 
 const SID: u16 = 0x18;
 const DID: u16 = 5;
