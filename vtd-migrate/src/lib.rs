@@ -44,6 +44,10 @@
 //! - the passthrough devices (requester ID, PASIDs bound, the host IOMMU capabilities they ran
 //!   on), so the target can refuse to resume on a host that cannot run the guest's
 //!   configuration, naming the device, instead of failing the first DMA;
+//! - the page groups delivered to the guest and not yet answered (format version 2): QEMU's
+//!   intel-iommu has no page request state to migrate;
+//! - the type of the last descriptor the queue ran is carried as QEMU does, but restore checks
+//!   it is a descriptor type;
 //! - a header with magic, format version, payload length and a CRC-64 over header and payload:
 //!   QEMU relies on its migration stream's section versioning and has no integrity check.
 //!
