@@ -21,11 +21,34 @@ fn check_scenario(mut s: Scenario, before: &[Op], after: &[Op]) {
     let bytes = vtd_migrate::save(&s.g.unit);
     let target_mem = copy_memory(&s.g.mem);
     let (target, target_sink) = fresh_unit(s.g.unit.config().clone(), target_mem.clone());
+    // A device model set up on the target before the state arrives (its address space made
+    // while the unit was still in reset) translates with the restored tables afterwards.
+    let (sid0, pasid0) = s.devices[0];
+    let early_space = target.address_space(sid0, pasid0);
     let restored = vtd_migrate::restore(&target, &bytes).expect("restore");
+    assert!(target.stats().iotlb.entries == 0, "caches start empty");
     assert_eq!(restored.unit, s.g.unit.export_state());
     assert_eq!(target.export_state(), s.g.unit.export_state());
     assert_same_registers(&s.g.unit, &target);
-    assert!(target.stats().iotlb.entries == 0, "caches start empty");
+    {
+        use vm_memory::iommu::Iommu;
+        let mapped = early_space
+            .translate(
+                vm_memory::GuestAddress(iova(0)),
+                16,
+                vm_memory::Permissions::Read,
+            )
+            .map(|mut it| it.next().map(|r| r.base.0));
+        let expected =
+            s.g.unit
+                .translate(&request(sid0, pasid0, 0, false))
+                .map(|t| t.output);
+        assert_eq!(
+            mapped.ok().flatten(),
+            expected.ok(),
+            "address space switched"
+        );
+    }
 
     // The same activity on both: translations, faults and MSIs stay identical.
     s.g.sink.take();
