@@ -65,7 +65,6 @@ pub struct CacheStats {
 /// same instant one count is lost. The counts are statistics, never used for a decision.
 struct HitCounters {
     stripes: Box<[Stripe]>,
-    evictions: AtomicU64,
     invalidated: AtomicU64,
 }
 
@@ -76,6 +75,9 @@ const STRIPES: usize = 64;
 struct Stripe {
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Evictions are counted where they happen, on the fill path of a miss: striped like
+    /// the hits, so a full cache's every fill does not pay a locked add on a shared line.
+    evictions: AtomicU64,
 }
 
 /// The stripe of the calling thread.
@@ -105,7 +107,6 @@ impl HitCounters {
     fn new() -> Self {
         Self {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
-            evictions: AtomicU64::new(0),
             invalidated: AtomicU64::new(0),
         }
     }
@@ -118,6 +119,10 @@ impl HitCounters {
         bump(&self.stripes[my_stripe()].misses);
     }
 
+    fn evicted(&self) {
+        bump(&self.stripes[my_stripe()].evictions);
+    }
+
     fn snapshot(&self, entries: u64) -> CacheStats {
         let sum = |f: fn(&Stripe) -> &AtomicU64| {
             self.stripes
@@ -128,7 +133,7 @@ impl HitCounters {
         CacheStats {
             hits: sum(|s| &s.hits),
             misses: sum(|s| &s.misses),
-            evictions: self.evictions.load(Ordering::Relaxed),
+            evictions: sum(|s| &s.evictions),
             invalidated: self.invalidated.load(Ordering::Relaxed),
             entries,
         }
@@ -268,6 +273,12 @@ impl SetWriter<'_> {
     fn read(&self, way: usize) -> Entry {
         let w = &self.set.ways[way];
         std::array::from_fn(|i| w[i].load(Ordering::Relaxed))
+    }
+
+    /// Words 0 and 1 of a way: what a fill looks for.
+    fn tag_and_requester(&self, way: usize) -> (u64, u64) {
+        let w = &self.set.ways[way];
+        (w[0].load(Ordering::Relaxed), w[1].load(Ordering::Relaxed))
     }
 
     fn write(&self, way: usize, e: &Entry) {
@@ -506,6 +517,11 @@ pub(crate) struct Iotlb {
     registry: Mutex<Registry>,
     generation: AtomicU64,
     id: u64,
+    /// Bit `i` set once an entry of page size `SHIFTS[i]` was filled (never cleared): a lookup
+    /// probes only the sizes that may be cached, so a unit whose tables use 4 KiB pages only
+    /// misses after one set instead of three. Only a hint: a lookup that reads it before a
+    /// concurrent fill sets it misses and walks, which is always correct.
+    sizes_filled: AtomicU64,
 }
 
 impl Iotlb {
@@ -523,6 +539,7 @@ impl Iotlb {
             }),
             generation: AtomicU64::new(0),
             id: NEXT_IOTLB_ID.fetch_add(1, Ordering::Relaxed),
+            sizes_filled: AtomicU64::new(0),
         }
     }
 
@@ -562,7 +579,11 @@ impl Iotlb {
         access: AccessKind,
     ) -> Option<Translation> {
         let requester = requester_word(sid, pasid);
+        let sizes_filled = self.sizes_filled.load(Ordering::Relaxed);
         for (size_index, shift) in SHIFTS.iter().enumerate() {
+            if sizes_filled & 1 << size_index == 0 {
+                continue;
+            }
             let base = iova & !((1u64 << shift) - 1);
             let tag = tag_word(base, size_index);
             match self
@@ -632,6 +653,10 @@ impl Iotlb {
         let Some(size_index) = SHIFTS.iter().position(|s| *s == shift) else {
             return;
         };
+        if self.sizes_filled.load(Ordering::Relaxed) & 1 << size_index == 0 {
+            self.sizes_filled
+                .fetch_or(1 << size_index, Ordering::Relaxed);
+        }
         let requester = requester_word(sid, pasid);
         let base = iova & !(t.page_size - 1);
         let tag = tag_word(base, size_index);
@@ -644,19 +669,19 @@ impl Iotlb {
         let mut target = None;
         let mut free = None;
         for way in 0..WAYS {
-            let e = set.read(way);
-            if e[0] == tag && e[1] == requester {
+            let (way_tag, way_requester) = set.tag_and_requester(way);
+            if way_tag == tag && way_requester == requester {
                 target = Some(way);
                 break;
             }
-            if e[0] == 0 && free.is_none() {
+            if way_tag == 0 && free.is_none() {
                 free = Some(way);
             }
         }
         let way = target.or(free).unwrap_or_else(|| {
             // Every way holds another page: replace one in turn (the set's write count
             // rotates through the ways), no per-entry age to maintain.
-            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            self.counters.evicted();
             (set.seq / 2) as usize % WAYS
         });
         set.write(way, &entry);
@@ -804,6 +829,12 @@ impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
         }
     }
 
+    /// Counts a hit served for this cache by a per-thread memo in front of it (the unit's
+    /// last-walk memo), so the statistics count every lookup the cache answered.
+    pub(crate) fn count_hit(&self) {
+        self.counters.hit();
+    }
+
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         let v = self.map.read().get(key).copied();
         if v.is_some() {
@@ -822,7 +853,7 @@ impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
         if !map.contains_key(&key) && map.len() >= self.capacity {
             if let Some(victim) = map.keys().next().copied() {
                 map.remove(&victim);
-                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                self.counters.evicted();
             }
         }
         map.insert(key, value);

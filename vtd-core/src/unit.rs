@@ -1,5 +1,6 @@
 //! The remapping unit: register semantics, GCMD state machine, translation through the caches.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 
@@ -9,7 +10,7 @@ use vtd_regs::regs::{
 };
 use vtd_regs::{ConfigError, VtdConfig};
 use vtd_tables::GuestRam;
-use vtd_tables::entries::PasidEntry;
+use vtd_tables::entries::{PasidEntry, ScalableContextEntry};
 use vtd_tables::reserved::ReservedRules;
 use vtd_tables::walk::{
     self, DeviceContext, DmaRequest, Fault, Perms, RootTable, StepFault, Translation,
@@ -52,6 +53,36 @@ impl Default for CacheCapacity {
 
 /// The interrupt address range (spec 3.15): requests without PASID here are interrupts.
 pub(crate) const INTERRUPT_RANGE: std::ops::RangeInclusive<u64> = walk::INTERRUPT_RANGE;
+
+/// What identifies a [`WalkMemo`]: the unit (its IOTLB's process-unique id), the invalidation
+/// epoch read before the entries were looked up, and the request's requester and PASID.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct WalkMemoKey {
+    unit: u64,
+    epoch: u64,
+    sid: u16,
+    pasid: Option<u32>,
+}
+
+/// The context entry and (scalable mode) the PASID and PASID entry the last miss of this
+/// thread walked with.
+///
+/// A device's misses come one after another from the thread that emulates it, each asking
+/// the context and PASID caches for the same entries; their lock and hash are a tenth of a
+/// miss. The memo answers instead while the invalidation epoch is the one read before the
+/// entries were taken from the caches: every invalidation (and SRTP, TE, reset) advances the
+/// epoch before it removes anything, so a memo cannot outlive an invalidation of what it
+/// holds, exactly like the caches' own fill rule. It holds only entries that validated.
+#[derive(Clone, Copy)]
+struct WalkMemo {
+    key: WalkMemoKey,
+    ctx: DeviceContext,
+    pasid_entry: Option<(u32, PasidEntry)>,
+}
+
+thread_local! {
+    static WALK_MEMO: Cell<Option<WalkMemo>> = const { Cell::new(None) };
+}
 
 /// Why a DMA translation did not produce an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -592,32 +623,62 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         Ok(ctx)
     }
 
+    /// The PASID and PASID entry `req` is translated with under `sc`, from the cache or the
+    /// tables.
+    fn pasid_entry_for(
+        &self,
+        sc: &ScalableContextEntry,
+        req: &DmaRequest,
+        epoch: u64,
+    ) -> Result<(u32, PasidEntry), StepFault> {
+        let pasid = walk::effective_pasid(&self.walk, sc, req.pasid);
+        if let Some(pe) = self.pasid_cache.get(&(req.sid, pasid)) {
+            return Ok((pasid, pe));
+        }
+        let pe = walk::lookup_pasid_entry(&self.mem, &self.walk, sc, pasid, req.pasid.is_some())?;
+        self.pasid_cache
+            .insert(&self.epoch, epoch, (req.sid, pasid), pe);
+        Ok((pasid, pe))
+    }
+
     fn walk_with_caches(&self, req: &DmaRequest, epoch: u64) -> Result<Translation, StepFault> {
-        let ctx = self.context_for(req.sid, epoch)?;
-        match ctx {
-            DeviceContext::Legacy(_) => {
-                walk::translate_with_context(&self.mem, &self.walk, &ctx, req)
+        let key = WalkMemoKey {
+            unit: self.iotlb.id(),
+            epoch,
+            sid: req.sid,
+            pasid: req.pasid,
+        };
+        let (ctx, pasid_entry) = match WALK_MEMO.with(Cell::get).filter(|m| m.key == key) {
+            Some(memo) => {
+                self.context_cache.count_hit();
+                if memo.pasid_entry.is_some() {
+                    self.pasid_cache.count_hit();
+                }
+                (memo.ctx, memo.pasid_entry)
             }
-            DeviceContext::Scalable(sc) => {
-                let pasid = walk::effective_pasid(&self.walk, &sc, req.pasid);
-                let pe = match self.pasid_cache.get(&(req.sid, pasid)) {
-                    Some(pe) => pe,
-                    None => {
-                        let pe = walk::lookup_pasid_entry(
-                            &self.mem,
-                            &self.walk,
-                            &sc,
-                            pasid,
-                            req.pasid.is_some(),
-                        )?;
-                        self.pasid_cache
-                            .insert(&self.epoch, epoch, (req.sid, pasid), pe);
-                        pe
-                    }
+            None => {
+                let ctx = self.context_for(req.sid, epoch)?;
+                let pasid_entry = match &ctx {
+                    DeviceContext::Legacy(_) => None,
+                    DeviceContext::Scalable(sc) => Some(self.pasid_entry_for(sc, req, epoch)?),
                 };
+                WALK_MEMO.with(|m| {
+                    m.set(Some(WalkMemo {
+                        key,
+                        ctx,
+                        pasid_entry,
+                    }))
+                });
+                (ctx, pasid_entry)
+            }
+        };
+        match (ctx, pasid_entry) {
+            (DeviceContext::Scalable(sc), Some((pasid, pe))) => {
                 walk::translate_with_pasid_entry(&self.mem, &self.walk, &pe, pasid, req)
                     .map_err(|f| f.with_fpd(sc.fpd() || pe.fpd()))
             }
+            // Legacy mode (a scalable context always comes with its PASID entry).
+            _ => walk::translate_with_context(&self.mem, &self.walk, &ctx, req),
         }
     }
 

@@ -610,6 +610,13 @@ pub fn scaling_figures(effort: Effort, out: &mut Vec<Figure>) {
 /// of the walk alone.
 pub fn miss_figures(effort: Effort, out: &mut Vec<Figure>) {
     for nested in [false, true] {
+        miss_figure(effort, nested, out);
+    }
+}
+
+/// The miss figure of a first-stage 4-level walk, or (`nested`) of a nested one.
+pub fn miss_figure(effort: Effort, nested: bool, out: &mut Vec<Figure>) {
+    {
         let f = Fixture::new(FixtureSpec {
             pages: 4096,
             capacity: CacheCapacity {
@@ -766,13 +773,65 @@ pub fn invalidation_figures(effort: Effort, out: &mut Vec<Figure>) {
     ));
 }
 
+/// A group of figures, measured by one function of this crate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Group {
+    /// [`hit_figures`].
+    Hit,
+    /// [`scaling_figures`].
+    Threads,
+    /// [`miss_figures`].
+    Miss,
+    /// [`miss_figure`] of the first stage alone.
+    MissFirstStage,
+    /// [`miss_figure`] of nested translation alone.
+    MissNested,
+    /// [`memory_figures`].
+    Memory,
+    /// [`invalidation_figures`].
+    Invalidate,
+}
+
+impl Group {
+    /// Every group, in the order [`all_figures`] measures them.
+    pub const ALL: [Group; 7] = [
+        Group::Hit,
+        Group::Threads,
+        Group::Miss,
+        Group::MissFirstStage,
+        Group::MissNested,
+        Group::Memory,
+        Group::Invalidate,
+    ];
+}
+
+/// The figures of `groups` (each once, in [`Group::ALL`] order).
+pub fn figures_of(groups: &[Group], effort: Effort) -> Vec<Figure> {
+    let mut out = Vec::new();
+    for group in Group::ALL.into_iter().filter(|g| groups.contains(g)) {
+        match group {
+            Group::Hit => hit_figures(effort, &mut out),
+            Group::Threads => scaling_figures(effort, &mut out),
+            Group::Miss => miss_figures(effort, &mut out),
+            Group::MissFirstStage => miss_figure(effort, false, &mut out),
+            Group::MissNested => miss_figure(effort, true, &mut out),
+            Group::Memory => memory_figures(&mut out),
+            Group::Invalidate => invalidation_figures(effort, &mut out),
+        }
+    }
+    out
+}
+
 /// Every figure.
 pub fn all_figures(effort: Effort) -> Vec<Figure> {
-    let mut out = Vec::new();
-    hit_figures(effort, &mut out);
-    scaling_figures(effort, &mut out);
-    miss_figures(effort, &mut out);
-    memory_figures(&mut out);
-    invalidation_figures(effort, &mut out);
-    out
+    figures_of(
+        &[
+            Group::Hit,
+            Group::Threads,
+            Group::Miss,
+            Group::Memory,
+            Group::Invalidate,
+        ],
+        effort,
+    )
 }
