@@ -1,6 +1,10 @@
 //! The host IOMMU as the binder drives it: the iommufd object model (Linux
-//! `include/uapi/linux/iommufd.h`; shared/facts/vtd-formats.md, "iommufd uAPI for VT-d
-//! nesting") reduced to the calls nested first-stage binding needs.
+//! `include/uapi/linux/iommufd.h`, `include/uapi/linux/vfio.h`) reduced to the calls nested
+//! first-stage binding needs.
+//!
+//! A failed call is a [`BackendError`]: the call and the errno, as the kernel reports them
+//! (plus `entry_num` for a partial `IOMMU_HWPT_INVALIDATE`). Nothing else: how a simulator
+//! decided to fail a call is the simulator's business ([`crate::sim`]).
 //!
 //! Two implementations exist: [`IommufdBackend`](crate::iommufd::IommufdBackend) (real
 //! `/dev/iommu` and VFIO cdev ioctls, feature `iommufd`) and
@@ -13,19 +17,7 @@ use vtd_regs::fault::FaultReason;
 use vtd_tables::walk::AccessKind;
 
 use crate::host::HostHwInfo;
-
-/// An iommufd device object ID: `out_devid` of `VFIO_DEVICE_BIND_IOMMUFD`.
-pub type DeviceId = u32;
-/// An iommufd HWPT (hardware page table) object ID: `out_hwpt_id` of `IOMMU_HWPT_ALLOC`, or the
-/// ID of the default HWPT VFIO attached the device to.
-pub type HwptId = u32;
-/// An iommufd IOAS (I/O address space) object ID: what a parent HWPT takes its GPA->HPA
-/// mappings from.
-pub type IoasId = u32;
-
-/// The PASID value that names the device's requester ID itself, i.e. requests without PASID
-/// (iommufd's `IOMMU_NO_PASID`; VT-d's RID_PASID 0 when ECAP.RPS is clear, spec 9.4).
-pub const NO_PASID: u32 = 0;
+pub use crate::ids::{DeviceId, HwptId, IoasId, Pasid};
 
 /// `iommu_hwpt_vtd_s1.flags` (uAPI `enum iommu_hwpt_vtd_s1_flags`): the PASID-entry bits the
 /// host must honour for a guest first-stage table.
@@ -80,7 +72,7 @@ pub enum HwptAlloc {
         ioas: IoasId,
         /// `IOMMU_HWPT_ALLOC_NEST_PARENT`.
         nest_parent: bool,
-        /// `IOMMU_HWPT_ALLOC_PASID`: attachable to PASIDs other than [`NO_PASID`].
+        /// `IOMMU_HWPT_ALLOC_PASID`: attachable to PASIDs (not only to requests without PASID).
         pasid: bool,
     },
     /// A user-managed nested HWPT: the guest's first stage over `parent`.
@@ -161,7 +153,7 @@ pub struct HostFault {
     /// The iommufd device that issued the request.
     pub dev_id: DeviceId,
     /// The PASID the request carried (`None` for requests without PASID).
-    pub pasid: Option<u32>,
+    pub pasid: Option<Pasid>,
     /// The faulting input address (GIOVA), page aligned.
     pub addr: u64,
     /// The host's fault reason (VT-d spec 7.1.3 codes). First-stage reasons concern the guest's
@@ -217,21 +209,21 @@ impl fmt::Display for BackendOp {
     }
 }
 
-/// A failed host call, with what the host said.
+/// A failed host call, as the kernel reports it: which call, its errno, and (for
+/// `IOMMU_HWPT_INVALIDATE`) how many entries it handled; plus the objects involved, in words.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{op} failed: {message}{}", errno.map(|e| format!(" (errno {e})")).unwrap_or_default())]
 pub struct BackendError {
     /// The call.
     pub op: BackendOp,
-    /// The OS error number, for real ioctls.
+    /// The error number the call returned; `None` when the failure was found before any
+    /// call (e.g. a device the backend does not know).
     pub errno: Option<i32>,
-    /// What went wrong, in words.
+    /// The objects involved and what went wrong, in words.
     pub message: String,
     /// For `IOMMU_HWPT_INVALIDATE`: how many entries the host handled before failing
     /// (`entry_num` on return).
     pub handled: Option<u32>,
-    /// The simulator failed this call on purpose ([`FailurePlan`](crate::sim::SimOp)).
-    pub injected: bool,
 }
 
 impl BackendError {
@@ -242,7 +234,14 @@ impl BackendError {
             errno: None,
             message: message.into(),
             handled: None,
-            injected: false,
+        }
+    }
+
+    /// An error the call returned with `errno`.
+    pub fn with_errno(op: BackendOp, errno: i32, message: impl Into<String>) -> Self {
+        Self {
+            errno: Some(errno),
+            ..Self::new(op, message)
         }
     }
 
@@ -253,7 +252,6 @@ impl BackendError {
             errno: err.raw_os_error(),
             message: format!("{what}: {err}"),
             handled: None,
-            injected: false,
         }
     }
 
@@ -280,13 +278,15 @@ pub trait HostIommuBackend: Send + Sync {
     /// `IOMMU_HWPT_ALLOC` for `dev`.
     fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError>;
 
-    /// Attaches `dev` (at `pasid`; [`NO_PASID`] for the RID) to `hwpt`, replacing what it was
-    /// attached to (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`, with `VFIO_DEVICE_ATTACH_PASID` for
-    /// other PASIDs). Replacing is atomic: no DMA sees a blocked window.
-    fn attach(&self, dev: DeviceId, pasid: u32, hwpt: HwptId) -> Result<(), BackendError>;
+    /// Attaches `dev`'s requests without PASID (`pasid` `None`) or with `pasid` to `hwpt`,
+    /// replacing what they were attached to (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`, with
+    /// `VFIO_DEVICE_ATTACH_PASID` for a PASID). Replacing is atomic: no DMA sees a blocked
+    /// window.
+    fn attach(&self, dev: DeviceId, pasid: Option<Pasid>, hwpt: HwptId)
+    -> Result<(), BackendError>;
 
     /// Detaches `dev` at `pasid`: its DMA there is blocked (`VFIO_DEVICE_DETACH_IOMMUFD_PT`).
-    fn detach(&self, dev: DeviceId, pasid: u32) -> Result<(), BackendError>;
+    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError>;
 
     /// `IOMMU_HWPT_INVALIDATE` of a nested HWPT with VT-d stage-1 entries. `Ok(n)` means
     /// all `n = entries.len()` were handled; a partial failure is an error whose

@@ -9,6 +9,8 @@ use vtd_tables::walk::Fault;
 
 use crate::backend::{BackendError, HostFault, HwptId, VtdS1};
 use crate::faults::FaultInjection;
+use crate::ids::BindingKey;
+use vtd_regs::Bdf;
 
 /// Why a binding blocks the device's DMA.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,14 +21,14 @@ pub enum BlockCause {
         /// The guest fault reason.
         reason: FaultReason,
     },
-    /// Translation is off and the PASID is not 0 (requests with PASID are blocked).
+    /// Translation is off: requests with PASID are blocked (spec 3.1).
     TranslationOff,
     /// The guest programmed something the host cannot run (legacy second-stage table,
     /// second-stage or nested PGTT, PASID without host support).
     Unsupported,
     /// The host refused what the binding needed; the device is fenced until a retry works.
     HostFailure,
-    /// The device is being unregistered (PASIDs other than 0 are released).
+    /// The device is being unregistered (its PASIDs are released).
     Unregistered,
 }
 
@@ -65,10 +67,8 @@ pub enum HostFaultOutcome {
 pub enum AccelEvent {
     /// A nested HWPT for the guest's first-stage table is attached.
     Bound {
-        /// Requester ID.
-        sid: u16,
-        /// PASID (0 = requests without PASID).
-        pasid: u32,
+        /// The device and PASID.
+        binding: BindingKey,
         /// The new HWPT.
         hwpt: HwptId,
         /// The guest table handed over.
@@ -78,36 +78,28 @@ pub enum AccelEvent {
     },
     /// The device (PASID) is attached to its parent: GPA pass-through.
     AttachedParent {
-        /// Requester ID.
-        sid: u16,
-        /// PASID.
-        pasid: u32,
+        /// The device and PASID.
+        binding: BindingKey,
     },
     /// The device (PASID) is detached: DMA blocked.
     Blocked {
-        /// Requester ID.
-        sid: u16,
-        /// PASID.
-        pasid: u32,
+        /// The device and PASID.
+        binding: BindingKey,
         /// Why.
         cause: BlockCause,
     },
     /// The guest programmed something that cannot be bound: the guest gets a fault when the
     /// device uses it; this is the VMM's clear error.
     GuestConfigUnsupported {
-        /// Requester ID.
-        sid: u16,
-        /// PASID.
-        pasid: u32,
+        /// The device and PASID.
+        binding: BindingKey,
         /// What and why.
         what: String,
     },
     /// A host call failed.
     HostError {
-        /// The device concerned, if any.
-        sid: Option<u16>,
-        /// The PASID concerned, if any.
-        pasid: Option<u32>,
+        /// The binding concerned, if the call was for one.
+        binding: Option<BindingKey>,
         /// The HWPT concerned, if any.
         hwpt: Option<HwptId>,
         /// What the host said (op, errno, message, entries handled).
@@ -124,8 +116,8 @@ pub enum AccelEvent {
     HostFault {
         /// The fault as the host reported it.
         fault: HostFault,
-        /// The requester ID of the device, if registered.
-        sid: Option<u16>,
+        /// The device, if registered.
+        bdf: Option<Bdf>,
         /// What the guest saw, if anything was injected.
         guest: Option<Fault>,
         /// What was done.
@@ -133,8 +125,8 @@ pub enum AccelEvent {
     },
     /// A scan for the guest's present PASID entries stopped at its bound.
     PasidScanTruncated {
-        /// Requester ID.
-        sid: u16,
+        /// The device.
+        bdf: Bdf,
         /// PASIDs examined.
         scanned: u32,
     },

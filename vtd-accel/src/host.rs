@@ -3,6 +3,9 @@
 //! `IOMMU_GET_HW_INFO`), its [`HostQuirks`], and the [`ViommuFlags`] the vIOMMU gives the VMM's
 //! VFIO layer (QEMU's `get_viommu_flags()`, upstream series v10 patches 05-08).
 
+use std::fmt;
+use std::sync::Arc;
+
 use vtd_regs::{Cap, Ecap, VtdConfig};
 
 use crate::backend::{BackendError, DeviceId, HostIommuBackend, HwptId};
@@ -127,10 +130,14 @@ impl HostQuirks {
 }
 
 /// How the VMM reaches the host device's IOMMU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub enum HostBacking {
     /// A VFIO cdev bound to an iommufd: nested HWPTs are possible.
     Iommufd {
+        /// The iommufd the device is bound to: every call for the device goes there. A VMM may
+        /// use several (one per host IOMMU group of devices, or one per device); IDs are only
+        /// unique within one.
+        backend: Arc<dyn HostIommuBackend>,
         /// The iommufd device ID (`VFIO_DEVICE_BIND_IOMMUFD.out_devid`).
         dev_id: DeviceId,
         /// The default HWPT VFIO attached the device to: GPA->HPA, allocated with
@@ -139,6 +146,54 @@ pub enum HostBacking {
     },
     /// A legacy VFIO container/group (type1 IOMMU): no nesting.
     LegacyContainer,
+}
+
+impl fmt::Debug for HostBacking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Iommufd {
+                backend,
+                dev_id,
+                parent_hwpt,
+            } => f
+                .debug_struct("Iommufd")
+                .field("backend", &backend.name())
+                .field("dev_id", dev_id)
+                .field("parent_hwpt", parent_hwpt)
+                .finish(),
+            Self::LegacyContainer => f.write_str("LegacyContainer"),
+        }
+    }
+}
+
+/// Two backings are equal when they name the same objects of the same backend instance.
+impl PartialEq for HostBacking {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Self::Iommufd {
+                    backend: a,
+                    dev_id: da,
+                    parent_hwpt: pa,
+                },
+                Self::Iommufd {
+                    backend: b,
+                    dev_id: db,
+                    parent_hwpt: pb,
+                },
+            ) => same_backend(a, b) && da == db && pa == pb,
+            (Self::LegacyContainer, Self::LegacyContainer) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for HostBacking {}
+
+/// Whether two handles are the same backend instance (data pointers; vtables may differ
+/// between codegen units).
+pub(crate) fn same_backend(a: &Arc<dyn HostIommuBackend>, b: &Arc<dyn HostIommuBackend>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
 /// The host view of one assigned device (QEMU's `HostIOMMUDeviceIOMMUFD` +
@@ -154,9 +209,10 @@ pub struct HostIommuDevice {
 }
 
 impl HostIommuDevice {
-    /// A device bound to iommufd as `dev_id`, attached by VFIO to `parent_hwpt`.
+    /// A device bound to `backend`'s iommufd as `dev_id`, attached by VFIO to `parent_hwpt`.
     pub fn iommufd(
         name: impl Into<String>,
+        backend: Arc<dyn HostIommuBackend>,
         dev_id: DeviceId,
         parent_hwpt: HwptId,
         info: HostHwInfo,
@@ -164,6 +220,7 @@ impl HostIommuDevice {
         Self {
             name: name.into(),
             backing: HostBacking::Iommufd {
+                backend,
                 dev_id,
                 parent_hwpt,
             },
@@ -180,16 +237,16 @@ impl HostIommuDevice {
         }
     }
 
-    /// Asks the backend for the device's host IOMMU info (`IOMMU_GET_HW_INFO`) and builds the
-    /// host view.
+    /// Asks `backend` for the device's host IOMMU info (`IOMMU_GET_HW_INFO`) and builds the
+    /// host view; the device's calls will go to `backend`.
     pub fn query(
-        backend: &dyn HostIommuBackend,
+        backend: Arc<dyn HostIommuBackend>,
         name: impl Into<String>,
         dev_id: DeviceId,
         parent_hwpt: HwptId,
     ) -> Result<Self, BackendError> {
         let info = backend.get_hw_info(dev_id)?;
-        Ok(Self::iommufd(name, dev_id, parent_hwpt, info))
+        Ok(Self::iommufd(name, backend, dev_id, parent_hwpt, info))
     }
 
     /// The iommufd device ID and default HWPT, if iommufd-backed.
@@ -198,7 +255,16 @@ impl HostIommuDevice {
             HostBacking::Iommufd {
                 dev_id,
                 parent_hwpt,
+                ..
             } => Some((dev_id, parent_hwpt)),
+            HostBacking::LegacyContainer => None,
+        }
+    }
+
+    /// The backend the device is bound to, if iommufd-backed.
+    pub fn backend(&self) -> Option<&Arc<dyn HostIommuBackend>> {
+        match &self.backing {
+            HostBacking::Iommufd { backend, .. } => Some(backend),
             HostBacking::LegacyContainer => None,
         }
     }
@@ -221,8 +287,9 @@ pub struct ViommuFlags {
     /// First-stage translation is on: allocate the default HWPT with
     /// `IOMMU_HWPT_ALLOC_NEST_PARENT` so guest tables can be nested over it.
     pub want_nesting_parent: bool,
-    /// The guest has PASIDs: allocate it with `IOMMU_HWPT_ALLOC_PASID` too, so PASIDs other
-    /// than 0 can be attached (the kernel requires the RID's domain to be PASID-capable).
+    /// The guest has PASIDs: allocate it with `IOMMU_HWPT_ALLOC_PASID` too, so PASIDs
+    /// can be attached (the kernel requires the domain of requests without PASID to be
+    /// PASID-capable).
     pub want_pasid_parent: bool,
 }
 
@@ -291,8 +358,13 @@ mod tests {
         assert!(info.quirks().parent_map_writable(false));
         assert_eq!(HostIommuType::from_uapi(1), HostIommuType::IntelVtd);
         assert_eq!(HostIommuType::from_uapi(9), HostIommuType::Other(9));
-        let dev = HostIommuDevice::iommufd("0000:3b:00.0", 3, 9, info);
-        assert_eq!(dev.iommufd_ids(), Some((3, 9)));
+        let mem = crate::sim::HostMemory::<vm_memory::GuestMemoryMmap<()>>::new();
+        let sim: Arc<dyn HostIommuBackend> = Arc::new(crate::sim::SimHostIommu::new(info, mem));
+        let dev =
+            HostIommuDevice::iommufd("0000:3b:00.0", sim.clone(), DeviceId(3), HwptId(9), info);
+        assert_eq!(dev.iommufd_ids(), Some((DeviceId(3), HwptId(9))));
+        assert!(same_backend(dev.backend().unwrap(), &sim));
+        assert_eq!(dev.clone(), dev);
         assert_eq!(
             HostIommuDevice::legacy_container("x", info).iommufd_ids(),
             None

@@ -3,9 +3,13 @@
 //! the VFIO cdev through `vfio-ioctls` (`VFIO_DEVICE_ATTACH_IOMMUFD_PT` with replace semantics,
 //! PASID attach, `VFIO_DEVICE_DETACH_IOMMUFD_PT`).
 //!
-//! uAPI facts: Linux `include/uapi/linux/iommufd.h` and `include/uapi/linux/vfio.h` as summarised
-//! in shared/facts/vtd-formats.md ("iommufd uAPI for VT-d nesting"); the structs come from
-//! `iommufd-bindings`.
+//! uAPI facts: Linux `include/uapi/linux/iommufd.h` and `include/uapi/linux/vfio.h`; the structs
+//! come from `iommufd-bindings`.
+//!
+//! This is the one place where "requests without PASID" is spelled the kernel's way: an
+//! `Option<Pasid>` of `None` becomes a plain `VFIO_DEVICE_[AT|DE]TACH_IOMMUFD_PT` (no
+//! `VFIO_DEVICE_ATTACH_PASID`), and a page-fault record without
+//! `IOMMU_PGFAULT_FLAGS_PASID_VALID`, or with `IOMMU_NO_PASID`, becomes `None`.
 //!
 //! A VMM builds it with [`IommufdBackend::open`] (or [`IommufdBackend::from_iommufd`] to share
 //! the iommufd its VFIO layer uses), then adds each assigned device with
@@ -35,7 +39,7 @@ use vtd_regs::{Cap, Ecap};
 use vtd_tables::walk::AccessKind;
 
 use crate::backend::{
-    BackendError, BackendOp, DeviceId, HostFault, HostIommuBackend, HwptAlloc, HwptId, NO_PASID,
+    BackendError, BackendOp, DeviceId, HostFault, HostIommuBackend, HwptAlloc, HwptId, Pasid,
     VtdS1Invalidation,
 };
 use crate::host::{HWPT_ALLOC_NEST_PARENT, HostHwInfo, HostIommuType};
@@ -53,6 +57,8 @@ mod ioctls {
     );
 }
 
+/// `IOMMU_NO_PASID` (Linux `include/linux/iommu.h`): the PASID value of requests without one.
+const IOMMU_NO_PASID: u32 = 0;
 /// `IOMMU_PGFAULT_FLAGS_PASID_VALID`.
 const PGFAULT_PASID_VALID: u32 = 1;
 /// `IOMMU_PGFAULT_FLAGS_LAST_PAGE`.
@@ -70,27 +76,26 @@ const PAGE_RESP_INVALID: u32 = 1;
 /// How a device's DMA is attached to iommufd page tables: the VFIO cdev's
 /// `VFIO_DEVICE_[AT|DE]TACH_IOMMUFD_PT` (implemented for [`VfioDevice`]).
 pub trait DeviceAttach: Send + Sync {
-    /// Attaches (or replaces) the device's `pasid` ([`NO_PASID`] = the RID) to `pt_id`.
-    fn attach_pt(&self, pasid: u32, pt_id: u32) -> Result<(), String>;
+    /// Attaches (or replaces) the device's requests without PASID (`None`) or with `pasid` to
+    /// `pt_id`.
+    fn attach_pt(&self, pasid: Option<Pasid>, pt_id: HwptId) -> Result<(), String>;
     /// Detaches the device's `pasid`.
-    fn detach_pt(&self, pasid: u32) -> Result<(), String>;
+    fn detach_pt(&self, pasid: Option<Pasid>) -> Result<(), String>;
 }
 
 impl DeviceAttach for VfioDevice {
-    fn attach_pt(&self, pasid: u32, pt_id: u32) -> Result<(), String> {
-        let r = if pasid == NO_PASID {
-            self.attach_hwpt(pt_id)
-        } else {
-            self.attach_iommufd_pt_pasid(pt_id, pasid)
+    fn attach_pt(&self, pasid: Option<Pasid>, pt_id: HwptId) -> Result<(), String> {
+        let r = match pasid {
+            None => self.attach_hwpt(pt_id.0),
+            Some(p) => self.attach_iommufd_pt_pasid(pt_id.0, p.get()),
         };
         r.map_err(|e| e.to_string())
     }
 
-    fn detach_pt(&self, pasid: u32) -> Result<(), String> {
-        let r = if pasid == NO_PASID {
-            self.detach_hwpt()
-        } else {
-            self.detach_iommufd_pt_pasid(pasid)
+    fn detach_pt(&self, pasid: Option<Pasid>) -> Result<(), String> {
+        let r = match pasid {
+            None => self.detach_hwpt(),
+            Some(p) => self.detach_iommufd_pt_pasid(p.get()),
         };
         r.map_err(|e| e.to_string())
     }
@@ -134,7 +139,6 @@ fn from_iommufd(op: BackendOp, e: &IommufdError, what: String) -> BackendError {
         errno: errno_of(e),
         message: format!("{what}: {e}"),
         handled: None,
-        injected: false,
     }
 }
 
@@ -194,7 +198,7 @@ impl IommufdBackend {
     /// Adds a VFIO cdev device (opened with `vfio_ioctls::VfioDevice::new` over a
     /// `VfioIommufd`); returns its iommufd device ID.
     pub fn add_vfio_device(&self, dev: Arc<VfioDevice>) -> Result<DeviceId, BackendError> {
-        let dev_id = dev.iommufd_dev_id().ok_or_else(|| {
+        let dev_id = dev.iommufd_dev_id().map(DeviceId).ok_or_else(|| {
             BackendError::new(
                 BackendOp::Open,
                 "the VFIO device is not bound to an iommufd (legacy container)",
@@ -266,10 +270,7 @@ impl IommufdBackend {
             .get(&dev)
             .cloned()
             .ok_or_else(|| {
-                BackendError::new(
-                    op,
-                    format!("iommufd device {dev} was not added to the backend"),
-                )
+                BackendError::new(op, format!("iommufd {dev} was not added to the backend"))
             })
     }
 }
@@ -301,9 +302,14 @@ fn host_fault_of(pf: &iommu_hwpt_pgfault) -> HostFault {
     } else {
         AccessKind::Read
     };
+    let pasid = if pf.flags & PGFAULT_PASID_VALID != 0 && pf.pasid != IOMMU_NO_PASID {
+        Pasid::new(pf.pasid)
+    } else {
+        None
+    };
     HostFault {
-        dev_id: pf.dev_id,
-        pasid: (pf.flags & PGFAULT_PASID_VALID != 0).then_some(pf.pasid),
+        dev_id: DeviceId(pf.dev_id),
+        pasid,
         addr: pf.addr & !0xfff,
         reason: FaultReason::FirstStageNotPresent,
         access,
@@ -321,14 +327,14 @@ impl HostIommuBackend for IommufdBackend {
         let mut vtd = iommu_hw_info_vtd::default();
         let mut info = iommu_hw_info {
             size: std::mem::size_of::<iommu_hw_info>() as u32,
-            dev_id: dev,
+            dev_id: dev.0,
             data_len: std::mem::size_of::<iommu_hw_info_vtd>() as u32,
             data_uptr: &mut vtd as *mut iommu_hw_info_vtd as u64,
             ..Default::default()
         };
         self.iommufd
             .get_hw_info(&mut info)
-            .map_err(|e| from_iommufd(BackendOp::GetHwInfo, &e, format!("device {dev}")))?;
+            .map_err(|e| from_iommufd(BackendOp::GetHwInfo, &e, format!("{dev}")))?;
         // SAFETY: both members of the union are `u32`; every bit pattern is valid for either.
         let out_type = unsafe { info.__bindgen_anon_1.out_data_type };
         let iommu_type = HostIommuType::from_uapi(out_type);
@@ -349,7 +355,7 @@ impl HostIommuBackend for IommufdBackend {
         let mut s1_data;
         let mut alloc = iommu_hwpt_alloc {
             size: std::mem::size_of::<iommu_hwpt_alloc>() as u32,
-            dev_id: dev,
+            dev_id: dev.0,
             ..Default::default()
         };
         match *req {
@@ -358,7 +364,7 @@ impl HostIommuBackend for IommufdBackend {
                 nest_parent,
                 pasid,
             } => {
-                alloc.pt_id = ioas;
+                alloc.pt_id = ioas.0;
                 alloc.flags = if nest_parent {
                     HWPT_ALLOC_NEST_PARENT
                 } else {
@@ -373,7 +379,7 @@ impl HostIommuBackend for IommufdBackend {
                     addr_width: s1.addr_width,
                     __reserved: 0,
                 };
-                alloc.pt_id = parent;
+                alloc.pt_id = parent.0;
                 alloc.flags = if pasid { pasid_flag } else { 0 };
                 alloc.data_type = iommu_hwpt_data_type_IOMMU_HWPT_DATA_VTD_S1;
                 alloc.data_len = std::mem::size_of::<iommu_hwpt_vtd_s1>() as u32;
@@ -391,25 +397,27 @@ impl HostIommuBackend for IommufdBackend {
         }
         self.iommufd
             .alloc_iommu_hwpt(&mut alloc)
-            .map_err(|e| from_iommufd(op, &e, format!("device {dev}, {req:?}")))?;
-        Ok(alloc.out_hwpt_id)
+            .map_err(|e| from_iommufd(op, &e, format!("{dev}, {req:?}")))?;
+        Ok(HwptId(alloc.out_hwpt_id))
     }
 
-    fn attach(&self, dev: DeviceId, pasid: u32, hwpt: HwptId) -> Result<(), BackendError> {
+    fn attach(
+        &self,
+        dev: DeviceId,
+        pasid: Option<Pasid>,
+        hwpt: HwptId,
+    ) -> Result<(), BackendError> {
         let op = BackendOp::Attach;
-        self.device(op, dev)?.attach_pt(pasid, hwpt).map_err(|m| {
-            BackendError::new(
-                op,
-                format!("device {dev} PASID {pasid} to HWPT {hwpt}: {m}"),
-            )
-        })
+        self.device(op, dev)?
+            .attach_pt(pasid, hwpt)
+            .map_err(|m| BackendError::new(op, format!("{dev} {pasid:?} to {hwpt}: {m}")))
     }
 
-    fn detach(&self, dev: DeviceId, pasid: u32) -> Result<(), BackendError> {
+    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
         let op = BackendOp::Detach;
         self.device(op, dev)?
             .detach_pt(pasid)
-            .map_err(|m| BackendError::new(op, format!("device {dev} PASID {pasid}: {m}")))
+            .map_err(|m| BackendError::new(op, format!("{dev} {pasid:?}: {m}")))
     }
 
     fn invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32, BackendError> {
@@ -427,7 +435,7 @@ impl HostIommuBackend for IommufdBackend {
             .map_err(|_| BackendError::new(op, "too many entries").with_handled(0))?;
         let mut inv = iommu_hwpt_invalidate {
             size: std::mem::size_of::<iommu_hwpt_invalidate>() as u32,
-            hwpt_id: hwpt,
+            hwpt_id: hwpt.0,
             data_uptr: data.as_mut_ptr() as u64,
             data_type: iommu_hwpt_invalidate_data_type_IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
             entry_len: std::mem::size_of::<iommu_hwpt_vtd_s1_invalidate>() as u32,
@@ -438,19 +446,19 @@ impl HostIommuBackend for IommufdBackend {
             Ok(()) if inv.entry_num == n => Ok(n),
             Ok(()) => Err(BackendError::new(
                 op,
-                format!("HWPT {hwpt}: host handled {} of {n} entries", inv.entry_num),
+                format!("{hwpt}: host handled {} of {n} entries", inv.entry_num),
             )
             .with_handled(inv.entry_num)),
             Err(e) => {
-                Err(from_iommufd(op, &e, format!("HWPT {hwpt}")).with_handled(inv.entry_num.min(n)))
+                Err(from_iommufd(op, &e, format!("{hwpt}")).with_handled(inv.entry_num.min(n)))
             }
         }
     }
 
     fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError> {
         self.iommufd
-            .destroy_iommu_object(hwpt)
-            .map_err(|e| from_iommufd(BackendOp::Destroy, &e, format!("HWPT {hwpt}")))
+            .destroy_iommu_object(hwpt.0)
+            .map_err(|e| from_iommufd(BackendOp::Destroy, &e, format!("{hwpt}")))
     }
 
     fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError> {
@@ -517,11 +525,11 @@ mod tests {
             .open("/dev/null")
             .unwrap();
         let b = IommufdBackend::from_file(file);
-        let e = b.get_hw_info(7).unwrap_err();
+        let e = b.get_hw_info(DeviceId(7)).unwrap_err();
         assert_eq!((e.op, e.errno), (BackendOp::GetHwInfo, Some(libc::ENOTTY)));
         assert!(e.to_string().contains("device 7"), "{e}");
         let nested = HwptAlloc::Nested {
-            parent: 3,
+            parent: HwptId(3),
             s1: VtdS1 {
                 flags: VtdS1Flags(VtdS1Flags::WPE),
                 pgtbl_addr: 0x10_0000,
@@ -529,20 +537,20 @@ mod tests {
             },
             pasid: false,
         };
-        let e = b.alloc_hwpt(7, &nested).unwrap_err();
+        let e = b.alloc_hwpt(DeviceId(7), &nested).unwrap_err();
         assert_eq!((e.op, e.errno), (BackendOp::AllocHwpt, Some(libc::ENOTTY)));
         let parent = HwptAlloc::Parent {
-            ioas: 2,
+            ioas: crate::backend::IoasId(2),
             nest_parent: true,
             pasid: true,
         };
         assert_eq!(
-            b.alloc_hwpt(7, &parent).unwrap_err().errno,
+            b.alloc_hwpt(DeviceId(7), &parent).unwrap_err().errno,
             Some(libc::ENOTTY)
         );
         let e = b
             .invalidate(
-                9,
+                HwptId(9),
                 &[
                     VtdS1Invalidation::ALL,
                     VtdS1Invalidation::for_range(0, 0xfff, true),
@@ -553,7 +561,7 @@ mod tests {
             (e.op, e.errno, e.handled),
             (BackendOp::Invalidate, Some(libc::ENOTTY), Some(2))
         );
-        let e = b.destroy(9).unwrap_err();
+        let e = b.destroy(HwptId(9)).unwrap_err();
         assert_eq!((e.op, e.errno), (BackendOp::Destroy, Some(libc::ENOTTY)));
         let e = b.alloc_fault_queue().unwrap_err();
         assert_eq!(
@@ -563,22 +571,23 @@ mod tests {
         // No fault queue: nothing to read.
         assert_eq!(b.read_faults(8), Ok(Vec::new()));
         // Devices not added: attach/detach say so.
-        let e = b.attach(7, 0, 9).unwrap_err();
+        let e = b.attach(DeviceId(7), None, HwptId(9)).unwrap_err();
         assert!(e.to_string().contains("not added"), "{e}");
-        assert!(b.detach(7, 0).is_err());
+        assert!(b.detach(DeviceId(7), None).is_err());
     }
 
-    struct FakeCdev(Mutex<Vec<(u32, Option<u32>)>>);
+    type CdevCall = (Option<Pasid>, Option<HwptId>);
+    struct FakeCdev(Mutex<Vec<CdevCall>>);
 
     impl DeviceAttach for FakeCdev {
-        fn attach_pt(&self, pasid: u32, pt_id: u32) -> Result<(), String> {
+        fn attach_pt(&self, pasid: Option<Pasid>, pt_id: HwptId) -> Result<(), String> {
             self.0.lock().unwrap().push((pasid, Some(pt_id)));
-            if pt_id == 666 {
+            if pt_id == HwptId(666) {
                 return Err("EINVAL".into());
             }
             Ok(())
         }
-        fn detach_pt(&self, pasid: u32) -> Result<(), String> {
+        fn detach_pt(&self, pasid: Option<Pasid>) -> Result<(), String> {
             self.0.lock().unwrap().push((pasid, None));
             Ok(())
         }
@@ -588,18 +597,24 @@ mod tests {
     fn attach_goes_through_the_device_cdev() {
         let b = IommufdBackend::from_file(File::open("/dev/null").unwrap());
         let cdev = Arc::new(FakeCdev(Mutex::new(Vec::new())));
-        b.add_device(4, cdev.clone());
-        b.attach(4, 0, 10).unwrap();
-        b.attach(4, 5, 11).unwrap();
-        b.detach(4, 5).unwrap();
-        let e = b.attach(4, 0, 666).unwrap_err();
+        let (dev, p5) = (DeviceId(4), Pasid::new(5));
+        b.add_device(dev, cdev.clone());
+        b.attach(dev, None, HwptId(10)).unwrap();
+        b.attach(dev, p5, HwptId(11)).unwrap();
+        b.detach(dev, p5).unwrap();
+        let e = b.attach(dev, None, HwptId(666)).unwrap_err();
         assert!(e.to_string().contains("EINVAL"), "{e}");
         assert_eq!(
             *cdev.0.lock().unwrap(),
-            vec![(0, Some(10)), (5, Some(11)), (5, None), (0, Some(666))]
+            vec![
+                (None, Some(HwptId(10))),
+                (p5, Some(HwptId(11))),
+                (p5, None),
+                (None, Some(HwptId(666)))
+            ]
         );
-        b.remove_device(4);
-        assert!(b.attach(4, 0, 10).is_err());
+        b.remove_device(dev);
+        assert!(b.attach(dev, None, HwptId(10)).is_err());
     }
 
     #[test]
@@ -622,7 +637,15 @@ mod tests {
         let pf = decode_pgfault(&raw).unwrap();
         assert_eq!((pf.dev_id, pf.cookie), (4, 77));
         let f = host_fault_of(&pf);
-        assert_eq!(f.pasid, Some(9));
+        assert_eq!(f.dev_id, DeviceId(4));
+        assert_eq!(f.pasid, Pasid::new(9));
+        // PASID_VALID with IOMMU_NO_PASID, or without the flag: a request without PASID.
+        let mut no_pasid = pf;
+        no_pasid.pasid = IOMMU_NO_PASID;
+        assert_eq!(host_fault_of(&no_pasid).pasid, None);
+        no_pasid.pasid = 9;
+        no_pasid.flags = 0;
+        assert_eq!(host_fault_of(&no_pasid).pasid, None);
         assert_eq!(f.addr, 0x1234_5000);
         assert_eq!(f.access, AccessKind::Write);
         assert_eq!(f.reason, FaultReason::FirstStageNotPresent);

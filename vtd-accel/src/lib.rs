@@ -4,22 +4,29 @@
 //! table (its PASID entry's FSPTPTR) is handed to the host IOMMU as the stage 1 of a *nested*
 //! HWPT whose parent is the device's default HWPT (GPA->HPA, filled by the VMM's VFIO memory
 //! listener), guest invalidations are forwarded, and the binding follows everything the guest
-//! does. This re-creates QEMU's `intel_iommu_accel.c` (the "intel_iommu: Enable first stage
-//! translation for passthrough device" series, v10; shared/seed/cover-letter-v10.txt) and adds
-//! what it leaves out: PASIDs other than 0, device-TLB and domain/global forwarding, batching,
-//! host-failure containment, and host first-stage faults injected into the guest.
+//! does. This re-creates QEMU's `hw/i386/intel_iommu_accel.c` (QEMU series "intel_iommu:
+//! Enable first stage translation for passthrough device" v10) and adds what it leaves out:
+//! PASIDs other than RID_PASID, device-TLB and domain/global forwarding, batching, devices on
+//! several iommufds, hotplug and unplug under a running guest, host-failure containment, and
+//! host first-stage faults injected into the guest.
 //!
-//! - [`host`]: [`HostIommuDevice`] (the host view of one assigned device), [`HostHwInfo`],
-//!   [`HostQuirks`] (ERRATA_772415_SPR17) and [`ViommuFlags`] ("I want a nesting parent").
+//! - [`ids`]: [`DeviceId`], [`HwptId`], [`IoasId`] (iommufd's numbers, not interchangeable),
+//!   [`Pasid`] and [`BindingKey`]; how "no PASID" is spelled (`Option<Pasid>`, `None`) and how
+//!   RID_PASID relates. The requester is [`Bdf`] everywhere.
+//! - [`host`]: [`HostIommuDevice`] (the host view of one assigned device, with the backend it
+//!   is bound to), [`HostHwInfo`], [`HostQuirks`] (ERRATA_772415_SPR17) and [`ViommuFlags`]
+//!   ("I want a nesting parent").
 //! - [`compat`]: the registration checks ([`check_compatibility`]).
-//! - [`backend`]: the [`HostIommuBackend`] trait (iommufd's object model) and its types.
-//! - [`binder`]: [`NestedBinder`], the `vtd_core::VtdObserver` that binds, replays, forwards
-//!   and injects faults.
+//! - [`backend`]: the [`HostIommuBackend`] trait (iommufd's object model), its types, and
+//!   [`BackendError`] (the call and its errno).
+//! - [`binder`]: [`NestedBinder`], the `vtd_core::VtdObserver` that registers, computes the
+//!   desired state ([`desired_binding`], pure), applies and fences, forwards and batches, and
+//!   injects host faults.
 //! - [`faults`]: how host faults reach the guest ([`GuestFaultSink`], [`UnitFaultSink`]).
 //! - [`events`]: [`AccelEvent`]s and [`AccelStats`] for the VMM.
-//! - [`sim`]: [`SimHostIommu`], a software host IOMMU with VT-d nested semantics (stage-1 walk
+//! - [`sim`]: `SimHostIommu`, a software host IOMMU with VT-d nested semantics (stage-1 walk
 //!   through stage 2, an aggressive IOTLB, the kernel's checks, failure injection, a fault
-//!   queue).
+//!   queue); its types live under `vtd_accel::sim`.
 //! - [`iommufd`] (feature `iommufd`, on by default): [`IommufdBackend`] over `/dev/iommu` and
 //!   VFIO cdevs, through `iommufd-ioctls` and `vfio-ioctls`.
 //!
@@ -29,7 +36,8 @@
 //! ```
 //! use std::sync::Arc;
 //! use vm_memory::{GuestAddress, GuestMemoryMmap};
-//! use vtd_accel::{Bdf, HostHwInfo, HostIommuDevice, HostMemory, NestedBinder, PciTopology, SimHostIommu};
+//! use vtd_accel::sim::{HostMemory, SimHostIommu};
+//! use vtd_accel::{Bdf, HostHwInfo, HostIommuDevice, NestedBinder, PciTopology};
 //! use vtd_core::{RecordingSink, VtdUnit};
 //! use vtd_regs::VtdConfig;
 //!
@@ -44,14 +52,18 @@
 //! let ioas = sim.alloc_ioas();
 //! sim.ioas_map(ioas, 0, 1 << 24, 1 << 32, true).unwrap();
 //!
-//! let binder = NestedBinder::with_unit_faults(&unit, sim.clone());
+//! let binder = NestedBinder::with_unit_faults(&unit);
 //! let (dev, parent) = sim.vfio_bind_default(ioas, binder.viommu_flags()).unwrap();
-//! let host_dev = HostIommuDevice::query(&*sim, "0000:01:00.0", dev, parent).unwrap();
+//! let host_dev = HostIommuDevice::query(sim.clone(), "0000:01:00.0", dev, parent).unwrap();
 //! binder.register(Bdf::new(1, 0, 0), host_dev, PciTopology::default()).unwrap();
 //! // Translation is off: the device DMAs to GPAs through its parent.
 //! let t = sim.dma_translate(dev, None, 0x5000, vtd_tables::walk::AccessKind::Read).unwrap();
 //! assert_eq!(t.hpa, (1 << 32) + 0x5000);
 //! ```
+
+// Unsafe code is confined to the ioctl boundary (`iommufd`, each block with its `// SAFETY:`);
+// `forbid` is not possible there, so the rest of the crate denies it.
+#![deny(unsafe_code)]
 
 pub mod backend;
 pub mod binder;
@@ -59,16 +71,19 @@ pub mod compat;
 pub mod events;
 pub mod faults;
 pub mod host;
+pub mod ids;
 #[cfg(feature = "iommufd")]
+#[allow(unsafe_code)]
 pub mod iommufd;
 pub mod sim;
 
 pub use backend::{
-    BackendError, BackendOp, DeviceId, HostFault, HostIommuBackend, HwptAlloc, HwptId, IoasId,
-    NO_PASID, VtdS1, VtdS1Flags, VtdS1Invalidation,
+    BackendError, BackendOp, HostFault, HostIommuBackend, HwptAlloc, VtdS1, VtdS1Flags,
+    VtdS1Invalidation,
 };
 pub use binder::{
-    Bdf, BindingInfo, HostAttachment, NestedBinder, RegisterError, UnregisterError, s1_of,
+    BindingInfo, DesiredBinding, GuestRemapping, HostAttachment, NestedBinder, OrphanHwpt,
+    RegisterError, UnregisterError, desired_binding, s1_of,
 };
 pub use compat::{CompatError, PciTopology, check_compatibility};
 pub use events::{
@@ -79,8 +94,8 @@ pub use host::{
     HostBacking, HostHwInfo, HostIommuDevice, HostIommuType, HostQuirks, VTD_ERRATA_772415_SPR17,
     ViommuFlags,
 };
+pub use ids::{BindingKey, DeviceId, HwptId, IoasId, Pasid};
 #[cfg(feature = "iommufd")]
 pub use iommufd::{DeviceAttach, IommufdBackend};
-pub use sim::{
-    HostMemory, HostRegion, HostTranslation, SimHostIommu, SimHwpt, SimHwptKind, SimOp, SimStats,
-};
+/// The requester ID: one type for it everywhere (defined in vtd-regs).
+pub use vtd_regs::Bdf;

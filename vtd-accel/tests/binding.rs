@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use vtd_accel::sim::*;
 use vtd_accel::*;
 use vtd_core::Msi;
 use vtd_regs::VtdConfig;
@@ -48,7 +49,7 @@ fn dma_translates_giova_to_gpa_to_hpa_without_a_vtd_core_walk() {
         })
     );
     assert_eq!(b.did, Some(DID));
-    assert_eq!(rig.sim.attachments(rig.dev).get(&0), Some(&hwpt));
+    assert_eq!(rig.sim.attachments(rig.dev).get(&None), Some(&hwpt));
     let nested = rig.sim.hwpts().into_iter().find(|h| h.id == hwpt).unwrap();
     assert_eq!(
         nested.kind,
@@ -422,7 +423,7 @@ fn replay_on_translation_off_and_on() {
     let first = rig.nested_hwpt().unwrap();
     rig.g.set_translation(false);
     assert_eq!(rig.binding(0).unwrap().host, HostAttachment::Parent);
-    assert_eq!(rig.sim.attachments(rig.dev).get(&0), Some(&rig.parent));
+    assert_eq!(rig.sim.attachments(rig.dev).get(&None), Some(&rig.parent));
     assert!(!rig.sim.hwpts().iter().any(|h| h.id == first));
     // Translation off: the device's addresses are GPAs.
     assert_eq!(
@@ -724,10 +725,10 @@ fn host_first_stage_faults_honour_fpd_and_stay_out_of_the_guest_when_second_stag
         reason: FaultReason::FirstStageNotPresent,
         access: AccessKind::Read,
         privileged: false,
-        hwpt: Some(9999),
+        hwpt: Some(HwptId(9999)),
     });
     rig.sim.raise_fault(HostFault {
-        dev_id: 4242,
+        dev_id: DeviceId(4242),
         pasid: None,
         addr: IOVA,
         reason: FaultReason::FirstStageNotPresent,
@@ -763,10 +764,10 @@ fn pasids_other_than_zero_bind_forward_and_unbind() {
     let HostAttachment::Nested(h5) = b5.host else {
         panic!("{b5:?}")
     };
-    assert_eq!(rig.sim.attachments(rig.dev).get(&5), Some(&h5));
+    assert_eq!(rig.sim.attachments(rig.dev).get(&Pasid::new(5)), Some(&h5));
     let t = rig
         .sim
-        .dma_translate(rig.dev, Some(5), IOVA, AccessKind::Read)
+        .dma_translate(rig.dev, Pasid::new(5), IOVA, AccessKind::Read)
         .unwrap();
     assert_eq!(t.hpa, HOST_BASE + gpa5);
     assert_eq!(
@@ -792,7 +793,7 @@ fn pasids_other_than_zero_bind_forward_and_unbind() {
     rig.g.mem.write_u64(slot, 0).unwrap();
     rig.g.submit(&[pasid_iotlb_all(7, 5)]);
     rig.sim
-        .dma_translate(rig.dev, Some(5), IOVA, AccessKind::Read)
+        .dma_translate(rig.dev, Pasid::new(5), IOVA, AccessKind::Read)
         .unwrap_err();
     rig.binder.process_host_faults();
     let rec = decode_frcd(&rig.g, 0).unwrap();
@@ -810,7 +811,7 @@ fn pasids_other_than_zero_bind_forward_and_unbind() {
         rig.binding(5).is_none(),
         "PASIDs blocked with translation off"
     );
-    assert!(!rig.sim.attachments(rig.dev).contains_key(&5));
+    assert!(!rig.sim.attachments(rig.dev).contains_key(&Pasid::new(5)));
     rig.g.set_translation(true);
     assert!(matches!(
         rig.binding(9).unwrap().host,
@@ -826,7 +827,7 @@ fn pasids_other_than_zero_bind_forward_and_unbind() {
     rig.g
         .submit(&[pasid_cache(7, PasidCacheGranularity::Pasid { pasid: 5 })]);
     assert!(rig.binding(5).is_none());
-    assert!(!rig.sim.attachments(rig.dev).contains_key(&5));
+    assert!(!rig.sim.attachments(rig.dev).contains_key(&Pasid::new(5)));
     rig.check_host_matches_binder();
 }
 
@@ -842,9 +843,9 @@ fn restore_replays_the_bindings() {
     let ioas = sim.alloc_ioas();
     sim.ioas_map(ioas, 0, RAM_MB << 20, HOST_BASE, true)
         .unwrap();
-    let binder = NestedBinder::with_unit_faults(&dst.unit, sim.clone());
+    let binder = NestedBinder::with_unit_faults(&dst.unit);
     let (dev, parent) = sim.vfio_bind_default(ioas, binder.viommu_flags()).unwrap();
-    let hd = HostIommuDevice::query(&*sim, "0000:01:00.0", dev, parent).unwrap();
+    let hd = HostIommuDevice::query(sim.clone(), "0000:01:00.0", dev, parent).unwrap();
     binder.register(BDF, hd, PciTopology::default()).unwrap();
     assert_eq!(binder.bindings()[0].host, HostAttachment::Parent);
     dst.unit.restore(&snap).unwrap();
@@ -857,7 +858,7 @@ fn restore_replays_the_bindings() {
             .hpa,
         HOST_BASE + GPA
     );
-    check_host_matches_binder(&sim, &binder, &[(dev, parent)]);
+    check_host_matches_binder(&sim, &binder, &[(BDF, dev, parent)]);
 }
 
 #[test]
@@ -869,7 +870,7 @@ fn unregister_returns_the_device_to_its_default_hwpt() {
     assert!(rig.binder.bindings().is_empty());
     assert_eq!(
         rig.sim.attachments(rig.dev),
-        [(0u32, rig.parent)].into_iter().collect()
+        [(None, rig.parent)].into_iter().collect()
     );
     assert!(rig.sim.hwpts().iter().all(|h| h.id == rig.parent));
     // Guest activity no longer reaches the host for it.
@@ -892,7 +893,7 @@ fn unregister_returns_the_device_to_its_default_hwpt() {
 fn registration_refuses_duplicates() {
     let rig = Rig::new(FLTS);
     let info = *rig.sim.info();
-    let again = HostIommuDevice::iommufd("dup", rig.dev, rig.parent, info);
+    let again = HostIommuDevice::iommufd("dup", rig.sim.clone(), rig.dev, rig.parent, info);
     assert_eq!(
         rig.binder
             .register(BDF, again.clone(), PciTopology::default()),
@@ -968,10 +969,15 @@ fn host_invalidation_happens_before_the_guest_sees_completion() {
         fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError> {
             self.sim.alloc_hwpt(dev, req)
         }
-        fn attach(&self, dev: DeviceId, pasid: u32, hwpt: HwptId) -> Result<(), BackendError> {
+        fn attach(
+            &self,
+            dev: DeviceId,
+            pasid: Option<Pasid>,
+            hwpt: HwptId,
+        ) -> Result<(), BackendError> {
             self.sim.attach(dev, pasid, hwpt)
         }
-        fn detach(&self, dev: DeviceId, pasid: u32) -> Result<(), BackendError> {
+        fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
             self.sim.detach(dev, pasid)
         }
         fn invalidate(

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vtd_accel::sim::{HostMemory, SimHostIommu};
 use vtd_accel::*;
 use vtd_core::{RecordingSink, VtdUnit};
 use vtd_regs::VtdConfig;
@@ -271,8 +272,9 @@ fn matrix() -> Vec<Row> {
 #[test]
 fn compatibility_matrix() {
     for r in matrix() {
+        let sim = Arc::new(SimHostIommu::new(r.host, HostMemory::<Mem>::new()));
         let dev = if r.iommufd {
-            HostIommuDevice::iommufd("0000:3b:00.0", 1, 2, r.host)
+            HostIommuDevice::iommufd("0000:3b:00.0", sim.clone(), DeviceId(1), HwptId(2), r.host)
         } else {
             HostIommuDevice::legacy_container("0000:3b:00.0", r.host)
         };
@@ -312,8 +314,7 @@ fn compatibility_matrix() {
                 )
                 .unwrap(),
             );
-            let sim = Arc::new(SimHostIommu::new(r.host, HostMemory::<Mem>::new()));
-            let binder = NestedBinder::with_unit_faults(&unit, sim.clone());
+            let binder = NestedBinder::with_unit_faults(&unit);
             let e = binder
                 .register(Bdf::new(0x3b, 0, 0), dev, topo)
                 .unwrap_err();

@@ -1,5 +1,5 @@
 //! Random sequences of guest actions and injected host failures, two assigned devices sharing
-//! a PASID table. After every step the host holds exactly the HWPTs the bindings need (plus
+//! a PASID table, on one host IOMMU or on two (two iommufds, the second device on the other). After every step the host holds exactly the HWPTs the bindings need (plus
 //! known orphans), every attachment is what the binder recorded, and every injected failure
 //! was reported once. After the failures stop and a retry, everything converges: no orphan,
 //! nothing dirty, the bindings match the guest's tables, and a guest that invalidates sees
@@ -8,9 +8,11 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use common::*;
 use proptest::prelude::*;
+use vtd_accel::sim::{SimHostIommu, SimOp};
 use vtd_accel::*;
 use vtd_regs::inv::*;
 use vtd_tables::GuestRam;
@@ -70,12 +72,15 @@ enum Op {
     },
     ToggleTe,
     Srtp,
+    /// Failures on the first device's host, or (`b`) on the second device's.
     Fail {
         op: SimOp,
         n: u32,
+        b: bool,
     },
     FailPartial {
         handled: u32,
+        b: bool,
     },
     Dma {
         b: bool,
@@ -130,8 +135,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..4).prop_map(|g| Op::ContextCache { g }),
         1 => Just(Op::ToggleTe),
         1 => Just(Op::Srtp),
-        3 => (sim_op(), 1u32..3).prop_map(|(op, n)| Op::Fail { op, n }),
-        1 => (0u32..3).prop_map(|handled| Op::FailPartial { handled }),
+        3 => (sim_op(), 1u32..3, any::<bool>()).prop_map(|(op, n, b)| Op::Fail { op, n, b }),
+        1 => (0u32..3, any::<bool>()).prop_map(|(handled, b)| Op::FailPartial { handled, b }),
         4 => (any::<bool>(), 0..SLOTS, any::<bool>())
             .prop_map(|(b, slot, write)| Op::Dma { b, slot, write }),
         2 => Just(Op::ProcessFaults),
@@ -149,6 +154,8 @@ struct World {
     ctx_table: u64,
     good_ctx: [u64; 4],
     ctx_b_good: bool,
+    /// The second device's host: the rig's own, or a second one.
+    sim_b: Arc<SimHostIommu<Mem>>,
     dev_b: DeviceId,
     parent_b: HwptId,
     b_registered: bool,
@@ -156,6 +163,15 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// The second device bound to another iommufd.
+    fn two_hosts() -> Self {
+        Self::build(true)
+    }
+
+    fn build(second_host_for_b: bool) -> Self {
         let mut rig = Rig::new(FLTS);
         let table_a = rig.fs_root;
         // Table A starts with the rig's IOVA -> GPA mapping; move it to slot space.
@@ -168,11 +184,15 @@ impl World {
             .mem
             .write_words(ctx_table + (SID_B & 0x7f) as u64 * 32, &good_ctx)
             .unwrap();
-        let (dev_b, parent_b) = rig
-            .sim
-            .vfio_bind_default(rig.ioas, rig.binder.viommu_flags())
+        let (sim_b, ioas_b) = if second_host_for_b {
+            second_host(&rig.g, *rig.sim.info(), HOST_BASE)
+        } else {
+            (rig.sim.clone(), rig.ioas)
+        };
+        let (dev_b, parent_b) = sim_b
+            .vfio_bind_default(ioas_b, rig.binder.viommu_flags())
             .unwrap();
-        let hd = HostIommuDevice::query(&*rig.sim, "0000:01:00.1", dev_b, parent_b).unwrap();
+        let hd = HostIommuDevice::query(sim_b.clone(), "0000:01:00.1", dev_b, parent_b).unwrap();
         rig.binder
             .register(BDF_B, hd, PciTopology::default())
             .unwrap();
@@ -186,6 +206,7 @@ impl World {
             ctx_table,
             good_ctx,
             ctx_b_good: true,
+            sim_b,
             dev_b,
             parent_b,
             b_registered: true,
@@ -310,19 +331,17 @@ impl World {
                 let rt = self.rig.g.r64(vtd_regs::regs::offset::RTADDR);
                 self.rig.g.set_root(rt);
             }
-            Op::Fail { op, n } => self.rig.sim.fail_next(*op, *n),
-            Op::FailPartial { handled } => self.rig.sim.fail_invalidate_partially(*handled),
+            Op::Fail { op, n, b } => self.sim(*b).fail_next(*op, *n),
+            Op::FailPartial { handled, b } => self.sim(*b).fail_invalidate_partially(*handled),
             Op::Dma { b, slot, write } => {
                 let dev = if *b { self.dev_b } else { self.rig.dev };
+                let sim = self.sim(*b).clone();
                 let access = if *write {
                     AccessKind::Write
                 } else {
                     AccessKind::Read
                 };
-                let _ = self
-                    .rig
-                    .sim
-                    .dma_translate(dev, None, IOVA + slot * 0x1000, access);
+                let _ = sim.dma_translate(dev, None, IOVA + slot * 0x1000, access);
             }
             Op::ProcessFaults => {
                 self.rig.binder.process_host_faults();
@@ -336,6 +355,7 @@ impl World {
                 } else {
                     let hd = HostIommuDevice::iommufd(
                         "0000:01:00.1",
+                        self.sim_b.clone(),
                         self.dev_b,
                         self.parent_b,
                         *self.rig.sim.info(),
@@ -350,23 +370,39 @@ impl World {
         }
     }
 
+    fn sim(&self, b: bool) -> &Arc<SimHostIommu<Mem>> {
+        if b { &self.sim_b } else { &self.rig.sim }
+    }
+
+    fn separate_hosts(&self) -> bool {
+        !Arc::ptr_eq(&self.sim_b, &self.rig.sim)
+    }
+
     fn check(&self) {
         let rig = &self.rig;
-        check_host_matches_binder(
-            &rig.sim,
-            &rig.binder,
-            &[(rig.dev, rig.parent), (self.dev_b, self.parent_b)],
-        );
+        let a = (BDF, rig.dev, rig.parent);
+        let b = (BDF_B, self.dev_b, self.parent_b);
+        if self.separate_hosts() {
+            check_host_matches_binder(&rig.sim, &rig.binder, &[a]);
+            check_host_matches_binder(&self.sim_b, &rig.binder, &[b]);
+        } else {
+            check_host_matches_binder(&rig.sim, &rig.binder, &[a, b]);
+        }
         if !self.b_registered {
             assert_eq!(
-                rig.sim.attachments(self.dev_b),
-                BTreeMap::from([(0, self.parent_b)]),
+                self.sim_b.attachments(self.dev_b),
+                BTreeMap::from([(None, self.parent_b)]),
                 "an unregistered device is back on its default HWPT"
             );
         }
+        let injected = if self.separate_hosts() {
+            rig.sim.stats().injected_failures + self.sim_b.stats().injected_failures
+        } else {
+            rig.sim.stats().injected_failures
+        };
         assert_eq!(
             rig.binder.stats().host_errors,
-            rig.sim.stats().injected_failures,
+            injected,
             "every injected failure reported once"
         );
     }
@@ -374,6 +410,7 @@ impl World {
     /// Failures off, retry, and the guest's full invalidation: everything converges.
     fn converge(&mut self) {
         self.rig.sim.clear_failures();
+        self.sim_b.clear_failures();
         self.rig.binder.retry_failed();
         self.rig.binder.resync_all();
         // The guest's own page-selective invalidations, as Linux issues them.
@@ -385,18 +422,18 @@ impl World {
         assert!(self.rig.binder.orphans().is_empty(), "orphans destroyed");
         let bindings = self.rig.binder.bindings();
         assert!(bindings.iter().all(|b| !b.dirty), "{bindings:?}");
-        let devices: Vec<(Bdf, DeviceId, bool)> = if self.b_registered {
+        let devices: Vec<(Bdf, DeviceId, bool, Arc<SimHostIommu<Mem>>)> = if self.b_registered {
             vec![
-                (BDF, self.rig.dev, true),
-                (BDF_B, self.dev_b, self.ctx_b_good),
+                (BDF, self.rig.dev, true, self.rig.sim.clone()),
+                (BDF_B, self.dev_b, self.ctx_b_good, self.sim_b.clone()),
             ]
         } else {
-            vec![(BDF, self.rig.dev, true)]
+            vec![(BDF, self.rig.dev, true, self.rig.sim.clone())]
         };
-        for (bdf, dev, ctx_good) in devices {
+        for (bdf, dev, ctx_good, sim) in devices {
             let b = bindings
                 .iter()
-                .find(|b| b.bdf == bdf && b.pasid == 0)
+                .find(|b| b.bdf == bdf && b.pasid.is_none())
                 .unwrap();
             if !self.te {
                 assert_eq!(b.host, HostAttachment::Parent, "{bdf}: translation off");
@@ -422,10 +459,7 @@ impl World {
                             .leaf_slot(iova, PageSize::Size4K)
                             .unwrap()
                             .is_some_and(|s| self.rig.g.mem.read_u64(s).unwrap() & 1 != 0);
-                        let got = self
-                            .rig
-                            .sim
-                            .dma_translate(dev, None, iova, AccessKind::Read);
+                        let got = sim.dma_translate(dev, None, iova, AccessKind::Read);
                         if mapped {
                             assert_eq!(got.unwrap().hpa, HOST_BASE + gpa + slot * 0x1000);
                         } else {
@@ -449,6 +483,19 @@ proptest! {
     #[test]
     fn host_state_tracks_bindings_under_failures(ops in prop::collection::vec(op(), 1..40)) {
         let mut w = World::new();
+        w.check();
+        for op in &ops {
+            w.apply(op);
+            w.check();
+        }
+        w.converge();
+    }
+
+    /// The same with the second device on another iommufd: each host holds exactly what its
+    /// devices' bindings need, whichever host fails.
+    #[test]
+    fn two_hosts_track_bindings_under_failures(ops in prop::collection::vec(op(), 1..40)) {
+        let mut w = World::two_hosts();
         w.check();
         for op in &ops {
             w.apply(op);

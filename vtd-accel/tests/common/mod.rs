@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vtd_accel::sim::*;
 use vtd_accel::*;
 use vtd_core::{EventLog, RecordingSink, VtdUnit};
 use vtd_regs::VtdConfig;
@@ -289,8 +290,8 @@ impl Rig {
         g.enable_qi();
         let be = backend(sim.clone(), &g);
         let binder = match sink {
-            Some(s) => NestedBinder::new(&g.unit, be, s),
-            None => NestedBinder::with_unit_faults(&g.unit, be),
+            Some(s) => NestedBinder::new(&g.unit, s),
+            None => NestedBinder::with_unit_faults(&g.unit),
         };
         let events = Arc::new(AccelEventLog::default());
         binder.subscribe(events.clone());
@@ -322,7 +323,7 @@ impl Rig {
         let pasid_dir = pasids.dir();
         g.set_root(ctxb.rtaddr());
 
-        let hd = HostIommuDevice::query(&*sim, "0000:01:00.0", dev, parent).unwrap();
+        let hd = HostIommuDevice::query(be, "0000:01:00.0", dev, parent).unwrap();
         binder.register(BDF, hd, PciTopology::default()).unwrap();
         Self {
             g,
@@ -380,11 +381,12 @@ impl Rig {
         self.sim.dma_translate(self.dev, None, iova, access)
     }
 
+    /// The binding of the guest's PASID-table index `pasid` (0: requests without PASID).
     pub fn binding(&self, pasid: u32) -> Option<BindingInfo> {
         self.binder
             .bindings()
             .into_iter()
-            .find(|b| b.bdf == BDF && b.pasid == pasid)
+            .find(|b| b.bdf == BDF && b.pasid == Pasid::from_table_index(pasid))
     }
 
     pub fn nested_hwpt(&self) -> Option<HwptId> {
@@ -397,7 +399,7 @@ impl Rig {
     /// Every HWPT the host holds is needed by a binding or known as an orphan; every
     /// attachment is what the binder believes.
     pub fn check_host_matches_binder(&self) {
-        check_host_matches_binder(&self.sim, &self.binder, &[(self.dev, self.parent)]);
+        check_host_matches_binder(&self.sim, &self.binder, &[(BDF, self.dev, self.parent)]);
     }
 }
 
@@ -406,15 +408,22 @@ pub fn pasid_builder_at(mem: &Mem, dir: u64) -> PasidTablesBuilder<'_, Mem> {
     PasidTablesBuilder::at(mem, dir, 0)
 }
 
-/// The invariant of the binder: the host holds exactly the HWPTs the bindings need (plus the
-/// orphans the binder knows and retries), and every attachment is the one the binder recorded.
+/// The invariant of the binder: `sim` holds exactly the HWPTs the bindings of its `devices`
+/// need (plus the orphans the binder knows and retries), and every attachment is the one the
+/// binder recorded. `devices` are every device registered (or once registered) on `sim`:
+/// (guest BDF, iommufd device, default HWPT).
 pub fn check_host_matches_binder(
     sim: &SimHostIommu<Mem>,
     binder: &NestedBinder<Mem>,
-    devices: &[(DeviceId, HwptId)],
+    devices: &[(Bdf, DeviceId, HwptId)],
 ) {
     use std::collections::{BTreeMap, BTreeSet};
-    let bindings = binder.bindings();
+    let on_sim = |bdf: Bdf| devices.iter().any(|&(b, _, _)| b == bdf);
+    let bindings: Vec<BindingInfo> = binder
+        .bindings()
+        .into_iter()
+        .filter(|b| on_sim(b.bdf))
+        .collect();
     let mut needed: BTreeSet<HwptId> = bindings
         .iter()
         .filter_map(|b| match b.host {
@@ -422,7 +431,13 @@ pub fn check_host_matches_binder(
             _ => None,
         })
         .collect();
-    needed.extend(binder.orphans());
+    needed.extend(
+        binder
+            .orphans()
+            .into_iter()
+            .filter(|o| on_sim(o.bdf))
+            .map(|o| o.hwpt),
+    );
     let held: BTreeSet<HwptId> = sim
         .hwpts()
         .into_iter()
@@ -433,8 +448,8 @@ pub fn check_host_matches_binder(
         held, needed,
         "nested HWPTs on the host vs. bindings + orphans"
     );
-    for &(dev, parent) in devices {
-        let want: BTreeMap<u32, HwptId> = bindings
+    for &(_, dev, parent) in devices {
+        let want: BTreeMap<Option<Pasid>, HwptId> = bindings
             .iter()
             .filter(|b| b.dev_id == dev)
             .filter_map(|b| match b.host {
@@ -447,4 +462,55 @@ pub fn check_host_matches_binder(
             assert_eq!(sim.attachments(dev), want, "attachments of device {dev}");
         }
     }
+}
+
+impl Rig {
+    /// The guest driver's probe of another device at `bdf`: a scalable context entry (PASIDs
+    /// enabled if the unit has them) over a fresh PASID directory holding `entries`, written
+    /// straight into the rig's root table (no invalidation). Returns the PASID directory.
+    pub fn program_device(&mut self, bdf: Bdf, entries: &[(u32, PasidEntry)]) -> u64 {
+        let mem = self.g.mem.clone();
+        let mut pasids = PasidTablesBuilder::new(&mem, &mut self.g.frames, 0).unwrap();
+        for &(pasid, pe) in entries {
+            pasids.set_entry(&mut self.g.frames, pasid, pe).unwrap();
+        }
+        let mut ce = pasids.context_entry();
+        if self.g.unit.config().pasid_bits > 0 {
+            ce = ce.with_paside(true);
+        }
+        // Scalable root entry: the lower context table (devfn < 0x80) of the bus.
+        assert!(bdf.devfn < 0x80, "lower context table only");
+        let slot = self.ctx + u64::from(bdf.bus) * 16;
+        let mut table = mem.read_u64(slot).unwrap() & !0xfff;
+        if mem.read_u64(slot).unwrap() & 1 == 0 {
+            table = self.g.frames.alloc(&mem, 1).unwrap();
+            mem.write_u64(slot, table | 1).unwrap();
+        }
+        mem.write_words(table + u64::from(bdf.devfn) * 32, &ce.0)
+            .unwrap();
+        pasids.dir()
+    }
+
+    /// Clears the context entry of `bdf` (the guest driver's release), no invalidation.
+    pub fn clear_context(&self, bdf: Bdf) {
+        let mem = &self.g.mem;
+        let table = mem.read_u64(self.ctx + u64::from(bdf.bus) * 16).unwrap() & !0xfff;
+        mem.write_words(table + u64::from(bdf.devfn) * 32, &[0u64; 4])
+            .unwrap();
+    }
+}
+
+/// Another host IOMMU (another iommufd) over the same guest RAM, placed at `host_base`, with an
+/// IOAS mapping all of guest RAM.
+pub fn second_host(
+    g: &Guest,
+    info: HostHwInfo,
+    host_base: u64,
+) -> (Arc<SimHostIommu<Mem>>, IoasId) {
+    let host = HostMemory::new().with_region(host_base, RAM_MB << 20, g.mem.clone(), 0);
+    let sim = Arc::new(SimHostIommu::new(info, host));
+    let ioas = sim.alloc_ioas();
+    sim.ioas_map(ioas, 0, RAM_MB << 20, host_base, true)
+        .unwrap();
+    (sim, ioas)
 }

@@ -18,26 +18,42 @@
 //!   needs PASID-capable HWPTs; an attached HWPT or a parent with children cannot be destroyed;
 //!   with ERRATA_772415_SPR17 a nest parent holds no read-only mapping.
 //! - **Failure injection** for every backend call ([`SimHostIommu::fail_next`],
-//!   [`SimHostIommu::fail_invalidate_partially`]) and a bounded **fault queue** of host faults
-//!   ([`HostFault`]) that [`HostIommuBackend::read_faults`] drains.
+//!   [`SimHostIommu::fail_always`], [`SimHostIommu::fail_invalidate_partially`]): an injected
+//!   failure looks exactly like the kernel's (op, `EIO`, `entry_num`); only the simulator knows
+//!   it injected it ([`SimStats::injected_failures`]).
+//! - A bounded **fault queue** of host faults ([`HostFault`]) that
+//!   [`HostIommuBackend::read_faults`] drains. Replacing or detaching a nested HWPT answers the
+//!   faults still queued for it, as the kernel does (Linux
+//!   `drivers/iommu/iommufd/fault.c`, `iommufd_auto_response_faults`): nothing a device
+//!   leaves behind outlives its HWPT ([`SimHostIommu::device_objects`] shows what is left).
 //!
 //! A device's DMA is [`SimHostIommu::dma_translate`] (or `dma_read` / `dma_write`): it never
 //! touches the emulated unit.
+//!
+//! Host memory and the stage-2 view live in `memory`, the failure-injection knobs in `inject`;
+//! their types are re-exported here.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use vtd_regs::fault::FaultReason;
 use vtd_tables::GuestRam;
-use vtd_tables::MemError;
 use vtd_tables::entries::PasidEntry;
 use vtd_tables::walk::{AccessKind, WalkConfig, walk_first_stage};
 
 use crate::backend::{
     BackendError, BackendOp, DeviceId, HostFault, HostIommuBackend, HwptAlloc, HwptId, IoasId,
-    NO_PASID, VtdS1, VtdS1Flags, VtdS1Invalidation,
+    Pasid, VtdS1, VtdS1Flags, VtdS1Invalidation,
 };
 use crate::host::{HostHwInfo, ViommuFlags};
+
+mod inject;
+mod memory;
+
+use inject::FailurePlan;
+pub use inject::SimOp;
+pub use memory::{HostMemory, HostRegion};
+use memory::{S2Map, Stage2View};
 
 const PAGE: u64 = 4096;
 const SIZES: [u64; 3] = [1 << 30, 1 << 21, 1 << 12];
@@ -48,139 +64,13 @@ const IOTLB_CAPACITY: usize = 1 << 20;
 /// Invalidation calls remembered for inspection.
 const INVALIDATION_LOG: usize = 4096;
 
-/// One range of host physical memory, backed by a `GuestRam` (e.g. the very mapping that is
-/// the guest's RAM, placed at another address, as on a real host).
-#[derive(Clone, Debug)]
-pub struct HostRegion<M> {
-    /// Host-physical base.
-    pub hpa: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// The memory that holds the bytes.
-    pub backing: M,
-    /// Address of `hpa` inside `backing`.
-    pub backing_base: u64,
-}
-
-/// Host physical memory: non-overlapping [`HostRegion`]s. Accesses must fall inside one
-/// region; anything else is a [`MemError`].
-#[derive(Clone, Debug)]
-pub struct HostMemory<M> {
-    regions: Vec<HostRegion<M>>,
-}
-
-impl<M> Default for HostMemory<M> {
-    fn default() -> Self {
-        Self {
-            regions: Vec::new(),
-        }
-    }
-}
-
-impl<M: GuestRam> HostMemory<M> {
-    /// No memory at all.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds `[hpa, hpa + len)` backed by `backing` at `backing_base`.
-    pub fn with_region(mut self, hpa: u64, len: u64, backing: M, backing_base: u64) -> Self {
-        self.regions.push(HostRegion {
-            hpa,
-            len,
-            backing,
-            backing_base,
-        });
-        self
-    }
-
-    fn locate(&self, hpa: u64, len: usize) -> Result<(&M, u64), MemError> {
-        let err = MemError { gpa: hpa, len };
-        for r in &self.regions {
-            if hpa >= r.hpa && hpa - r.hpa < r.len {
-                let off = hpa - r.hpa;
-                if (len as u64) > r.len - off {
-                    return Err(err);
-                }
-                return Ok((&r.backing, r.backing_base + off));
-            }
-        }
-        Err(err)
-    }
-}
-
-impl<M: GuestRam> GuestRam for HostMemory<M> {
-    fn read(&self, hpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let (m, at) = self.locate(hpa, buf.len())?;
-        m.read(at, buf).map_err(|_| MemError {
-            gpa: hpa,
-            len: buf.len(),
-        })
-    }
-
-    fn write(&self, hpa: u64, buf: &[u8]) -> Result<(), MemError> {
-        let (m, at) = self.locate(hpa, buf.len())?;
-        m.write(at, buf).map_err(|_| MemError {
-            gpa: hpa,
-            len: buf.len(),
-        })
-    }
-
-    fn compare_exchange_u64(
-        &self,
-        hpa: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, MemError> {
-        let (m, at) = self.locate(hpa, 8)?;
-        m.compare_exchange_u64(at, current, new)
-            .map_err(|_| MemError { gpa: hpa, len: 8 })
-    }
-}
-
-/// The backend calls failures can be injected into.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SimOp {
-    /// `get_hw_info`.
-    GetHwInfo,
-    /// `alloc_hwpt`.
-    AllocHwpt,
-    /// `attach`.
-    Attach,
-    /// `detach`.
-    Detach,
-    /// `invalidate`.
-    Invalidate,
-    /// `destroy`.
-    Destroy,
-    /// `read_faults`.
-    ReadFaults,
-}
-
-impl SimOp {
-    /// Every op.
-    pub const ALL: [SimOp; 7] = [
-        SimOp::GetHwInfo,
-        SimOp::AllocHwpt,
-        SimOp::Attach,
-        SimOp::Detach,
-        SimOp::Invalidate,
-        SimOp::Destroy,
-        SimOp::ReadFaults,
-    ];
-
-    const fn backend_op(self) -> BackendOp {
-        match self {
-            Self::GetHwInfo => BackendOp::GetHwInfo,
-            Self::AllocHwpt => BackendOp::AllocHwpt,
-            Self::Attach => BackendOp::Attach,
-            Self::Detach => BackendOp::Detach,
-            Self::Invalidate => BackendOp::Invalidate,
-            Self::Destroy => BackendOp::Destroy,
-            Self::ReadFaults => BackendOp::ReadFaults,
-        }
-    }
-}
+/// The errnos the kernel returns for what the simulator refuses (Linux
+/// `include/uapi/asm-generic/errno-base.h`, `errno.h`).
+const EIO: i32 = 5;
+const ENOENT: i32 = 2;
+const EBUSY: i32 = 16;
+const EINVAL: i32 = 22;
+const EOPNOTSUPP: i32 = 95;
 
 /// What an HWPT is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -248,6 +138,20 @@ pub struct SimStats {
     pub fault_overflows: u64,
     /// Invalidation entries handled.
     pub invalidation_entries: u64,
+    /// Queued faults answered because their HWPT was replaced or detached.
+    pub faults_auto_responded: u64,
+}
+
+/// Everything the simulated host still holds for one device: what a VMM checks after
+/// unplugging it (only its default HWPT should remain attached).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimDeviceObjects {
+    /// Nested HWPTs allocated for the device that still exist.
+    pub nested_hwpts: Vec<HwptId>,
+    /// Its attachments: PASID (`None`: requests without PASID) -> HWPT.
+    pub attachments: BTreeMap<Option<Pasid>, HwptId>,
+    /// Faults from the device still queued on nested HWPTs.
+    pub queued_faults: usize,
 }
 
 impl SimStats {
@@ -258,13 +162,6 @@ impl SimStats {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct S2Map {
-    len: u64,
-    hpa: u64,
-    writable: bool,
-}
-
-#[derive(Clone, Copy, Debug)]
 struct IotlbEntry {
     size: u64,
     hpa_base: u64,
@@ -272,17 +169,10 @@ struct IotlbEntry {
 }
 
 #[derive(Default)]
-struct FailurePlan {
-    next: BTreeMap<SimOp, u32>,
-    always: BTreeMap<SimOp, bool>,
-    partial_invalidate: Option<u32>,
-}
-
-#[derive(Default)]
 struct SimState {
     next_id: u32,
     /// Attachments: device -> PASID -> HWPT.
-    devices: BTreeMap<DeviceId, BTreeMap<u32, HwptId>>,
+    devices: BTreeMap<DeviceId, BTreeMap<Option<Pasid>, HwptId>>,
     ioas: BTreeMap<IoasId, BTreeMap<u64, S2Map>>,
     hwpts: BTreeMap<HwptId, SimHwpt>,
     /// (HWPT, input page base) -> entry.
@@ -305,6 +195,20 @@ impl SimState {
         self.stats.iotlb_invalidated += (before - self.iotlb.len()) as u64;
     }
 
+    /// The kernel answers the faults still queued for an HWPT a device (PASID) leaves.
+    fn auto_respond(&mut self, dev: DeviceId, pasid: Option<Pasid>, left: HwptId) {
+        if !matches!(
+            self.hwpts.get(&left).map(|h| h.kind),
+            Some(SimHwptKind::Nested { .. })
+        ) {
+            return;
+        }
+        let before = self.faults.len();
+        self.faults
+            .retain(|f| !(f.dev_id == dev && f.pasid == pasid && f.hwpt == Some(left)));
+        self.stats.faults_auto_responded += (before - self.faults.len()) as u64;
+    }
+
     fn raise(&mut self, fault: HostFault) {
         self.stats.faults_raised += 1;
         if self.faults.len() >= FAULT_QUEUE_DEPTH {
@@ -312,77 +216,6 @@ impl SimState {
         } else {
             self.faults.push_back(fault);
         }
-    }
-}
-
-/// Stage-2 view of guest physical memory: the guest's tables as the host's nested walker
-/// reads them (GPA -> IOAS -> host memory).
-struct Stage2View<'a, M> {
-    maps: &'a BTreeMap<u64, S2Map>,
-    mem: &'a HostMemory<M>,
-}
-
-impl<M: GuestRam> Stage2View<'_, M> {
-    fn lookup(&self, gpa: u64) -> Option<(u64, S2Map, u64)> {
-        let (&start, m) = self.maps.range(..=gpa).next_back()?;
-        (gpa - start < m.len).then_some((start, *m, m.hpa + (gpa - start)))
-    }
-
-    fn hpa(&self, gpa: u64, write: bool, len: usize) -> Result<u64, MemError> {
-        let err = MemError { gpa, len };
-        let (_, m, hpa) = self.lookup(gpa).ok_or(err)?;
-        if write && !m.writable {
-            return Err(err);
-        }
-        Ok(hpa)
-    }
-
-    /// Splits `[gpa, gpa + len)` at 4 KiB boundaries.
-    fn chunks(gpa: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
-        let mut done = 0usize;
-        std::iter::from_fn(move || {
-            if done >= len {
-                return None;
-            }
-            let at = gpa.checked_add(done as u64)?;
-            let room = (PAGE - (at & (PAGE - 1))) as usize;
-            let n = room.min(len - done);
-            let item = (at, done, n);
-            done += n;
-            Some(item)
-        })
-    }
-}
-
-impl<M: GuestRam> GuestRam for Stage2View<'_, M> {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let len = buf.len();
-        for (at, off, n) in Self::chunks(gpa, len) {
-            let hpa = self.hpa(at, false, len)?;
-            self.mem.read(hpa, &mut buf[off..off + n])?;
-        }
-        Ok(())
-    }
-
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
-        for (at, off, n) in Self::chunks(gpa, buf.len()) {
-            let hpa = self.hpa(at, true, buf.len())?;
-            self.mem.write(hpa, &buf[off..off + n])?;
-        }
-        Ok(())
-    }
-
-    fn compare_exchange_u64(
-        &self,
-        gpa: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, MemError> {
-        if gpa % 8 != 0 {
-            return Err(MemError { gpa, len: 8 });
-        }
-        let hpa = self.hpa(gpa, true, 8)?;
-        self.mem.compare_exchange_u64(hpa, current, new)
     }
 }
 
@@ -401,8 +234,8 @@ impl<M> std::fmt::Debug for SimHostIommu<M> {
     }
 }
 
-fn err(op: BackendOp, message: impl Into<String>) -> BackendError {
-    BackendError::new(op, message)
+fn err(op: BackendOp, errno: i32, message: impl Into<String>) -> BackendError {
+    BackendError::with_errno(op, errno, message)
 }
 
 impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
@@ -432,7 +265,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     /// Binds a new device (`VFIO_DEVICE_BIND_IOMMUFD`): its DMA is blocked until attached.
     pub fn add_device(&self) -> DeviceId {
         let mut st = self.lock();
-        let id = st.new_id();
+        let id = DeviceId(st.new_id());
         st.devices.insert(id, BTreeMap::new());
         id
     }
@@ -440,7 +273,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     /// Allocates an empty IOAS (`IOMMU_IOAS_ALLOC`).
     pub fn alloc_ioas(&self) -> IoasId {
         let mut st = self.lock();
-        let id = st.new_id();
+        let id = IoasId(st.new_id());
         st.ioas.insert(id, BTreeMap::new());
         id
     }
@@ -458,7 +291,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     ) -> Result<(), BackendError> {
         let op = BackendOp::IoasMap;
         if len == 0 || (gpa | len | hpa) & (PAGE - 1) != 0 || gpa.checked_add(len).is_none() {
-            return Err(err(op, "unaligned or empty range"));
+            return Err(err(op, EINVAL, "unaligned or empty range"));
         }
         let mut st = self.lock();
         let nest_parent = st.hwpts.values().any(
@@ -467,19 +300,24 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         if !writable && nest_parent && self.info.quirks().nest_parent_no_readonly {
             return Err(err(
                 op,
+                EINVAL,
                 "ERRATA_772415_SPR17: read-only mapping refused in a nest-parent IOAS",
             ));
         }
         let maps = st
             .ioas
             .get_mut(&ioas)
-            .ok_or_else(|| err(op, format!("no IOAS {ioas}")))?;
+            .ok_or_else(|| err(op, ENOENT, format!("no {ioas}")))?;
         let overlaps = maps
             .range(..gpa.saturating_add(len))
             .next_back()
             .is_some_and(|(&s, m)| s + m.len > gpa);
         if overlaps {
-            return Err(err(op, format!("{gpa:#x}+{len:#x} overlaps a mapping")));
+            return Err(err(
+                op,
+                EINVAL,
+                format!("{gpa:#x}+{len:#x} overlaps a mapping"),
+            ));
         }
         maps.insert(gpa, S2Map { len, hpa, writable });
         Ok(())
@@ -521,30 +359,8 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
                 pasid: flags.want_pasid_parent,
             },
         )?;
-        self.attach(dev, NO_PASID, parent)?;
+        self.attach(dev, None, parent)?;
         Ok((dev, parent))
-    }
-
-    /// Makes the next `count` calls of `op` fail (after any already armed).
-    pub fn fail_next(&self, op: SimOp, count: u32) {
-        let mut st = self.lock();
-        *st.plan.next.entry(op).or_default() += count;
-    }
-
-    /// Makes every call of `op` fail while `on`.
-    pub fn fail_always(&self, op: SimOp, on: bool) {
-        self.lock().plan.always.insert(op, on);
-    }
-
-    /// Makes the next invalidation handle at most `handled` entries (fewer than it was given)
-    /// and fail, as the kernel reports through `entry_num`.
-    pub fn fail_invalidate_partially(&self, handled: u32) {
-        self.lock().plan.partial_invalidate = Some(handled);
-    }
-
-    /// Disarms every injected failure.
-    pub fn clear_failures(&self) {
-        self.lock().plan = FailurePlan::default();
     }
 
     /// Queues a host fault as if the hardware had raised it.
@@ -557,9 +373,31 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         self.lock().hwpts.values().copied().collect()
     }
 
-    /// The attachments of `dev`: PASID -> HWPT (absent = blocked).
-    pub fn attachments(&self, dev: DeviceId) -> BTreeMap<u32, HwptId> {
+    /// The attachments of `dev`: PASID (`None`: requests without PASID) -> HWPT (absent =
+    /// blocked).
+    pub fn attachments(&self, dev: DeviceId) -> BTreeMap<Option<Pasid>, HwptId> {
         self.lock().devices.get(&dev).cloned().unwrap_or_default()
+    }
+
+    /// What the host still holds for `dev` (see [`SimDeviceObjects`]).
+    pub fn device_objects(&self, dev: DeviceId) -> SimDeviceObjects {
+        let st = self.lock();
+        let nested = |h: &SimHwpt| matches!(h.kind, SimHwptKind::Nested { .. });
+        SimDeviceObjects {
+            nested_hwpts: st
+                .hwpts
+                .values()
+                .filter(|h| h.dev == dev && nested(h))
+                .map(|h| h.id)
+                .collect(),
+            attachments: st.devices.get(&dev).cloned().unwrap_or_default(),
+            queued_faults: st
+                .faults
+                .iter()
+                .filter(|f| f.dev_id == dev)
+                .filter(|f| f.hwpt.and_then(|h| st.hwpts.get(&h)).is_some_and(nested))
+                .count(),
+        }
     }
 
     /// Number of IOTLB entries.
@@ -578,33 +416,13 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         self.lock().inv_log.drain(..).collect()
     }
 
-    fn enter(&self, st: &mut SimState, op: SimOp) -> Result<(), BackendError> {
-        *st.stats.calls.entry(op).or_default() += 1;
-        let always = st.plan.always.get(&op).copied().unwrap_or(false);
-        let next = st.plan.next.entry(op).or_default();
-        if always || *next > 0 {
-            if !always {
-                *next -= 1;
-            }
-            st.stats.injected_failures += 1;
-            return Err(BackendError {
-                op: op.backend_op(),
-                errno: Some(5), // EIO
-                message: "failure injected by the simulator".into(),
-                handled: (op == SimOp::Invalidate).then_some(0),
-                injected: true,
-            });
-        }
-        Ok(())
-    }
-
     /// Translates one DMA request of `dev` (the request's PASID or none) the way the host IOMMU
     /// would: IOTLB, else the attached HWPT's walk. A fault is queued for
     /// [`HostIommuBackend::read_faults`] and returned.
     pub fn dma_translate(
         &self,
         dev: DeviceId,
-        pasid: Option<u32>,
+        pasid: Option<Pasid>,
         iova: u64,
         access: AccessKind,
     ) -> Result<HostTranslation, HostFault> {
@@ -615,7 +433,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     pub fn dma_translate_privileged(
         &self,
         dev: DeviceId,
-        pasid: Option<u32>,
+        pasid: Option<Pasid>,
         iova: u64,
         access: AccessKind,
         privileged: bool,
@@ -630,11 +448,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
             privileged,
             hwpt,
         };
-        let attached = st
-            .devices
-            .get(&dev)
-            .and_then(|a| a.get(&pasid.unwrap_or(NO_PASID)))
-            .copied();
+        let attached = st.devices.get(&dev).and_then(|a| a.get(&pasid)).copied();
         let Some(hwpt_id) = attached else {
             // Blocked: the host's PASID-table entry for the device is not present.
             let f = fault(FaultReason::PasidEntryNotPresent, None);
@@ -747,7 +561,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     pub fn dma_read(
         &self,
         dev: DeviceId,
-        pasid: Option<u32>,
+        pasid: Option<Pasid>,
         iova: u64,
         buf: &mut [u8],
     ) -> Result<HostTranslation, HostFault> {
@@ -762,7 +576,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     pub fn dma_write(
         &self,
         dev: DeviceId,
-        pasid: Option<u32>,
+        pasid: Option<Pasid>,
         iova: u64,
         data: &[u8],
     ) -> Result<HostTranslation, HostFault> {
@@ -776,7 +590,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     fn bus_error(
         &self,
         dev: DeviceId,
-        pasid: Option<u32>,
+        pasid: Option<Pasid>,
         iova: u64,
         access: AccessKind,
     ) -> HostFault {
@@ -801,7 +615,7 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
         let mut st = self.lock();
         self.enter(&mut st, SimOp::GetHwInfo)?;
         if !st.devices.contains_key(&dev) {
-            return Err(err(BackendOp::GetHwInfo, format!("no device {dev}")));
+            return Err(err(BackendOp::GetHwInfo, ENOENT, format!("no {dev}")));
         }
         Ok(self.info)
     }
@@ -811,14 +625,18 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
         let mut st = self.lock();
         self.enter(&mut st, SimOp::AllocHwpt)?;
         if !st.devices.contains_key(&dev) {
-            return Err(err(op, format!("no device {dev}")));
+            return Err(err(op, ENOENT, format!("no {dev}")));
         }
         let info = &self.info;
         let pasid_req = match req {
             HwptAlloc::Parent { pasid, .. } | HwptAlloc::Nested { pasid, .. } => *pasid,
         };
         if pasid_req && !info.supports_pasid() {
-            return Err(err(op, "IOMMU_HWPT_ALLOC_PASID: host has no PASID support"));
+            return Err(err(
+                op,
+                EOPNOTSUPP,
+                "IOMMU_HWPT_ALLOC_PASID: host has no PASID support",
+            ));
         }
         let kind = match *req {
             HwptAlloc::Parent {
@@ -827,9 +645,9 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
                 let maps = st
                     .ioas
                     .get(&ioas)
-                    .ok_or_else(|| err(op, format!("no IOAS {ioas}")))?;
+                    .ok_or_else(|| err(op, ENOENT, format!("no {ioas}")))?;
                 if nest_parent && !info.ecap.nest() {
-                    return Err(err(op, "NEST_PARENT: host has no ECAP.NEST"));
+                    return Err(err(op, EOPNOTSUPP, "NEST_PARENT: host has no ECAP.NEST"));
                 }
                 if nest_parent
                     && info.quirks().nest_parent_no_readonly
@@ -837,6 +655,7 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
                 {
                     return Err(err(
                         op,
+                        EINVAL,
                         "ERRATA_772415_SPR17: the IOAS holds read-only mappings",
                     ));
                 }
@@ -847,31 +666,32 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
                     Some(SimHwptKind::Parent {
                         nest_parent: true, ..
                     }) => {}
-                    _ => return Err(err(op, format!("HWPT {parent} is not a nest parent"))),
+                    _ => return Err(err(op, EINVAL, format!("{parent} is not a nest parent"))),
                 }
                 let known = VtdS1Flags::SRE | VtdS1Flags::EAFE | VtdS1Flags::WPE;
                 if s1.flags.0 & !known != 0 {
-                    return Err(err(op, "unknown VTD_S1 flags"));
+                    return Err(err(op, EOPNOTSUPP, "unknown VTD_S1 flags"));
                 }
                 if !(s1.addr_width == 48 || (s1.addr_width == 57 && info.cap.fl5lp())) {
                     return Err(err(
                         op,
+                        EOPNOTSUPP,
                         format!("VTD_S1 addr_width {} unsupported", s1.addr_width),
                     ));
                 }
                 if s1.flags.sre() && !info.ecap.srs() {
-                    return Err(err(op, "VTD_S1 SRE needs host ECAP.SRS"));
+                    return Err(err(op, EOPNOTSUPP, "VTD_S1 SRE needs host ECAP.SRS"));
                 }
                 if s1.flags.eafe() && !info.ecap.eafs() {
-                    return Err(err(op, "VTD_S1 EAFE needs host ECAP.EAFS"));
+                    return Err(err(op, EOPNOTSUPP, "VTD_S1 EAFE needs host ECAP.EAFS"));
                 }
                 if s1.pgtbl_addr & (PAGE - 1) != 0 {
-                    return Err(err(op, "VTD_S1 pgtbl_addr not 4 KiB aligned"));
+                    return Err(err(op, EINVAL, "VTD_S1 pgtbl_addr not 4 KiB aligned"));
                 }
                 SimHwptKind::Nested { parent, s1 }
             }
         };
-        let id = st.new_id();
+        let id = HwptId(st.new_id());
         st.hwpts.insert(
             id,
             SimHwpt {
@@ -884,42 +704,56 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
         Ok(id)
     }
 
-    fn attach(&self, dev: DeviceId, pasid: u32, hwpt: HwptId) -> Result<(), BackendError> {
+    fn attach(
+        &self,
+        dev: DeviceId,
+        pasid: Option<Pasid>,
+        hwpt: HwptId,
+    ) -> Result<(), BackendError> {
         let op = BackendOp::Attach;
         let mut st = self.lock();
         self.enter(&mut st, SimOp::Attach)?;
         let h = *st
             .hwpts
             .get(&hwpt)
-            .ok_or_else(|| err(op, format!("no HWPT {hwpt}")))?;
-        if pasid != NO_PASID {
+            .ok_or_else(|| err(op, ENOENT, format!("no {hwpt}")))?;
+        if let Some(p) = pasid {
             let limit = 1u64 << self.info.max_pasid_log2.min(20);
-            if !self.info.supports_pasid() || u64::from(pasid) >= limit {
-                return Err(err(op, format!("PASID {pasid} attach unsupported by host")));
+            if !self.info.supports_pasid() || u64::from(p.get()) >= limit {
+                return Err(err(
+                    op,
+                    EOPNOTSUPP,
+                    format!("{p} attach unsupported by host"),
+                ));
             }
             if !h.pasid_capable {
                 return Err(err(
                     op,
-                    format!("HWPT {hwpt} was not allocated with IOMMU_HWPT_ALLOC_PASID"),
+                    EINVAL,
+                    format!("{hwpt} was not allocated with IOMMU_HWPT_ALLOC_PASID"),
                 ));
             }
         }
         let at = st
             .devices
             .get_mut(&dev)
-            .ok_or_else(|| err(op, format!("no device {dev}")))?;
-        at.insert(pasid, hwpt);
+            .ok_or_else(|| err(op, ENOENT, format!("no {dev}")))?;
+        if let Some(old) = at.insert(pasid, hwpt).filter(|&old| old != hwpt) {
+            st.auto_respond(dev, pasid, old);
+        }
         Ok(())
     }
 
-    fn detach(&self, dev: DeviceId, pasid: u32) -> Result<(), BackendError> {
+    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
         let mut st = self.lock();
         self.enter(&mut st, SimOp::Detach)?;
         let at = st
             .devices
             .get_mut(&dev)
-            .ok_or_else(|| err(BackendOp::Detach, format!("no device {dev}")))?;
-        at.remove(&pasid);
+            .ok_or_else(|| err(BackendOp::Detach, ENOENT, format!("no {dev}")))?;
+        if let Some(old) = at.remove(&pasid) {
+            st.auto_respond(dev, pasid, old);
+        }
         Ok(())
     }
 
@@ -930,9 +764,9 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
         match st.hwpts.get(&hwpt).map(|h| h.kind) {
             Some(SimHwptKind::Nested { .. }) => {}
             Some(_) => {
-                return Err(err(op, format!("HWPT {hwpt} is not user-managed")).with_handled(0));
+                return Err(err(op, EINVAL, format!("{hwpt} is not user-managed")).with_handled(0));
             }
-            None => return Err(err(op, format!("no HWPT {hwpt}")).with_handled(0)),
+            None => return Err(err(op, ENOENT, format!("no {hwpt}")).with_handled(0)),
         }
         let limit = st
             .plan
@@ -946,19 +780,20 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
         let mut failure = None;
         for (i, e) in entries.iter().enumerate() {
             if limit == Some(i) {
-                failure = Some(BackendError {
-                    op,
-                    errno: Some(5),
-                    message: "partial invalidation injected by the simulator".into(),
-                    handled: Some(handled),
-                    injected: true,
-                });
+                failure = Some(
+                    err(op, EIO, "partial invalidation injected by the simulator")
+                        .with_handled(handled),
+                );
                 break;
             }
             if e.addr & (PAGE - 1) != 0 || e.npages == 0 {
                 failure = Some(
-                    err(op, format!("entry {i}: unaligned address or no pages"))
-                        .with_handled(handled),
+                    err(
+                        op,
+                        EINVAL,
+                        format!("entry {i}: unaligned address or no pages"),
+                    )
+                    .with_handled(handled),
                 );
                 break;
             }
@@ -982,17 +817,17 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
         let mut st = self.lock();
         self.enter(&mut st, SimOp::Destroy)?;
         if !st.hwpts.contains_key(&hwpt) {
-            return Err(err(op, format!("no HWPT {hwpt}")));
+            return Err(err(op, ENOENT, format!("no {hwpt}")));
         }
         if st.devices.values().any(|a| a.values().any(|&h| h == hwpt)) {
-            return Err(err(op, format!("HWPT {hwpt} is attached (EBUSY)")));
+            return Err(err(op, EBUSY, format!("{hwpt} is attached")));
         }
         let has_children = st
             .hwpts
             .values()
             .any(|h| matches!(h.kind, SimHwptKind::Nested { parent, .. } if parent == hwpt));
         if has_children {
-            return Err(err(op, format!("HWPT {hwpt} has nested children (EBUSY)")));
+            return Err(err(op, EBUSY, format!("{hwpt} has nested children")));
         }
         st.hwpts.remove(&hwpt);
         st.drop_iotlb(|&(h, _), _| h == hwpt);
