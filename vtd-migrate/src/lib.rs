@@ -128,12 +128,16 @@
 #![forbid(unsafe_code)]
 
 mod codec;
+mod passthrough;
 mod precopy;
 mod snapshot;
 mod v1;
 mod v2;
 
 pub use codec::{FormatError, HEADER_SIZE, MAGIC, MAX_PAYLOAD};
+pub use passthrough::{
+    HwptDirtyLog, check_devices, restore_with_binder, save_with_binder, snapshot_with_binder,
+};
 pub use precopy::{
     DIRTY_PAGE_SIZE, DirtyError, DirtyPages, DirtyTracker, FinalRound, GuestMemoryDirtyLog, PreCopy,
 };
