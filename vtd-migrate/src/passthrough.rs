@@ -209,7 +209,8 @@ impl HwptDirtyLog {
         let mut logs: Vec<Self> = Vec::new();
         for d in binder.registered_devices() {
             let same = |l: &&mut Self| {
-                l.hwpt == d.parent && std::ptr::addr_eq(Arc::as_ptr(&l.backend), Arc::as_ptr(&d.backend))
+                l.hwpt == d.parent
+                    && std::ptr::addr_eq(Arc::as_ptr(&l.backend), Arc::as_ptr(&d.backend))
             };
             match logs.iter_mut().find(|l| same(l)) {
                 Some(l) => l.devices.push(d.bdf),

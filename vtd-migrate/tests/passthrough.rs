@@ -156,7 +156,10 @@ fn a_device_missing_on_the_target_is_named_and_nothing_changes() {
     match vtd_migrate::restore_with_binder(&unit, &h.binder, &bytes) {
         Err(e @ SnapshotError::MissingDevice { .. }) => {
             let text = e.to_string();
-            assert!(text.contains("01:00.0") && text.contains("0000:3b:00.0"), "{text}");
+            assert!(
+                text.contains("01:00.0") && text.contains("0000:3b:00.0"),
+                "{text}"
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -496,7 +496,10 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
             }
         }
         st.stats.iotlb_misses += 1;
-        let result = self.walk(&st, hwpt_id, iova, access, privileged);
+        let (result, table_writes) = self.walk(&st, hwpt_id, iova, access, privileged);
+        for gpa in table_writes {
+            st.mark_dirty(hwpt_id, gpa);
+        }
         match result {
             Ok((t, gpa)) => {
                 if st.iotlb.len() >= IOTLB_CAPACITY {
@@ -531,6 +534,22 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         iova: u64,
         access: AccessKind,
         privileged: bool,
+    ) -> (Result<(HostTranslation, u64), FaultReason>, Vec<u64>) {
+        let mut table_writes = Vec::new();
+        let result = self.walk_recording(st, hwpt_id, iova, access, privileged, &mut table_writes);
+        (result, table_writes)
+    }
+
+    /// The walk; the guest-physical addresses of the guest's table entries it updated (A/D)
+    /// go to `table_writes`, faulting walks included.
+    fn walk_recording(
+        &self,
+        st: &SimState,
+        hwpt_id: HwptId,
+        iova: u64,
+        access: AccessKind,
+        privileged: bool,
+        table_writes: &mut Vec<u64>,
     ) -> Result<(HostTranslation, u64), FaultReason> {
         let ss_perm = FaultReason::SecondStagePermissionDenied;
         let hwpt = st.hwpts.get(&hwpt_id).ok_or(ss_perm)?;
@@ -545,14 +564,16 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
                 let view = Stage2View {
                     maps,
                     mem: &self.mem,
+                    written: Default::default(),
                 };
                 let pe = PasidEntry::first_stage(s1.pgtbl_addr, s1.addr_width == 57, 0, 2)
                     .with_sre(s1.flags.sre())
                     .with_wpe(s1.flags.wpe())
                     .with_eafe(s1.flags.eafe());
                 let wc = WalkConfig::new(self.info.cap, self.info.ecap);
-                let leaf = walk_first_stage(&view, &wc, &pe, iova, access, privileged)
-                    .map_err(|f| f.reason)?;
+                let leaf = walk_first_stage(&view, &wc, &pe, iova, access, privileged);
+                table_writes.extend(view.written.take());
+                let leaf = leaf.map_err(|f| f.reason)?;
                 let gpa = leaf.page_base | (iova & (leaf.page_size - 1));
                 (ioas, gpa, leaf.page_size, leaf.perms.write)
             }
@@ -561,6 +582,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         let view = Stage2View {
             maps,
             mem: &self.mem,
+            written: Default::default(),
         };
         let (start, m, hpa) = view.lookup(gpa).ok_or(ss_perm)?;
         if access.is_write() && !m.writable {

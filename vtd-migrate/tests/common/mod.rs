@@ -217,8 +217,15 @@ impl Scenario {
                 .unwrap();
                 for page in 0..MAPPED {
                     let gpa = passthrough_gpa(pasid, page);
-                    pt.map(&mut g.frames, iova(page), gpa, PageSize::Size4K, true, page != 3)
-                        .unwrap();
+                    pt.map(
+                        &mut g.frames,
+                        iova(page),
+                        gpa,
+                        PageSize::Size4K,
+                        true,
+                        page != 3,
+                    )
+                    .unwrap();
                 }
                 let did = 20 + pasid.unwrap_or(0) as u16;
                 dir.set_entry(
