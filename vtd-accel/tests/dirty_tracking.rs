@@ -126,12 +126,12 @@ fn bitmap_arguments_are_checked_as_the_kernel_does() {
     let (_, parent) = sim.vfio_bind_default(ioas, ViommuFlags::default()).unwrap();
     sim.set_dirty_tracking(parent, true).unwrap();
     for (iova, length, page_size, words) in [
-        (0x800, 4096, 4096, 1),             // unaligned IOVA
-        (0, 4096, 3000, 1),                 // page size not a power of two
-        (0, 4096, 2048, 1),                 // below 4 KiB
-        (0, 65 * 4096, 4096, 1),            // bitmap too small
-        (0, 0, 4096, 1),                    // empty range
-        (u64::MAX & !0xfff, 8192, 4096, 1), // wraps
+        (0x800, 4096, 4096, 1),  // unaligned IOVA
+        (0, 4096, 3000, 1),      // page size not a power of two
+        (0, 4096, 2048, 1),      // below 4 KiB
+        (0, 65 * 4096, 4096, 1), // bitmap too small
+        (0, 0, 4096, 1),         // empty range
+        (!0xfff, 8192, 4096, 1), // wraps
     ] {
         let mut bitmap = vec![0u64; words];
         let e = sim
