@@ -1,28 +1,44 @@
 //! The unit's translation caches (VT-d spec 6.2): context cache, PASID cache and IOTLB.
 //!
-//! - The IOTLB is split into shards chosen by (requester, PASID, 1 GiB region), each behind its
-//!   own `RwLock`: a hit takes one shard's read lock, probes at most three keys (4 KiB, 2 MiB,
-//!   1 GiB) and allocates nothing.
-//! - Each shard indexes its entries by domain and, inside a domain, by IOVA, so a domain or
-//!   page-range invalidation visits the entries it removes (plus a logarithmic search), not the
-//!   whole cache.
+//! - The IOTLB is set-associative: 8-way sets chosen from (requester, PASID, page, page
+//!   size), so consecutive pages of one device fill consecutive sets and one device can use
+//!   the whole cache (16,384 entries by default, 48 bytes each, allocated once).
+//! - A hit writes nothing shared. Each set is a sequence lock over atomic words: a reader
+//!   loads the sequence, the ways and the sequence again and keeps what it read only if the
+//!   sequence did not move; it never waits (a set kept busy by writers is a miss, and a miss
+//!   walks the tables, which is always correct). Hit and miss counts are per-thread stripes
+//!   summed when read. Chosen over a per-shard `RwLock` (whose read lock writes the lock
+//!   word, the line every other hitting thread reads) and over arc-swap or RCU (which copy
+//!   or defer-free on every fill and need a dependency or `unsafe`): this needs neither.
+//! - Invalidations cost what they remove. A page-selective one names a domain and pages but
+//!   not requesters, so the cache records which requesters filled entries of each domain and
+//!   probes, for each of them, only the sets the pages can be in (at most one sweep of the
+//!   cache, the bound for wide ranges); domain, PASID and global ones sweep the sets,
+//!   locking only those holding a victim.
 //! - Not-present entries are never cached (the unit is not in caching mode's "may cache
 //!   not-present" business: spec 6.1 allows, never requires it).
 //! - An invalidation epoch closes the race between a walk that read old tables and an
 //!   invalidation that completed meanwhile: a fill is dropped if any invalidation started since
-//!   its walk began.
+//!   its walk began. The epoch advances again when an invalidation is done, so anything tagged
+//!   with an epoch read during it (the `Iommu` adapter's per-thread maps) is stale after it.
+//!
+//! The invariants are the tests' names: `hits_every_page_size_and_respects_scope`,
+//! `a_fill_racing_an_invalidation_is_dropped`, `capacity_is_bounded`,
+//! `one_device_fills_every_way_of_one_range`,
+//! `a_fill_after_its_requester_was_forgotten_registers_it_again`,
+//! `page_invalidation_finds_entries_of_every_requester_of_the_domain`, and in
+//! tests/concurrency.rs `lock_free_hits_never_outlive_a_completed_page_pasid_or_global_invalidation`.
 
-use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 use rustc_hash::FxBuildHasher;
 
-use crate::sync::RwLock;
+use crate::sync::{Mutex, RwLock};
 use vtd_tables::entries::PasidEntry;
-use vtd_tables::walk::{AccessKind, DeviceContext, Translation};
-
-const SHARDS: usize = 16;
+use vtd_tables::walk::{AccessKind, DeviceContext, Perms, Translation, TranslationKind};
 
 /// Cache statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,19 +55,79 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
+/// Hit and miss counts striped by thread: each thread bumps the counters of its own stripe
+/// (its own cache line), so lookups from different threads never write a shared line; a read
+/// sums the stripes.
+///
+/// A stripe is bumped with a plain load and store, not a locked read-modify-write (which
+/// would cost a hit a quarter of its time). Threads get stripes round-robin, so two threads
+/// share one only beyond `STRIPES` threads; if those two then bump the same counter at the
+/// same instant one count is lost. The counts are statistics, never used for a decision.
+struct HitCounters {
+    stripes: Box<[Stripe]>,
     evictions: AtomicU64,
     invalidated: AtomicU64,
 }
 
-impl Counters {
+const STRIPES: usize = 64;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// The stripe of the calling thread.
+fn my_stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        let mut v = s.get();
+        if v == usize::MAX {
+            v = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            s.set(v);
+        }
+        v
+    })
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+}
+
+impl HitCounters {
+    fn new() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            evictions: AtomicU64::new(0),
+            invalidated: AtomicU64::new(0),
+        }
+    }
+
+    fn hit(&self) {
+        bump(&self.stripes[my_stripe()].hits);
+    }
+
+    fn miss(&self) {
+        bump(&self.stripes[my_stripe()].misses);
+    }
+
     fn snapshot(&self, entries: u64) -> CacheStats {
+        let sum = |f: fn(&Stripe) -> &AtomicU64| {
+            self.stripes
+                .iter()
+                .map(|s| f(s).load(Ordering::Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        };
         CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+            hits: sum(|s| &s.hits),
+            misses: sum(|s| &s.misses),
             evictions: self.evictions.load(Ordering::Relaxed),
             invalidated: self.invalidated.load(Ordering::Relaxed),
             entries,
@@ -59,51 +135,287 @@ impl Counters {
     }
 }
 
-/// The IOTLB tag: who asked (requester, PASID the request carried) and which page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct IotlbKey {
-    sid: u16,
-    /// The request's PASID, or `NO_PASID` (PASIDs are at most 20 bits, so no PASID a request
-    /// carries aliases it even when a caller passes a wider value).
-    pasid: u64,
-    /// IOVA page base, aligned to the entry's page size.
-    base: u64,
-    /// log2 of the page size: 12, 21 or 30.
-    shift: u8,
-}
-
-const NO_PASID: u64 = u64::MAX;
+/// Page sizes an entry can have, as log2; an entry's tag stores the index into this.
 const SHIFTS: [u8; 3] = [12, 21, 30];
+/// Entries per set.
+const WAYS: usize = 8;
+/// Words per entry (see [`Entry`]).
+const WORDS: usize = 5;
+/// Optimistic reads of a set tried before a lookup gives up and misses (a miss walks the
+/// tables, which is always correct): a reader never waits for a writer.
+const READ_ATTEMPTS: usize = 4;
 
-/// Domain tag of an entry: DID and the PASID it was translated with (`NO_PASID` in legacy).
-type DomainTag = (u16, u64);
+/// One IOTLB entry as five words, so that a set can be read with atomic loads only:
+///
+/// - 0, tag: IOVA page base | size index << 1 | 1 (0 = empty way);
+/// - 1, requester: PASID << 32 | has-PASID << 16 | source ID (the request's tag);
+/// - 2, output page base | perms (R, W, X in bits 0-2) | kind << 3 | has-PASID << 6;
+/// - 3, the translation's PASID << 32 | DID (the domain tag invalidations select on);
+/// - 4, the leaf entry as the walk left it.
+type Entry = [u64; WORDS];
 
-#[derive(Default)]
-struct IotlbShard {
-    map: HashMap<IotlbKey, Translation, FxBuildHasher>,
-    /// Per domain tag, the keys ordered by IOVA.
-    by_domain: HashMap<DomainTag, BTreeSet<(u64, IotlbKey)>, FxBuildHasher>,
+fn tag_word(base: u64, size_index: usize) -> u64 {
+    base | (size_index as u64) << 1 | 1
 }
 
-impl IotlbShard {
-    fn remove(&mut self, key: &IotlbKey) -> bool {
-        let Some(t) = self.map.remove(key) else {
-            return false;
-        };
-        let tag = domain_tag(&t);
-        if let Some(set) = self.by_domain.get_mut(&tag) {
-            set.remove(&(key.base, *key));
-            if set.is_empty() {
-                self.by_domain.remove(&tag);
-            }
-        }
-        true
+fn requester_word(sid: u16, pasid: Option<u32>) -> u64 {
+    match pasid {
+        Some(p) => u64::from(p) << 32 | 1 << 16 | u64::from(sid),
+        None => u64::from(sid),
     }
 }
 
-fn domain_tag(t: &Translation) -> DomainTag {
-    (t.did, t.pasid.map_or(NO_PASID, u64::from))
+fn kind_code(kind: TranslationKind) -> u64 {
+    match kind {
+        TranslationKind::LegacySecondStage => 0,
+        TranslationKind::LegacyPassThrough => 1,
+        TranslationKind::FirstStage => 2,
+        TranslationKind::SecondStage => 3,
+        TranslationKind::Nested => 4,
+        TranslationKind::PassThrough => 5,
+        TranslationKind::Disabled => 6,
+    }
 }
+
+fn kind_of(code: u64) -> TranslationKind {
+    match code {
+        0 => TranslationKind::LegacySecondStage,
+        1 => TranslationKind::LegacyPassThrough,
+        2 => TranslationKind::FirstStage,
+        3 => TranslationKind::SecondStage,
+        4 => TranslationKind::Nested,
+        5 => TranslationKind::PassThrough,
+        _ => TranslationKind::Disabled,
+    }
+}
+
+fn domain_word(did: u16, pasid: Option<u32>) -> u64 {
+    u64::from(pasid.unwrap_or(0)) << 32 | u64::from(did)
+}
+
+fn encode(tag: u64, requester: u64, t: &Translation) -> Entry {
+    let p = t.perms;
+    let info = t.output_base()
+        | u64::from(p.read)
+        | u64::from(p.write) << 1
+        | u64::from(p.execute) << 2
+        | kind_code(t.kind) << 3
+        | u64::from(t.pasid.is_some()) << 6;
+    [tag, requester, info, domain_word(t.did, t.pasid), t.leaf]
+}
+
+fn decode(e: &Entry, iova: u64) -> Translation {
+    let page_size = 1u64 << SHIFTS[((e[0] >> 1) & 3) as usize];
+    Translation {
+        output: (e[2] & !0xfff) | (iova & (page_size - 1)),
+        page_size,
+        perms: Perms {
+            read: e[2] & 1 != 0,
+            write: e[2] & 2 != 0,
+            execute: e[2] & 4 != 0,
+        },
+        did: e[3] as u16,
+        pasid: (e[2] & 1 << 6 != 0).then_some((e[3] >> 32) as u32),
+        kind: kind_of((e[2] >> 3) & 7),
+        leaf: e[4],
+    }
+}
+
+fn entry_did(e: &Entry) -> u16 {
+    e[3] as u16
+}
+
+fn entry_pasid(e: &Entry) -> Option<u32> {
+    (e[2] & 1 << 6 != 0).then_some((e[3] >> 32) as u32)
+}
+
+/// The IOVA range `[start, end)` an entry covers.
+fn entry_range(e: &Entry) -> (u64, u64) {
+    let base = e[0] & !0xfff;
+    let size = 1u64 << SHIFTS[((e[0] >> 1) & 3) as usize];
+    (base, base.saturating_add(size))
+}
+
+/// A set of [`WAYS`] entries behind a sequence lock.
+///
+/// `seq` is even while the set is stable and odd while a writer is inside; it is also the
+/// writers' lock (a writer makes it odd with a compare-exchange). Readers never write: they
+/// read `seq`, the ways, `seq` again, and keep what they read only if `seq` did not move
+/// (Boehm, "Can seqlocks get along with programming language memory models?", 2012: the
+/// acquire fence between the data loads and the second `seq` load).
+#[derive(Default)]
+#[repr(align(64))]
+struct Set {
+    seq: AtomicU64,
+    ways: [[AtomicU64; WORDS]; WAYS],
+}
+
+/// A writer inside a set; unlocks on drop.
+struct SetWriter<'a> {
+    set: &'a Set,
+    seq: u64,
+}
+
+impl Drop for SetWriter<'_> {
+    fn drop(&mut self) {
+        self.set
+            .seq
+            .store(self.seq.wrapping_add(2), Ordering::Release);
+    }
+}
+
+impl SetWriter<'_> {
+    fn read(&self, way: usize) -> Entry {
+        let w = &self.set.ways[way];
+        std::array::from_fn(|i| w[i].load(Ordering::Relaxed))
+    }
+
+    fn write(&self, way: usize, e: &Entry) {
+        for (slot, v) in self.set.ways[way].iter().zip(e) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    fn clear(&self, way: usize) {
+        self.set.ways[way][0].store(0, Ordering::Relaxed);
+    }
+
+    /// Removes the valid entries `remove` selects; returns how many.
+    fn remove_where(&self, mut remove: impl FnMut(&Entry) -> bool) -> u64 {
+        let mut n = 0;
+        for way in 0..WAYS {
+            let e = self.read(way);
+            if e[0] != 0 && remove(&e) {
+                self.clear(way);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+impl Set {
+    /// Takes the writers' lock. Writers hold it for a few stores, so spinning is short; a
+    /// writer preempted inside only delays other writers (readers give up and walk).
+    fn lock(&self) -> SetWriter<'_> {
+        let mut spins = 0u32;
+        loop {
+            let seq = self.seq.load(Ordering::Relaxed);
+            if seq & 1 == 0
+                && self
+                    .seq
+                    .compare_exchange_weak(seq, seq | 1, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            {
+                // Orders the odd `seq` before the entry stores for readers (see `Set`).
+                fence(Ordering::Release);
+                return SetWriter { set: self, seq };
+            }
+            spins += 1;
+            if spins % 64 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// A consistent read of the set: `visit` sees each valid entry and may stop the scan by
+    /// returning `Some`. `None` when writers kept the set busy for every attempt.
+    fn read<R>(&self, mut visit: impl FnMut(&Entry) -> Option<R>) -> Option<Option<R>> {
+        for _ in 0..READ_ATTEMPTS {
+            let seq = self.seq.load(Ordering::SeqCst);
+            if seq & 1 == 0 {
+                let mut found = None;
+                for w in &self.ways {
+                    let tag = w[0].load(Ordering::Relaxed);
+                    if tag == 0 {
+                        continue;
+                    }
+                    let e: Entry = std::array::from_fn(|i| {
+                        if i == 0 {
+                            tag
+                        } else {
+                            w[i].load(Ordering::Relaxed)
+                        }
+                    });
+                    if let Some(r) = visit(&e) {
+                        found = Some(r);
+                        break;
+                    }
+                }
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::SeqCst) == seq {
+                    return Some(found);
+                }
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+
+    /// The entry tagged (`tag`, `requester`), read optimistically: `Err(())` when writers
+    /// kept the set busy.
+    fn find(&self, tag: u64, requester: u64) -> Result<Option<Entry>, ()> {
+        for _ in 0..READ_ATTEMPTS {
+            let seq = self.seq.load(Ordering::Acquire);
+            if seq & 1 == 0 {
+                let mut found = None;
+                for w in &self.ways {
+                    if w[0].load(Ordering::Relaxed) == tag
+                        && w[1].load(Ordering::Relaxed) == requester
+                    {
+                        found = Some([
+                            tag,
+                            requester,
+                            w[2].load(Ordering::Relaxed),
+                            w[3].load(Ordering::Relaxed),
+                            w[4].load(Ordering::Relaxed),
+                        ]);
+                        break;
+                    }
+                }
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == seq {
+                    return Ok(found);
+                }
+            }
+            std::hint::spin_loop();
+        }
+        Err(())
+    }
+
+    /// Removes the entries `remove` selects, taking the lock only if a consistent read found
+    /// one. Skipping a set on an unlocked read is safe against a fill racing this removal:
+    /// the seq loads and the writers' compare-exchange are SeqCst, so a fill that locks the
+    /// set after this read also reads the epoch after the invalidation advanced it, and drops
+    /// itself.
+    fn remove_where(&self, remove: impl Fn(&Entry) -> bool) -> u64 {
+        if let Some(None) = self.read(|e| remove(e).then_some(())) {
+            return 0;
+        }
+        self.lock().remove_where(remove)
+    }
+}
+
+/// Which requesters have filled entries of a domain: the index that lets a page-selective
+/// invalidation, which names a domain and pages but not requesters, probe only the sets those
+/// pages can be in.
+///
+/// Fills register (domain, requester) before they lock their set and check the epoch, and
+/// invalidations read it after advancing the epoch, so a fill the invalidation's read misses
+/// sees the advanced epoch and drops itself. Removing pairs (domain and global invalidations)
+/// bumps `generation` before the sets are swept; a fill rechecks the generation under its
+/// set lock, so it never leaves an entry whose pair was removed. Bounded: past
+/// `MAX_REGISTERED` pairs it stops recording and page invalidations sweep the whole cache
+/// (bounded by its size) until a global invalidation empties it.
+struct Registry {
+    by_domain: HashMap<u16, Vec<u64>, FxBuildHasher>,
+    pairs: usize,
+    overflowed: bool,
+}
+
+const MAX_REGISTERED: usize = 4096;
 
 /// Which IOTLB entries an invalidation removes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,33 +456,104 @@ pub enum IotlbScope {
     },
 }
 
-/// The IOTLB.
-pub(crate) struct Iotlb {
-    shards: Box<[RwLock<IotlbShard>]>,
-    per_shard: usize,
-    hasher: FxBuildHasher,
-    counters: Counters,
-}
-
-impl Iotlb {
-    pub(crate) fn new(capacity: usize) -> Self {
-        let per_shard = capacity.div_ceil(SHARDS).max(1);
-        Self {
-            shards: (0..SHARDS)
-                .map(|_| RwLock::new(IotlbShard::default()))
-                .collect(),
-            per_shard,
-            hasher: FxBuildHasher,
-            counters: Counters::default(),
+impl IotlbScope {
+    fn did(&self) -> Option<u16> {
+        match *self {
+            Self::Global => None,
+            Self::Domain { did }
+            | Self::DomainPages { did, .. }
+            | Self::Pasid { did, .. }
+            | Self::PasidPages { did, .. } => Some(did),
         }
     }
 
-    fn shard_of(&self, sid: u16, pasid: u64, iova: u64) -> usize {
-        (self.hasher.hash_one((sid, pasid, iova >> 30)) as usize) % SHARDS
+    /// Whether the scope removes `e`.
+    fn covers(&self, e: &Entry) -> bool {
+        let overlaps = |addr: u64, size: u64| {
+            let (start, end) = entry_range(e);
+            start < addr.saturating_add(size) && end > addr
+        };
+        match *self {
+            Self::Global => true,
+            Self::Domain { did } => entry_did(e) == did,
+            Self::DomainPages { did, addr, size } => entry_did(e) == did && overlaps(addr, size),
+            Self::Pasid { did, pasid } => entry_did(e) == did && entry_pasid(e) == Some(pasid),
+            Self::PasidPages {
+                did,
+                pasid,
+                addr,
+                size,
+            } => entry_did(e) == did && entry_pasid(e) == Some(pasid) && overlaps(addr, size),
+        }
+    }
+}
+
+/// Identifies an IOTLB in the per-thread registration memo.
+static NEXT_IOTLB_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The last (IOTLB, generation, domain, requester) this thread registered: a device
+    /// thread fills for the same requester and domain over and over, and this spares each of
+    /// those fills the registry lock.
+    static REGISTERED: Cell<[u64; 4]> = const { Cell::new([0; 4]) };
+}
+
+/// The IOTLB.
+pub(crate) struct Iotlb {
+    sets: Box<[Set]>,
+    set_mask: u64,
+    counters: HitCounters,
+    registry: Mutex<Registry>,
+    generation: AtomicU64,
+    id: u64,
+}
+
+impl Iotlb {
+    /// An IOTLB of at least `capacity` entries (rounded up to a power of two of sets).
+    pub(crate) fn new(capacity: usize) -> Self {
+        let sets = capacity.div_ceil(WAYS).max(1).next_power_of_two();
+        Self {
+            sets: (0..sets).map(|_| Set::default()).collect(),
+            set_mask: sets as u64 - 1,
+            counters: HitCounters::new(),
+            registry: Mutex::new(Registry {
+                by_domain: HashMap::default(),
+                pairs: 0,
+                overflowed: false,
+            }),
+            generation: AtomicU64::new(0),
+            id: NEXT_IOTLB_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// An identifier no other IOTLB of this process has.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Entries it can hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.sets.len() * WAYS
+    }
+
+    /// The set of (`requester`, page `base` of size index `size_index`): consecutive pages of
+    /// one requester fall in consecutive sets, so one device can fill the whole cache with one
+    /// range; the requester and size are mixed in so other devices' same pages spread.
+    fn set_of(&self, requester: u64, base: u64, size_index: usize) -> &Set {
+        let mix = (requester ^ (size_index as u64) << 62)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+        let page = base >> SHIFTS[size_index];
+        // Pages that differ only above the index bits (the same offset in other 1 GiB
+        // ranges) are spread by a hash of those bits; inside an aligned block of as many
+        // pages as there are sets, the index stays a bijection.
+        let high = (page >> self.set_mask.count_ones()).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        &self.sets[((page ^ mix ^ high >> 32) & self.set_mask) as usize]
     }
 
     /// Looks `iova` up for `access`; an entry that does not grant the access is a miss (the
-    /// walk that follows sets D or reports the fault).
+    /// walk that follows sets D or reports the fault). Writes nothing shared: the sets are
+    /// read optimistically and the counters are the calling thread's.
     pub(crate) fn lookup(
         &self,
         sid: u16,
@@ -178,27 +561,61 @@ impl Iotlb {
         iova: u64,
         access: AccessKind,
     ) -> Option<Translation> {
-        let pasid = pasid.map_or(NO_PASID, u64::from);
-        let shard = self.shards[self.shard_of(sid, pasid, iova)].read();
-        for shift in SHIFTS {
-            let key = IotlbKey {
-                sid,
-                pasid,
-                base: iova & !((1u64 << shift) - 1),
-                shift,
-            };
-            if let Some(t) = shard.map.get(&key) {
-                if t.perms.allows(access) {
-                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    let mut hit = *t;
-                    hit.output = t.output_base() | (iova & (t.page_size - 1));
-                    return Some(hit);
+        let requester = requester_word(sid, pasid);
+        for (size_index, shift) in SHIFTS.iter().enumerate() {
+            let base = iova & !((1u64 << shift) - 1);
+            let tag = tag_word(base, size_index);
+            match self
+                .set_of(requester, base, size_index)
+                .find(tag, requester)
+            {
+                Ok(Some(e)) => {
+                    let t = decode(&e, iova);
+                    if t.perms.allows(access) {
+                        self.counters.hit();
+                        return Some(t);
+                    }
+                    break;
                 }
-                break;
+                Ok(None) => {}
+                Err(()) => break,
             }
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        self.counters.miss();
         None
+    }
+
+    /// Records that `requester` fills entries of `did`; returns the registry generation the
+    /// record belongs to.
+    fn register(&self, did: u16, requester: u64) -> u64 {
+        let memo = [
+            self.id,
+            self.generation.load(Ordering::SeqCst),
+            u64::from(did),
+            requester,
+        ];
+        if REGISTERED.with(Cell::get) == memo {
+            return memo[1];
+        }
+        let mut reg = self.registry.lock();
+        let generation = self.generation.load(Ordering::SeqCst);
+        if !reg.overflowed {
+            let Registry {
+                by_domain, pairs, ..
+            } = &mut *reg;
+            let list = by_domain.entry(did).or_default();
+            if !list.contains(&requester) {
+                if *pairs >= MAX_REGISTERED {
+                    reg.overflowed = true;
+                } else {
+                    list.push(requester);
+                    *pairs += 1;
+                }
+            }
+        }
+        drop(reg);
+        REGISTERED.with(|r| r.set([self.id, generation, u64::from(did), requester]));
+        generation
     }
 
     /// Caches `t` for the request's tag, unless an invalidation started after `epoch`.
@@ -212,113 +629,143 @@ impl Iotlb {
         t: Translation,
     ) {
         let shift = t.page_size.trailing_zeros() as u8;
-        if !SHIFTS.contains(&shift) {
+        let Some(size_index) = SHIFTS.iter().position(|s| *s == shift) else {
             return;
-        }
-        let pasid = pasid.map_or(NO_PASID, u64::from);
-        let key = IotlbKey {
-            sid,
-            pasid,
-            base: iova & !(t.page_size - 1),
-            shift,
         };
-        let mut shard = self.shards[self.shard_of(sid, pasid, iova)].write();
-        if !epochs.unchanged_since(epoch) {
+        let requester = requester_word(sid, pasid);
+        let base = iova & !(t.page_size - 1);
+        let tag = tag_word(base, size_index);
+        let entry = encode(tag, requester, &t);
+        let generation = self.register(t.did, requester);
+        let set = self.set_of(requester, base, size_index).lock();
+        if !epochs.unchanged_since(epoch) || self.generation.load(Ordering::SeqCst) != generation {
             return;
         }
-        if !shard.map.contains_key(&key) && shard.map.len() >= self.per_shard {
-            // Evict an arbitrary entry: hash order is as good as random here.
-            if let Some(victim) = shard.map.keys().next().copied() {
-                shard.remove(&victim);
-                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        let mut target = None;
+        let mut free = None;
+        for way in 0..WAYS {
+            let e = set.read(way);
+            if e[0] == tag && e[1] == requester {
+                target = Some(way);
+                break;
+            }
+            if e[0] == 0 && free.is_none() {
+                free = Some(way);
             }
         }
-        shard.remove(&key);
-        shard
-            .by_domain
-            .entry(domain_tag(&t))
-            .or_default()
-            .insert((key.base, key));
-        shard.map.insert(key, t);
+        let way = target.or(free).unwrap_or_else(|| {
+            // Every way holds another page: replace one in turn (the set's write count
+            // rotates through the ways), no per-entry age to maintain.
+            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            (set.seq / 2) as usize % WAYS
+        });
+        set.write(way, &entry);
     }
 
-    /// Removes what `scope` covers; returns how many entries went.
+    /// Removes what `scope` covers; returns how many entries went. The caller advanced the
+    /// epoch first. Page-selective scopes probe only the sets their pages can be in, for each
+    /// requester registered in the domain: the work follows what the range covers, not how
+    /// much is cached, and is at most one sweep of the cache.
     pub(crate) fn invalidate(&self, scope: IotlbScope) -> u64 {
-        let mut removed = 0u64;
-        for shard in self.shards.iter() {
-            let mut shard = shard.write();
-            let victims: Vec<IotlbKey> = match scope {
-                IotlbScope::Global => {
-                    removed += shard.map.len() as u64;
-                    shard.map.clear();
-                    shard.by_domain.clear();
-                    continue;
+        let removed = match scope {
+            IotlbScope::Global | IotlbScope::Domain { .. } | IotlbScope::Pasid { .. } => {
+                if !matches!(scope, IotlbScope::Pasid { .. }) {
+                    self.forget(scope.did());
                 }
-                IotlbScope::Domain { did } => shard
-                    .by_domain
-                    .iter()
-                    .filter(|(tag, _)| tag.0 == did)
-                    .flat_map(|(_, set)| set.iter().map(|(_, k)| *k))
-                    .collect(),
-                IotlbScope::Pasid { did, pasid } => shard
-                    .by_domain
-                    .get(&(did, u64::from(pasid)))
-                    .map(|set| set.iter().map(|(_, k)| *k).collect())
-                    .unwrap_or_default(),
-                IotlbScope::DomainPages { did, addr, size } => shard
-                    .by_domain
-                    .iter()
-                    .filter(|(tag, _)| tag.0 == did)
-                    .flat_map(|(_, set)| overlapping(set, addr, size))
-                    .collect(),
-                IotlbScope::PasidPages {
-                    did,
-                    pasid,
-                    addr,
-                    size,
-                } => shard
-                    .by_domain
-                    .get(&(did, u64::from(pasid)))
-                    .map(|set| overlapping(set, addr, size).collect())
-                    .unwrap_or_default(),
-            };
-            for k in victims {
-                if shard.remove(&k) {
-                    removed += 1;
-                }
+                self.sweep(&scope)
             }
-        }
+            IotlbScope::DomainPages { did, addr, size }
+            | IotlbScope::PasidPages {
+                did, addr, size, ..
+            } => self.invalidate_pages(&scope, did, addr, size),
+        };
         self.counters
             .invalidated
             .fetch_add(removed, Ordering::Relaxed);
         removed
     }
 
+    /// Drops the registry's pairs of `did` (all with `None`) before a sweep removes their
+    /// entries (see [`Registry`]).
+    fn forget(&self, did: Option<u16>) {
+        let mut reg = self.registry.lock();
+        match did {
+            None => {
+                reg.by_domain.clear();
+                reg.pairs = 0;
+                reg.overflowed = false;
+            }
+            Some(did) => {
+                if let Some(list) = reg.by_domain.remove(&did) {
+                    reg.pairs -= list.len();
+                }
+            }
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn sweep(&self, scope: &IotlbScope) -> u64 {
+        self.sets
+            .iter()
+            .map(|s| s.remove_where(|e| scope.covers(e)))
+            .sum()
+    }
+
+    fn invalidate_pages(&self, scope: &IotlbScope, did: u16, addr: u64, size: u64) -> u64 {
+        if size == 0 {
+            return 0;
+        }
+        let requesters = {
+            let reg = self.registry.lock();
+            if reg.overflowed {
+                None
+            } else {
+                Some(reg.by_domain.get(&did).cloned().unwrap_or_default())
+            }
+        };
+        let Some(requesters) = requesters else {
+            return self.sweep(scope);
+        };
+        let last = addr.saturating_add(size - 1);
+        let probes_per_requester: u64 = SHIFTS
+            .iter()
+            .map(|s| ((last >> s) - (addr >> s)).saturating_add(1))
+            .fold(0, u64::saturating_add);
+        if probes_per_requester.saturating_mul(requesters.len() as u64) > self.sets.len() as u64 {
+            return self.sweep(scope);
+        }
+        let mut removed = 0;
+        for requester in requesters {
+            for (size_index, shift) in SHIFTS.iter().enumerate() {
+                let mut base = addr & !((1u64 << shift) - 1);
+                loop {
+                    let tag = tag_word(base, size_index);
+                    removed += self
+                        .set_of(requester, base, size_index)
+                        .remove_where(|e| e[0] == tag && e[1] == requester && scope.covers(e));
+                    match base.checked_add(1 << shift) {
+                        Some(next) if next <= last => base = next,
+                        _ => break,
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     pub(crate) fn stats(&self) -> CacheStats {
-        let entries = self.shards.iter().map(|s| s.read().map.len() as u64).sum();
+        let entries = self
+            .sets
+            .iter()
+            .map(|s| {
+                s.ways
+                    .iter()
+                    .filter(|w| w[0].load(Ordering::Relaxed) != 0)
+                    .count() as u64
+            })
+            .sum();
         self.counters.snapshot(entries)
     }
-}
-
-/// Keys of `set` whose page overlaps `[addr, addr + size)`: entries start at most 1 GiB
-/// before `addr`, so the range search starts there.
-fn overlapping(
-    set: &BTreeSet<(u64, IotlbKey)>,
-    addr: u64,
-    size: u64,
-) -> impl Iterator<Item = IotlbKey> + '_ {
-    let end = addr.saturating_add(size);
-    let from = addr.saturating_sub((1 << 30) - 1);
-    let lo = IotlbKey {
-        sid: 0,
-        pasid: 0,
-        base: 0,
-        shift: 0,
-    };
-    set.range((from, lo)..)
-        .take_while(move |(base, _)| *base < end)
-        .filter(move |(base, k)| base.saturating_add(1u64 << k.shift) > addr)
-        .map(|(_, k)| *k)
 }
 
 /// The invalidation epoch shared by the caches.
@@ -330,7 +777,9 @@ impl Epoch {
     pub(crate) fn current(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
-    /// Bumped before an invalidation removes anything.
+    /// Bumped before an invalidation removes anything, and again after it removed
+    /// everything: a fill (or a derived cache's tag) taken at any point of the invalidation
+    /// then differs from the epoch after its completion.
     pub(crate) fn advance(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
@@ -343,7 +792,7 @@ impl Epoch {
 pub(crate) struct EntryCache<K, V> {
     map: RwLock<HashMap<K, V, FxBuildHasher>>,
     capacity: usize,
-    counters: Counters,
+    counters: HitCounters,
 }
 
 impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
@@ -351,18 +800,17 @@ impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
         Self {
             map: RwLock::new(HashMap::default()),
             capacity: capacity.max(1),
-            counters: Counters::default(),
+            counters: HitCounters::new(),
         }
     }
 
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         let v = self.map.read().get(key).copied();
-        let c = if v.is_some() {
-            &self.counters.hits
+        if v.is_some() {
+            self.counters.hit();
         } else {
-            &self.counters.misses
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+            self.counters.miss();
+        }
         v
     }
 
@@ -389,6 +837,10 @@ impl<K: Copy + Eq + Hash, V: Copy> EntryCache<K, V> {
             .invalidated
             .fetch_add(removed, Ordering::Relaxed);
         removed
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
@@ -495,6 +947,84 @@ mod tests {
         e.advance(); // an invalidation began after the walk
         tlb.insert(&e, start, 8, None, 0x1000, t(1, None, 0x2000, 4096));
         assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_none());
+    }
+
+    #[test]
+    fn one_device_fills_every_way_of_one_range() {
+        let e = Epoch::default();
+        let tlb = Iotlb::new(1024);
+        for i in 0..1024u64 {
+            tlb.insert(&e, 0, 8, None, i << 12, t(1, None, i << 12, 4096));
+        }
+        let s = tlb.stats();
+        assert_eq!((s.entries, s.evictions), (1024, 0), "{s:?}");
+        for i in 0..1024u64 {
+            assert!(tlb.lookup(8, None, i << 12, AccessKind::Read).is_some());
+        }
+    }
+
+    #[test]
+    fn a_fill_after_its_requester_was_forgotten_registers_it_again() {
+        let e = Epoch::default();
+        let tlb = Iotlb::new(64);
+        // The fill registered its requester, then a domain invalidation forgot it before
+        // the fill locked its set (the epoch alone cannot tell: the walk began after it).
+        let generation = tlb.register(1, requester_word(8, None));
+        tlb.forget(Some(1));
+        assert_ne!(tlb.generation.load(Ordering::SeqCst), generation);
+        tlb.insert(&e, 0, 8, None, 0x1000, t(1, None, 0x2000, 4096));
+        // insert re-registered under the new generation, so this one is kept and findable.
+        assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_some());
+        assert_eq!(
+            tlb.invalidate(IotlbScope::DomainPages {
+                did: 1,
+                addr: 0x1000,
+                size: 4096
+            }),
+            1
+        );
+    }
+
+    #[test]
+    fn page_invalidation_finds_entries_of_every_requester_of_the_domain() {
+        let e = Epoch::default();
+        let tlb = Iotlb::new(4096);
+        for sid in [1u16, 2, 3] {
+            tlb.insert(&e, 0, sid, None, 0x7000, t(9, Some(0), 0x1000, 4096));
+            tlb.insert(
+                &e,
+                0,
+                sid,
+                None,
+                0x20_0000,
+                t(9, Some(0), 0x20_0000, 2 << 20),
+            );
+        }
+        tlb.insert(&e, 0, 4, None, 0x7000, t(10, Some(0), 0x1000, 4096));
+        // 4 KiB at 0x20_7000 is inside every 2 MiB entry; 0x7000 is every 4 KiB one.
+        assert_eq!(
+            tlb.invalidate(IotlbScope::PasidPages {
+                did: 9,
+                pasid: 0,
+                addr: 0x7000,
+                size: 0x20_1000
+            }),
+            6
+        );
+        assert!(
+            tlb.lookup(4, None, 0x7000, AccessKind::Read).is_some(),
+            "other domain"
+        );
+        // A range wider than the cache's sets falls back to one sweep, same result.
+        tlb.insert(&e, 0, 1, None, 0x7000, t(9, Some(0), 0x1000, 4096));
+        assert_eq!(
+            tlb.invalidate(IotlbScope::DomainPages {
+                did: 9,
+                addr: 0,
+                size: 1 << 40
+            }),
+            1
+        );
     }
 
     #[test]

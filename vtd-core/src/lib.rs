@@ -63,7 +63,7 @@ mod sync;
 struct ReadmeExample;
 mod unit;
 
-pub use address_space::DeviceAddressSpace;
+pub use address_space::{ChunkGuard, DeviceAddressSpace};
 pub use cache::{CacheStats, IotlbScope};
 pub use events::{
     EventBus, EventLog, FaultDisposition, InvalidationSource, IrFault, ShadowEvent, VtdEvent,
@@ -78,7 +78,7 @@ pub use prq::{
 pub use state::{
     EnabledFlags, PendingInterrupts, QueueState, REGISTER_IMAGE_SIZE, StateError, UnitState,
 };
-pub use unit::{RestoreError, TranslateError, UnitSnapshot, UnitStats, VtdUnit};
+pub use unit::{CacheCapacity, RestoreError, TranslateError, UnitSnapshot, UnitStats, VtdUnit};
 pub use vtd_regs::prq::ResponseCode;
 
 // What a VMM needs next to the unit, so one `use vtd_core::{...}` serves it.

@@ -302,6 +302,10 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             | InvDesc::Wait(_)
             | InvDesc::PageGroupResponse(_) => {}
         }
+        // Advanced again once the caches are clean: a translation that began while they were
+        // being cleaned may have used an entry about to go, and whatever it was cached under
+        // (the `Iommu` adapter's chunk maps) must not outlive this invalidation.
+        self.epoch.advance();
         st.events.push(VtdEvent::Invalidation {
             source,
             desc: *desc,

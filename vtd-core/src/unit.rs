@@ -25,10 +25,30 @@ use crate::irq::{InterruptSink, Msi};
 use crate::regfile::RegisterFile;
 use crate::sync::{Mutex, RwLock};
 
-/// Default cache sizes: large enough for a guest's working set, small enough to bound memory.
-const IOTLB_ENTRIES: usize = 4096;
-const CONTEXT_ENTRIES: usize = 256;
-const PASID_ENTRIES: usize = 1024;
+/// How many entries each translation cache of a unit holds (see [`VtdUnit::with_cache_capacity`]).
+///
+/// The defaults are large enough for a guest's working set and small enough to bound memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheCapacity {
+    /// IOTLB entries.
+    pub iotlb: usize,
+    /// Context-cache entries (one per requester).
+    pub context: usize,
+    /// PASID-cache entries (one per requester and PASID).
+    pub pasid: usize,
+}
+
+impl Default for CacheCapacity {
+    fn default() -> Self {
+        Self {
+            // One device can keep 64 MiB of 4 KiB pages (a busy virtio ring and its
+            // buffers) at 48 bytes an entry: 768 KiB per unit.
+            iotlb: 16_384,
+            context: 256,
+            pasid: 1024,
+        }
+    }
+}
 
 /// The interrupt address range (spec 3.15): requests without PASID here are interrupts.
 pub(crate) const INTERRUPT_RANGE: std::ops::RangeInclusive<u64> = walk::INTERRUPT_RANGE;
@@ -131,11 +151,21 @@ impl<M: GuestRam> std::fmt::Debug for VtdUnit<M> {
 }
 
 impl<M: GuestRam + Send + Sync> VtdUnit<M> {
-    /// A unit in its reset state.
+    /// A unit in its reset state, with the default cache sizes.
     pub fn new(
         config: VtdConfig,
         mem: M,
         irq: Arc<dyn InterruptSink>,
+    ) -> Result<Self, ConfigError> {
+        Self::with_cache_capacity(config, mem, irq, CacheCapacity::default())
+    }
+
+    /// A unit in its reset state whose caches hold `capacity` entries (each at least 1).
+    pub fn with_cache_capacity(
+        config: VtdConfig,
+        mem: M,
+        irq: Arc<dyn InterruptSink>,
+        capacity: CacheCapacity,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let (cap, ecap) = (config.cap(), config.ecap());
@@ -162,9 +192,9 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             irq,
             te: AtomicBool::new(false),
             root: AtomicU64::new(0),
-            iotlb: Iotlb::new(IOTLB_ENTRIES),
-            context_cache: ContextCache::new(CONTEXT_ENTRIES),
-            pasid_cache: PasidCache::new(PASID_ENTRIES),
+            iotlb: Iotlb::new(capacity.iotlb),
+            context_cache: ContextCache::new(capacity.context),
+            pasid_cache: PasidCache::new(capacity.pasid),
             epoch: Epoch::default(),
             bus: EventBus::default(),
             dma_faults: AtomicU64::new(0),
@@ -467,6 +497,8 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         self.context_cache.retain(|_, _| false);
         self.pasid_cache.retain(|_, _| false);
         self.iotlb.invalidate(IotlbScope::Global);
+        // Once more when clean (see `execute_invalidation`).
+        self.epoch.advance();
     }
 
     pub(crate) fn latched_root(&self) -> RootTable {
@@ -661,7 +693,17 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         self.lock().root.map(|(r, _)| r)
     }
 
-    /// Counters.
+    /// How many entries each cache holds (the IOTLB's size is rounded up to whole sets).
+    pub fn cache_capacity(&self) -> CacheCapacity {
+        CacheCapacity {
+            iotlb: self.iotlb.capacity(),
+            context: self.context_cache.capacity(),
+            pasid: self.pasid_cache.capacity(),
+        }
+    }
+
+    /// Counters. Cheap enough to poll: hit and miss counts are summed from per-thread stripes
+    /// and the entry count is one pass over the IOTLB's tags; nothing here slows translation.
     pub fn stats(&self) -> UnitStats {
         let descriptors = self.lock().descriptors;
         UnitStats {

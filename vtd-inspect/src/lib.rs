@@ -1,5 +1,28 @@
-//! Inspection server and TUI for a running VT-d unit (layer above vtd-core and vtd-accel).
+//! Inspection of a running VT-d unit: a server a VMM embeds, and the `vtd-inspect` TUI that
+//! attaches to it.
 //!
-//! Not built yet: this crate reserves its place in the workspace's layering and exports
-//! nothing. See the open issues for its scope.
+//! - [`protocol`]: versioned JSON-lines messages (hello, snapshot, event stream) and why JSON;
+//! - [`server`]: the Unix-socket server (0600, same-uid peers, read-only, never blocks the VMM);
+//! - [`feed`]: the unit observer feeding a bounded drop-oldest event queue, and the counters;
+//! - [`collect`]: snapshot building: registers and a bounded walk of the guest's tables;
+//! - [`client`]: connecting, with a clear error for each way it fails;
+//! - [`tui`]: the terminal interface (ratatui), its state and rendering.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # fn demo(unit: Arc<vtd_core::VtdUnit<vm_memory::GuestMemoryMmap<()>>>) {
+//! use vtd_inspect::server::{InspectServer, ServerOptions};
+//! let server = InspectServer::start(unit, "/run/user/1000/vtd.sock", ServerOptions::default())
+//!     .expect("socket");
+//! // ... run the VMM; dropping `server` removes the socket.
+//! # drop(server);
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod collect;
+pub mod feed;
+pub mod protocol;
+pub mod server;
+pub mod tui;

@@ -14,6 +14,10 @@
 //!
 //! The `vtd-vmm` binary puts these in a KVM virtual machine.
 
+/// The bare-metal VT-d self-test guest (examples/guests/selftest), built by this package's build
+/// script, so `vtd-vmm --self-test` runs without a kernel of the user's own.
+pub const SELF_TEST_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vtd-guest.elf"));
+
 pub mod acpi;
 pub mod edu;
 pub mod ioapic;

@@ -110,8 +110,8 @@ fn usage_errors() {
             "invalid value '2' for '--memory <MIB>': expected 4 to",
         ),
         (
-            &["--kernel", "k", "--socket", "/tmp/vtd.sock"][..],
-            "--socket /tmp/vtd.sock: the inspector is not built yet",
+            &["--kernel", "k", "--socket-linger", "5"][..],
+            "the following required arguments were not provided:\n  --socket <PATH>",
         ),
     ] {
         let r = vtd_vmm(args, &[]);
@@ -254,4 +254,31 @@ fn tiny_kernel_serial_and_exit_status() {
     );
     assert_eq!(r.stdout, "ok\n", "{r:?}");
     assert_eq!(r.code, Some((0x2a << 1) | 1), "{r:?}");
+}
+
+/// `--self-test` runs the built-in guest: no kernel of the user's own is needed.
+#[test]
+fn self_test_runs_the_built_in_guest() {
+    if !kvm_available() {
+        eprintln!("NOTICE: /dev/kvm cannot be opened: skipping");
+        return;
+    }
+    let r = vtd_vmm(
+        &[
+            "--self-test",
+            "--iommu",
+            "x-scalable-mode=on,x-flts=on,intremap=on",
+            "--timeout",
+            "50",
+        ],
+        &[],
+    );
+    assert!(
+        r.stdout.ends_with("vtd-guest: passed (0 failed)\n"),
+        "{r:?}"
+    );
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let both = vtd_vmm(&["--self-test", "--kernel", "k.elf"], &[]);
+    assert_eq!(both.code, Some(2), "{both:?}");
+    assert!(both.stderr.contains("cannot be used with"), "{both:?}");
 }

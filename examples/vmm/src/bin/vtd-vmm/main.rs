@@ -50,13 +50,18 @@ or KVM error; 4 when the guest crashes (triple fault, KVM internal error); 124 o
 #[command(
     name = "vtd-vmm",
     version,
-    override_usage = "vtd-vmm --kernel FILE [OPTIONS]",
+    override_usage = "vtd-vmm --kernel FILE [OPTIONS]\n       vtd-vmm --self-test [OPTIONS]",
     after_help = AFTER_HELP
 )]
 struct Options {
     /// Multiboot (v1) kernel: an ELF image, or one with address fields (QEMU -kernel)
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
+    /// Run the built-in VT-d self-test guest (examples/guests/selftest) instead of --kernel:
+    /// it programs the unit the Linux way, DMAs through it with the edu device and reports
+    /// on the serial port
+    #[arg(long, conflicts_with = "kernel")]
+    self_test: bool,
     /// Load FILE as a multiboot module whose command line is the whole string (QEMU -initrd);
     /// may be repeated
     #[arg(long = "module", value_name = "\"FILE[ ARGS]\"")]
@@ -74,9 +79,13 @@ struct Options {
     /// Stop the guest after SECONDS (exit status 124)
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
-    /// Inspector socket: not available yet (vtd-inspect has no server)
+    /// Serve the vIOMMU's state and events to `vtd-inspect --socket PATH` on this Unix
+    /// socket (mode 0600, same user only, read-only)
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// With --socket: keep serving for SECONDS after the guest ended, to inspect its final state
+    #[arg(long, value_name = "SECONDS", requires = "socket", default_value = "0")]
+    socket_linger: u64,
     /// Print the machine's setup and exit statistics on standard error
     #[arg(short, long)]
     verbose: bool,
@@ -99,13 +108,10 @@ fn parse_memory(v: &str) -> Result<u64, String> {
 /// Why a run cannot start (reported with exit status 2).
 #[derive(Debug, thiserror::Error)]
 enum StartError {
-    #[error("no kernel given: use --kernel FILE (see --help)")]
-    NoKernel,
     #[error(
-        "--socket {}: the inspector is not built yet (vtd-inspect has no server); run without --socket",
-        .0.display()
+        "no kernel given: use --kernel FILE, or --self-test for the built-in guest (see --help)"
     )]
-    SocketUnavailable(PathBuf),
+    NoKernel,
     #[error("invalid --iommu `{props}`: {reason}")]
     InvalidIommu { props: String, reason: String },
     #[error("cannot read {what} `{}`: {source}", path.display())]
@@ -158,16 +164,23 @@ struct Prepared {
 }
 
 fn prepare(opts: &Options) -> Result<Prepared, StartError> {
-    if let Some(path) = &opts.socket {
-        // Say so rather than pretend: there is no inspection server to listen on yet.
-        return Err(StartError::SocketUnavailable(path.clone()));
-    }
-    let kernel_path = opts.kernel.as_ref().ok_or(StartError::NoKernel)?;
+    let (kernel_path, image) = match (&opts.kernel, opts.self_test) {
+        (Some(path), _) => (path.clone(), None),
+        (None, true) => (
+            PathBuf::from("vtd-guest.elf"),
+            Some(vtd_vmm::SELF_TEST_GUEST.to_vec()),
+        ),
+        (None, false) => return Err(StartError::NoKernel),
+    };
+    let kernel_path = &kernel_path;
     let config = VtdConfig::from_qemu_props(&opts.iommu).map_err(|e| StartError::InvalidIommu {
         props: opts.iommu.clone(),
         reason: e.to_string(),
     })?;
-    let image = read_bounded("kernel", kernel_path, opts.memory_mib)?;
+    let image = match image {
+        Some(image) => image,
+        None => read_bounded("kernel", kernel_path, opts.memory_mib)?,
+    };
     let kernel = KernelImage::parse(&image).map_err(|e| StartError::NotMultiboot {
         path: kernel_path.clone(),
         reason: e.to_string(),
@@ -235,6 +248,8 @@ fn main() -> ExitCode {
         cmdline: &prepared.cmdline,
         modules: &prepared.modules,
         verbose: opts.verbose,
+        socket: opts.socket.as_deref(),
+        socket_linger: std::time::Duration::from_secs(opts.socket_linger),
     };
     match vm::run(setup) {
         Ok(vm::Outcome::DebugExit(status)) => {
@@ -343,13 +358,22 @@ mod tests {
                 .to_string()
                 .contains("4 to")
         );
-        let socket = parse(&["--kernel", "k", "--socket", "/tmp/s"]).expect("parses");
+        let socket = parse(&[
+            "--kernel",
+            "k",
+            "--socket",
+            "/tmp/s",
+            "--socket-linger",
+            "3",
+        ])
+        .expect("parses");
+        assert_eq!(socket.socket, Some(PathBuf::from("/tmp/s")));
+        assert_eq!(socket.socket_linger, 3);
         assert!(
-            prepare(&socket)
-                .err()
-                .expect("refused")
+            parse(&["--kernel", "k", "--socket-linger", "3"])
+                .unwrap_err()
                 .to_string()
-                .contains("not built yet")
+                .contains("--socket")
         );
     }
 

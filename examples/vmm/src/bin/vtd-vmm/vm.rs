@@ -38,6 +38,10 @@ pub struct Setup<'a> {
     pub modules: &'a [Module],
     /// Print setup and statistics on stderr.
     pub verbose: bool,
+    /// Serve the unit to vtd-inspect on this Unix socket.
+    pub socket: Option<&'a std::path::Path>,
+    /// Keep serving this long after the guest ended, so its final state can be inspected.
+    pub socket_linger: std::time::Duration,
 }
 
 /// How the guest ended.
@@ -321,6 +325,22 @@ pub fn run(setup: Setup<'_>) -> Result<Outcome, VmError> {
         SerialOut,
     )
     .map_err(setup_err("VT-d configuration"))?;
+    // The inspector attaches before the guest runs, so it sees every event (read-only: the
+    // server only reads the unit and guest memory).
+    let inspector = match setup.socket {
+        Some(path) => Some(
+            vtd_inspect::server::InspectServer::start(
+                machine.unit().clone(),
+                path,
+                vtd_inspect::server::ServerOptions {
+                    software: format!("vtd-vmm {}", env!("CARGO_PKG_VERSION")),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| VmError::Setup(format!("--socket: {e}")))?,
+        ),
+        None => None,
+    };
 
     let boot = multiboot::load(
         &mem,
@@ -416,6 +436,16 @@ pub fn run(setup: Setup<'_>) -> Result<Outcome, VmError> {
             unit.stats(),
             machine.irq().stats()
         );
+    }
+    if let Some(server) = inspector {
+        if !setup.socket_linger.is_zero() {
+            eprintln!(
+                "vtd-vmm: the guest ended; serving {} for {} s more",
+                server.path().display(),
+                setup.socket_linger.as_secs()
+            );
+            std::thread::sleep(setup.socket_linger);
+        }
     }
     outcome
 }
