@@ -99,3 +99,8 @@ pub use ids::{BindingKey, DeviceId, HwptId, IoasId, Pasid};
 pub use iommufd::{DeviceAttach, IommufdBackend};
 /// The requester ID: one type for it everywhere (defined in vtd-regs).
 pub use vtd_regs::Bdf;
+
+/// The README's example runs as a doc test, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

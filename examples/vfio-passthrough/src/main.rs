@@ -36,7 +36,9 @@
 //!    device is attached to it (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`). Until the guest enables
 //!    translation its DMA goes GPA -> HPA through this parent (spec 3.1).
 //! 8. The host view of the device: [`vtd_accel::HostIommuDevice::query`] (`IOMMU_GET_HW_INFO`:
-//!    the host unit's CAP/ECAP, address width, errata).
+//!    the host unit's CAP/ECAP, address width, errata). The view carries the backend: every
+//!    later host call for the device goes to the iommufd it is bound to (a VMM with several
+//!    iommufds registers each device with its own).
 //! 9. Registration at the guest BDF ([`vtd_accel::NestedBinder::register`], QEMU's
 //!    `set_iommu_device`): the compatibility checks, then the first binding. From then on, when
 //!    the guest points a PASID entry at a first-stage table, the binder allocates a nested HWPT
@@ -64,8 +66,8 @@ use clap::Parser;
 use vfio_ioctls::{VfioDevice, VfioIommufd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vtd_accel::{
-    AccelEventLog, BackendOp, Bdf, HostIommuBackend, HostIommuDevice, HwptAlloc, IommufdBackend,
-    NO_PASID, NestedBinder, PciTopology,
+    AccelEventLog, BackendOp, Bdf, BindingKey, HostIommuBackend, HostIommuDevice, HwptAlloc,
+    IoasId, IommufdBackend, NestedBinder, PciTopology,
 };
 use vtd_core::{RecordingSink, VtdUnit};
 use vtd_regs::VtdConfig;
@@ -204,7 +206,7 @@ fn run(args: &Args) -> Result<(), Failure> {
 
     // 4. The binder; `with_unit_faults` subscribes it to the unit's event bus. A VMM would
     // also watch its events (blocked devices, host errors); here they are logged and printed.
-    let binder = NestedBinder::with_unit_faults(&unit, backend.clone());
+    let binder = NestedBinder::with_unit_faults(&unit);
     let events = Arc::new(AccelEventLog::default());
     binder.subscribe(events.clone());
     let flags = binder.viommu_flags();
@@ -222,7 +224,7 @@ fn run(args: &Args) -> Result<(), Failure> {
     let step = "allocating an IOAS (IOMMU_IOAS_ALLOC)";
     let vfio = VfioIommufd::new(backend.iommufd().clone(), None, None).map_err(at(step))?;
     let vfio = Arc::new(vfio);
-    let ioas = vfio.ioas().id();
+    let ioas = IoasId(vfio.ioas().id());
     let step = "binding the VFIO cdev to the iommufd (VFIO_DEVICE_BIND_IOMMUFD)";
     // Not attached to the IOAS: the default HWPT is allocated below with the vIOMMU's flags.
     let device = VfioDevice::new_from_fd(cdev, vfio.clone(), false).map_err(|e| Failure {
@@ -265,12 +267,13 @@ fn run(args: &Args) -> Result<(), Failure> {
         .alloc_hwpt(dev_id, &req)
         .map_err(at("allocating the default HWPT (IOMMU_HWPT_ALLOC)"))?;
     backend
-        .attach(dev_id, NO_PASID, parent)
+        // Requests without PASID (`None`): the device's requester ID.
+        .attach(dev_id, None, parent)
         .map_err(at("attaching the device to its default HWPT"))?;
 
     // 8. The host view.
     let name = args.device.display().to_string();
-    let host = HostIommuDevice::query(&*backend, name, dev_id, parent)
+    let host = HostIommuDevice::query(backend.clone(), name, dev_id, parent)
         .map_err(at("querying the host IOMMU (IOMMU_GET_HW_INFO)"))?;
     let info = host.info;
 
@@ -283,7 +286,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         })?;
 
     println!(
-        "{} (iommufd device {dev_id}) registered at guest {}",
+        "{} (iommufd {dev_id}) registered at guest {}",
         args.device.display(),
         args.bdf
     );
@@ -295,11 +298,11 @@ fn run(args: &Args) -> Result<(), Failure> {
         info.quirks()
     );
     println!(
-        "  IOAS {ioas}: {} MiB of guest RAM at GPA 0, read-write",
+        "  {ioas}: {} MiB of guest RAM at GPA 0, read-write",
         args.memory_mib
     );
     println!(
-        "  default HWPT {parent} ({}), viommu flags {flags:?}",
+        "  default {parent} ({}), viommu flags {flags:?}",
         if flags.want_nesting_parent {
             "nest parent"
         } else {
@@ -308,8 +311,8 @@ fn run(args: &Args) -> Result<(), Failure> {
     );
     for b in binder.bindings() {
         println!(
-            "  binding: PASID {} -> {:?}{}",
-            b.pasid,
+            "  binding: {} -> {:?}{}",
+            BindingKey::new(b.bdf, b.pasid),
             b.host,
             b.blocked
                 .map(|c| format!(" (blocked: {c:?})"))

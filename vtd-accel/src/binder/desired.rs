@@ -221,24 +221,15 @@ pub fn desired_binding<M: GuestRam>(
     let fpd = sc.fpd() || dir_fpd(guest.mem, sc.pasid_dir(), index) || pe.fpd();
     let what = pasid.map_or_else(|| "RID_PASID".to_string(), |p| p.to_string());
     match pe.pgtt() {
-        Pgtt::FirstStage => {
-            let ecap = guest.config.ecap();
-            // SRE and EAFE are reserved without ECAP.SRS / ECAP.EAFS (spec 9.6); the host
-            // would refuse them too.
-            if (pe.sre() && !ecap.srs()) || (pe.eafe() && !ecap.eafs()) {
-                unsupported(
-                    FaultReason::PasidEntryReserved,
-                    fpd,
-                    format!("{what}: SRE/EAFE set but the vIOMMU does not advertise ECAP.SRS/EAFS"),
-                )
-            } else {
-                DesiredBinding::Nested(NestedState {
-                    s1: s1_of(&pe),
-                    did: pe.did(),
-                    fpd,
-                })
-            }
-        }
+        // SRE and EAFE without ECAP.SRS / ECAP.EAFS are reserved fields (spec 9.6): the lookup
+        // above already refused such an entry (0x5A) with vtd-tables' `ReservedRules`, the very
+        // rules the unit's own walks apply, so a nested HWPT never carries a flag the vIOMMU
+        // does not advertise (and the host, lacking SRS/EAFS, would refuse it too).
+        Pgtt::FirstStage => DesiredBinding::Nested(NestedState {
+            s1: s1_of(&pe),
+            did: pe.did(),
+            fpd,
+        }),
         Pgtt::PassThrough => DesiredBinding::Parent,
         other => unsupported(
             FaultReason::PasidEntryInvalid,
@@ -474,31 +465,46 @@ mod tests {
     }
 
     #[test]
-    fn sre_without_srs_is_unsupported() {
-        let cfg = flts(0);
-        let (mem, root) = guest_tables(
-            &cfg,
-            &[(
-                0,
-                PasidEntry::first_stage(FS_ROOT, false, 5, 2).with_sre(true),
-            )],
-        );
+    fn sre_and_eafe_follow_the_units_reserved_field_rules() {
+        let fs = PasidEntry::first_stage(FS_ROOT, false, 5, 2);
+        for pe in [fs.with_sre(true), fs.with_eafe(true)] {
+            let cfg = flts(0);
+            let (mem, root) = guest_tables(&cfg, &[(0, pe)]);
+            let on = GuestRemapping {
+                config: &cfg,
+                mem: &mem,
+                translation_enabled: true,
+                root,
+            };
+            // Without the capability the field is reserved: the guest's own fault, as the
+            // unit's walk would report it, not a host limitation.
+            let reserved = FaultReason::PasidEntryReserved;
+            let DesiredBinding::Blocked {
+                cause: BlockCause::Guest { reason },
+                fault: Some(f),
+                unsupported: None,
+            } = desired_binding(&on, BDF, None, true)
+            else {
+                panic!("{pe:?} without ECAP.SRS/EAFS")
+            };
+            assert_eq!((reason, f.reason), (reserved, reserved));
+        }
+        // With ECAP.SRS, SRE is handed to the host.
+        let cfg = VtdConfig {
+            supervisor_requests: true,
+            ..flts(0)
+        };
+        let (mem, root) = guest_tables(&cfg, &[(0, fs.with_sre(true))]);
         let on = GuestRemapping {
             config: &cfg,
             mem: &mem,
             translation_enabled: true,
             root,
         };
-        let DesiredBinding::Blocked {
-            cause: BlockCause::Unsupported,
-            fault: Some(f),
-            unsupported: Some(what),
-        } = desired_binding(&on, BDF, None, true)
-        else {
-            panic!("SRE without ECAP.SRS")
+        let DesiredBinding::Nested(n) = desired_binding(&on, BDF, None, true) else {
+            panic!("SRE with ECAP.SRS")
         };
-        assert_eq!(f.reason, FaultReason::PasidEntryReserved);
-        assert!(what.contains("RID_PASID"), "{what}");
+        assert!(n.s1.flags.sre());
     }
 
     #[test]

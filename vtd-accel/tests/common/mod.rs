@@ -1,28 +1,29 @@
-//! A guest driver that programs the unit the way Linux 6.12 does (scalable mode, first-stage
-//! tables, 256-bit queued invalidation), a simulated host with guest RAM at HOST_BASE, and an
-//! assigned device registered with a NestedBinder.
-#![allow(dead_code)]
+//! The rig of vtd-accel's tests: a guest driven by vtd-testkit's Linux-style driver (scalable
+//! mode, first-stage tables, 256-bit queued invalidation), a simulated host with guest RAM at
+//! HOST_BASE, and an assigned device registered with a NestedBinder.
+// Each test file uses part of the rig and of the driver's re-exports.
+#![allow(dead_code, unused_imports)]
 
 use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd_accel::sim::*;
 use vtd_accel::*;
-use vtd_core::{EventLog, RecordingSink, VtdUnit};
 use vtd_regs::VtdConfig;
-use vtd_regs::inv::*;
-use vtd_regs::regs::offset as reg;
 use vtd_tables::GuestRam;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
 use vtd_tables::walk::AccessKind;
+pub use vtd_testkit::driver::{
+    Guest, Mem, Unit, context_cache, iotlb, pasid_cache, pasid_iotlb_all, pasid_iotlb_page,
+};
 
-pub type Mem = GuestMemoryMmap<()>;
-pub type Unit = VtdUnit<Mem>;
-
-pub const GCMD_TE: u32 = 1 << 31;
-pub const GCMD_SRTP: u32 = 1 << 30;
-pub const GCMD_QIE: u32 = 1 << 26;
+/// A guest of `RAM_MB` MiB with a unit configured as `cfg` (table frames from 16 MiB up).
+pub fn guest(cfg: VtdConfig) -> Guest {
+    let mem: Mem =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (RAM_MB << 20) as usize)]).unwrap();
+    Guest::with_memory(cfg, mem)
+}
 
 /// Guest RAM appears at this host-physical address.
 pub const HOST_BASE: u64 = 0x40_0000_0000;
@@ -34,190 +35,6 @@ pub const SID: u16 = 0x0100;
 pub const DID: u16 = 5;
 pub const IOVA: u64 = 0x1000_0000;
 pub const GPA: u64 = 0x80_0000;
-
-pub struct Queue {
-    pub base: u64,
-    pub count: u32,
-    pub tail: u32,
-    pub status: u64,
-    pub seq: u32,
-}
-
-pub struct Guest {
-    pub mem: Mem,
-    pub unit: Arc<Unit>,
-    pub sink: Arc<RecordingSink>,
-    pub log: Arc<EventLog>,
-    pub frames: FrameAllocator,
-    pub gcmd: u32,
-    pub queue: Option<Queue>,
-}
-
-impl Guest {
-    pub fn with_config(cfg: VtdConfig) -> Self {
-        let mem: Mem =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (RAM_MB << 20) as usize)]).unwrap();
-        Self::with_memory(cfg, mem)
-    }
-
-    pub fn with_memory(cfg: VtdConfig, mem: Mem) -> Self {
-        let sink = Arc::new(RecordingSink::default());
-        let unit = Arc::new(VtdUnit::new(cfg, mem.clone(), sink.clone()).unwrap());
-        let log = Arc::new(EventLog::default());
-        unit.subscribe(log.clone());
-        Self {
-            mem,
-            unit,
-            sink,
-            log,
-            frames: FrameAllocator::new(0x100_0000, 0x300_0000),
-            gcmd: 0,
-            queue: None,
-        }
-    }
-
-    pub fn r32(&self, off: u64) -> u32 {
-        self.unit.read(off, 4) as u32
-    }
-    pub fn r64(&self, off: u64) -> u64 {
-        self.unit.read(off, 8)
-    }
-    pub fn w32(&self, off: u64, v: u32) {
-        self.unit.write(off, 4, v as u64)
-    }
-    pub fn w64(&self, off: u64, v: u64) {
-        self.unit.write(off, 8, v)
-    }
-
-    pub fn command(&mut self, bit: u32, persistent: bool, on: bool) {
-        if persistent {
-            if on {
-                self.gcmd |= bit
-            } else {
-                self.gcmd &= !bit
-            }
-            self.w32(reg::GCMD, self.gcmd);
-        } else {
-            self.w32(reg::GCMD, self.gcmd | bit);
-        }
-        assert_eq!(self.r32(reg::GSTS) & bit != 0, on);
-    }
-
-    pub fn set_root(&mut self, rtaddr: u64) {
-        self.w64(reg::RTADDR, rtaddr);
-        self.command(GCMD_SRTP, false, true);
-    }
-
-    pub fn set_translation(&mut self, on: bool) {
-        self.command(GCMD_TE, true, on);
-        assert_eq!(self.unit.translation_enabled(), on);
-    }
-
-    /// As Linux: IQT = 0, IQA = base | DW | QS=1, QIE.
-    pub fn enable_qi(&mut self) {
-        let base = self.frames.alloc(&self.mem, 2).unwrap();
-        let status = self.frames.alloc(&self.mem, 1).unwrap();
-        self.w32(reg::IQT, 0);
-        self.w64(reg::IQA, base | 1 << 11 | 1);
-        self.command(GCMD_QIE, true, true);
-        self.queue = Some(Queue {
-            base,
-            count: 256,
-            tail: 0,
-            status,
-            seq: 0,
-        });
-    }
-
-    /// Unmasks the fault event with a recognisable MSI.
-    pub fn enable_fault_msi(&self) {
-        self.w32(reg::FEDATA, 0x4321);
-        self.w32(reg::FEADDR, 0xfee0_0000);
-        self.w32(reg::FECTL, 0);
-    }
-
-    /// Submits descriptors plus a wait (SW), as qi_submit_sync does: one IQT write.
-    pub fn submit(&mut self, descs: &[InvDesc]) {
-        let q = self.queue.as_mut().expect("QI enabled");
-        q.seq = q.seq.wrapping_add(1);
-        let (status, seq) = (q.status, q.seq);
-        let mut all = descs.to_vec();
-        all.push(InvDesc::Wait(WaitInv {
-            status_write: Some(StatusWrite {
-                addr: status,
-                data: seq,
-            }),
-            interrupt: false,
-            fence: true,
-            page_drain: false,
-            ignored: Default::default(),
-        }));
-        self.submit_raw(&all);
-        assert_eq!(self.mem.read_u64(status).unwrap() as u32, seq);
-        assert_eq!(self.r32(reg::FSTS) & 0x10, 0, "no IQE");
-    }
-
-    pub fn submit_raw(&mut self, descs: &[InvDesc]) {
-        let q = self.queue.as_mut().expect("QI enabled");
-        for d in descs {
-            let raw = d.encode(DescWidth::Bits256).unwrap();
-            self.mem
-                .write_words(q.base + q.tail as u64 * 32, &raw.0)
-                .unwrap();
-            q.tail = (q.tail + 1) % q.count;
-        }
-        let tail = (q.tail as u64) << 5;
-        self.w64(reg::IQT, tail);
-    }
-
-    /// The fault-recording register `i`: (low, high) qwords.
-    pub fn frcd(&self, i: u64) -> (u64, u64) {
-        let base = 0x220 + 16 * i;
-        (self.r64(base), self.r64(base + 8))
-    }
-}
-
-pub fn pasid_iotlb_page(did: u16, pasid: u32, addr: u64, am: u8, ih: bool) -> InvDesc {
-    InvDesc::PasidIotlb(PasidIotlbInv {
-        did,
-        pasid,
-        granularity: PasidIotlbGranularity::Page { addr, am, ih },
-        ignored: Default::default(),
-    })
-}
-
-pub fn pasid_iotlb_all(did: u16, pasid: u32) -> InvDesc {
-    InvDesc::PasidIotlb(PasidIotlbInv {
-        did,
-        pasid,
-        granularity: PasidIotlbGranularity::AllInPasid,
-        ignored: Default::default(),
-    })
-}
-
-pub fn pasid_cache(did: u16, granularity: PasidCacheGranularity) -> InvDesc {
-    InvDesc::PasidCache(PasidCacheInv {
-        did,
-        granularity,
-        ignored: Default::default(),
-    })
-}
-
-pub fn context_cache(granularity: ContextCacheGranularity) -> InvDesc {
-    InvDesc::ContextCache(ContextCacheInv {
-        granularity,
-        ignored: Default::default(),
-    })
-}
-
-pub fn iotlb(granularity: IotlbGranularity) -> InvDesc {
-    InvDesc::Iotlb(IotlbInv {
-        granularity,
-        drain_read: false,
-        drain_write: false,
-        ignored: Default::default(),
-    })
-}
 
 /// A guest with one assigned device bound through a simulated host.
 pub struct Rig {
@@ -280,14 +97,14 @@ impl Rig {
         sink: Option<Arc<dyn GuestFaultSink>>,
         backend: impl FnOnce(Arc<SimHostIommu<Mem>>, &Guest) -> Arc<dyn HostIommuBackend>,
     ) -> Self {
-        let mut g = Guest::with_config(cfg);
+        let mut g = guest(cfg);
         let mem = g.mem.clone();
         let host = HostMemory::new().with_region(HOST_BASE, RAM_MB << 20, mem.clone(), 0);
         let sim = Arc::new(SimHostIommu::new(info, host));
         let ioas = sim.alloc_ioas();
         sim.ioas_map(ioas, 0, RAM_MB << 20, HOST_BASE, true)
             .unwrap();
-        g.enable_qi();
+        g.enable_qi(true);
         let be = backend(sim.clone(), &g);
         let binder = match sink {
             Some(s) => NestedBinder::new(&g.unit, s),
