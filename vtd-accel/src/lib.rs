@@ -83,7 +83,7 @@ pub use backend::{
 };
 pub use binder::{
     BindingInfo, DesiredBinding, GuestRemapping, HostAttachment, NestedBinder, OrphanHwpt,
-    RegisterError, UnregisterError, desired_binding, s1_of,
+    RegisterError, RegisteredDevice, UnregisterError, desired_binding, s1_of,
 };
 pub use compat::{CompatError, PciTopology, check_compatibility};
 pub use events::{
@@ -91,8 +91,8 @@ pub use events::{
 };
 pub use faults::{FaultClass, FaultInjection, FaultLog, GuestFaultSink, UnitFaultSink, classify};
 pub use host::{
-    HostBacking, HostHwInfo, HostIommuDevice, HostIommuType, HostQuirks, VTD_ERRATA_772415_SPR17,
-    ViommuFlags,
+    HW_CAP_DIRTY_TRACKING, HWPT_ALLOC_DIRTY_TRACKING, HostBacking, HostHwInfo, HostIommuDevice,
+    HostIommuType, HostQuirks, VTD_ERRATA_772415_SPR17, ViommuFlags,
 };
 pub use ids::{BindingKey, DeviceId, HwptId, IoasId, Pasid};
 #[cfg(feature = "iommufd")]

@@ -120,6 +120,23 @@
 //! guest-physical address through that memory. tests/dirty.rs runs such a pre-copy migration
 //! and checks the target's memory byte for byte.
 //!
+//! Passthrough devices' DMA is done by the host IOMMU and never passes through vm-memory: the
+//! nest parent's second stage records it. [`HwptDirtyLog`] turns on dirty tracking on each
+//! nest parent (`IOMMU_HWPT_SET_DIRTY_TRACKING`; the parent is allocated with
+//! `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` where the host reports `IOMMU_HW_CAP_DIRTY_TRACKING`) and
+//! reads and clears its bitmap each round (`IOMMU_HWPT_GET_DIRTY_BITMAP`), through vtd-accel's
+//! backend trait (iommufd, or the simulator in tests). tests/live_migration.rs migrates a
+//! guest whose passthrough and emulated devices keep writing through the rounds.
+//!
+//! # Passthrough devices
+//!
+//! [`save_with_binder`] records every device registered with vtd-accel's nested binder (BDF,
+//! host name, PASIDs nested, host IOMMU capabilities); [`restore_with_binder`] checks, before
+//! the target unit changes, that the target registered exactly those BDFs on host IOMMUs that
+//! can run the guest's configuration and bound PASIDs ([`check_devices`]: a missing, extra or
+//! incompatible device is an error naming it), imports the unit's state, and has the binder
+//! replay every binding from the restored tables, checking each PASID is nested again.
+//!
 //! One exception a VMM must know: vm-memory's `IommuMemory` (what a device built on a
 //! [`DeviceAddressSpace`](vtd_core::DeviceAddressSpace) uses) logs writes made with the IOMMU
 //! on in its own IOVA-indexed bitmap, not in guest memory's (vm-memory iommu.rs, "two bitmap
@@ -128,12 +145,16 @@
 #![forbid(unsafe_code)]
 
 mod codec;
+mod passthrough;
 mod precopy;
 mod snapshot;
 mod v1;
 mod v2;
 
 pub use codec::{FormatError, HEADER_SIZE, MAGIC, MAX_PAYLOAD};
+pub use passthrough::{
+    HwptDirtyLog, check_devices, restore_with_binder, save_with_binder, snapshot_with_binder,
+};
 pub use precopy::{
     DIRTY_PAGE_SIZE, DirtyError, DirtyPages, DirtyTracker, FinalRound, GuestMemoryDirtyLog, PreCopy,
 };

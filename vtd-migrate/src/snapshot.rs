@@ -91,6 +91,50 @@ pub enum SnapshotError {
         /// What it cannot carry.
         reason: &'static str,
     },
+    /// A passthrough device of the snapshot is not registered on the target.
+    #[error(
+        "passthrough device {bdf} ({name} on the source) is not registered on the target: \
+         assign it to the target VM before restoring"
+    )]
+    MissingDevice {
+        /// The device.
+        bdf: Bdf,
+        /// Its host name on the source.
+        name: String,
+    },
+    /// A device is registered on the target but was not on the source.
+    #[error(
+        "passthrough device {bdf} ({name}) is registered on the target but the snapshot has \
+         no such device"
+    )]
+    UnexpectedDevice {
+        /// The device.
+        bdf: Bdf,
+        /// Its host name on the target.
+        name: String,
+    },
+    /// The target host IOMMU cannot run what the guest set up for the device.
+    #[error("passthrough device {bdf} ({name} on the target): {reason}")]
+    IncompatibleDevice {
+        /// The device.
+        bdf: Bdf,
+        /// Its host name on the target.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// After the import, a binding the source had nested was not nested again (a host call
+    /// failed; the binder retries it).
+    #[error(
+        "passthrough device {bdf} PASID {pasid} is not bound again on the target after \
+         restore (the unit state is restored; see the binder's host errors)"
+    )]
+    ReplayIncomplete {
+        /// The device.
+        bdf: Bdf,
+        /// The PASID-table index (0: requests without PASID).
+        pasid: u32,
+    },
     /// The snapshot has passthrough devices, which this restore path cannot bind again.
     #[error(
         "snapshot has {count} passthrough device(s) (first: {first} {name}): restore through \

@@ -98,6 +98,7 @@ fn check_scenario(mut s: Scenario, before: &[Op], after: &[Op]) {
         devices: s.devices.clone(),
         ir_table: s.ir_table,
         page_requests: s.page_requests,
+        passthrough: s.passthrough.clone(),
     };
     // It clears the queue error (if any) first, so the queue runs again.
     s.g.w32(vtd_regs::regs::offset::FSTS, 0x71);

@@ -97,6 +97,19 @@ pub struct Scenario {
     pub devices: Vec<Device>,
     pub ir_table: u64,
     pub page_requests: bool,
+    /// The passthrough device's PASIDs with tables (`None`: requests without PASID), if the
+    /// scenario has one at [`PASSTHROUGH_SID`].
+    pub passthrough: Vec<Option<u32>>,
+}
+
+/// Requester ID of the scenario's passthrough device (01:00.0).
+pub const PASSTHROUGH_SID: u16 = 0x100;
+/// PASIDs the passthrough device's tables define besides requests without PASID.
+pub const PASSTHROUGH_PASIDS: [u32; 2] = [1, 7];
+
+/// Where the passthrough device's IOVA pages map: its own frames per PASID.
+pub fn passthrough_gpa(pasid: Option<u32>, page: u64) -> u64 {
+    0xa0_0000 + (pasid.unwrap_or(0) as u64 * 16 + page) * 4096
 }
 
 pub fn config(scalable: bool) -> VtdConfig {
@@ -127,16 +140,22 @@ pub fn config_with_page_requests() -> VtdConfig {
 
 impl Scenario {
     pub fn new(scalable: bool) -> Self {
-        Self::with_config(config(scalable), scalable)
+        Self::with_config(config(scalable), scalable, false)
+    }
+
+    /// The scalable scenario plus a passthrough device at [`PASSTHROUGH_SID`] whose requests
+    /// without PASID and with [`PASSTHROUGH_PASIDS`] have first-stage tables.
+    pub fn with_passthrough() -> Self {
+        Self::with_config(config(true), true, true)
     }
 
     /// The scalable scenario on a unit with page requests, the queue enabled (16 slots) and
     /// PRE set for the devices.
     pub fn with_page_requests() -> Self {
-        Self::with_config(config_with_page_requests(), true)
+        Self::with_config(config_with_page_requests(), true, false)
     }
 
-    fn with_config(cfg: VtdConfig, scalable: bool) -> Self {
+    fn with_config(cfg: VtdConfig, scalable: bool, with_passthrough: bool) -> Self {
         let page_requests = cfg.page_requests;
         let mut g = Guest::with_config(cfg, RAM_MB);
         let mem = g.mem.clone();
@@ -186,6 +205,39 @@ impl Scenario {
                     .unwrap();
             }
         }
+        let mut passthrough = Vec::new();
+        if with_passthrough {
+            let mut dir = PasidTablesBuilder::new(&mem, &mut g.frames, 0).unwrap();
+            for pasid in std::iter::once(None).chain(PASSTHROUGH_PASIDS.map(Some)) {
+                let mut pt = PageTableBuilder::new(
+                    &mem,
+                    &mut g.frames,
+                    PageTableFormat::FirstStage { levels: 4 },
+                )
+                .unwrap();
+                for page in 0..MAPPED {
+                    let gpa = passthrough_gpa(pasid, page);
+                    pt.map(
+                        &mut g.frames,
+                        iova(page),
+                        gpa,
+                        PageSize::Size4K,
+                        true,
+                        page != 3,
+                    )
+                    .unwrap();
+                }
+                let did = 20 + pasid.unwrap_or(0) as u16;
+                dir.set_entry(
+                    &mut g.frames,
+                    pasid.unwrap_or(0),
+                    PasidEntry::first_stage(pt.root(), false, did, 2),
+                )
+                .unwrap();
+                passthrough.push(pasid);
+            }
+            pasid_dirs.push((PASSTHROUGH_SID, dir));
+        }
         for (sid, dir) in &pasid_dirs {
             let entry = dir
                 .context_entry()
@@ -222,6 +274,7 @@ impl Scenario {
             devices,
             ir_table,
             page_requests,
+            passthrough,
         }
     }
 
