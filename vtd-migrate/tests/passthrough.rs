@@ -116,6 +116,18 @@ fn check(ops: &[Op], dmas: &[(usize, u64, bool)]) {
     for b in dst.binder.bindings() {
         assert!(matches!(b.host, HostAttachment::Nested(_)), "{b:?}");
     }
+    // The emulated devices translate the same through the units.
+    for &(sid, pasid) in &s.devices {
+        for page in 0..PAGES {
+            let req = request(sid, pasid, page, page % 2 == 0);
+            assert_eq!(
+                s.g.unit.translate(&req),
+                target.translate(&req),
+                "{sid:#x} {pasid:?}"
+            );
+        }
+    }
+    // The passthrough device translates the same through the host IOMMUs.
     for &pasid in &pasids {
         for page in 0..PAGES {
             for write in [false, true] {
