@@ -18,10 +18,13 @@
 //!   ("I want a nesting parent").
 //! - [`compat`]: the registration checks ([`check_compatibility`]).
 //! - [`backend`]: the [`HostIommuBackend`] trait (iommufd's object model), its types, and
-//!   [`BackendError`] (the call and its errno).
+//!   [`BackendError`] (the call and its errno); dirty tracking of nest parents for live
+//!   migration (`set_dirty_tracking`, `read_and_clear_dirty`: iommufd's
+//!   `IOMMU_HWPT_SET_DIRTY_TRACKING` / `IOMMU_HWPT_GET_DIRTY_BITMAP`).
 //! - [`binder`]: [`NestedBinder`], the `vtd_core::VtdObserver` that registers, computes the
 //!   desired state ([`desired_binding`], pure), applies and fences, forwards and batches, and
-//!   injects host faults.
+//!   injects host faults; for migration, the registered devices ([`RegisteredDevice`]) and
+//!   the replay of every binding after the unit's state was restored.
 //! - [`faults`]: how host faults reach the guest ([`GuestFaultSink`], [`UnitFaultSink`]).
 //! - [`events`]: [`AccelEvent`]s and [`AccelStats`] for the VMM.
 //! - [`sim`]: `SimHostIommu`, a software host IOMMU with VT-d nested semantics (stage-1 walk
