@@ -319,10 +319,10 @@ impl UnitState {
         let mut covered = vec![false; REGISTER_IMAGE_SIZE];
         for def in register_layout(cap, ecap) {
             let (off, n) = (def.offset as usize, def.size as usize);
-            if off + n > REGISTER_IMAGE_SIZE {
+            let Some(span) = covered.get_mut(off..off + n) else {
                 continue;
-            }
-            covered[off..off + n].iter_mut().for_each(|c| *c = true);
+            };
+            span.iter_mut().for_each(|c| *c = true);
             let width_mask = if n == 8 {
                 u64::MAX
             } else {
@@ -346,7 +346,10 @@ impl UnitState {
             }
         }
         // Offsets no register occupies read 0 and ignore writes (spec 10.2).
-        if let Some(at) = (0..REGISTER_IMAGE_SIZE).find(|&i| !covered[i] && self.registers[i] != 0)
+        if let Some(at) = covered
+            .iter()
+            .zip(self.registers.iter())
+            .position(|(&covered, &byte)| !covered && byte != 0)
         {
             let offset = at as u64 & !7;
             return Err(StateError::RegisterBits {
