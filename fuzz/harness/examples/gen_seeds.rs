@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use fuzz_harness::unit::{self, Op};
 use fuzz_harness::walk::{WalkInput, Walker};
-use fuzz_harness::{dmar, inspect_protocol, inv_desc, scenario};
+use fuzz_harness::{dmar, inspect_protocol, inv_desc, scenario, snapshot};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vtd_core::{AccessKind, DmaRequest, VtdEvent};
 use vtd_regs::inv::{
@@ -710,13 +710,47 @@ fn multiboot_seeds() {
     println!("multiboot: {}", out.count);
 }
 
+/// Seeds for `snapshot`: vtd-migrate's golden files of every format version, each offered to
+/// every target configuration (the matching one restores, the others are refused).
+fn snapshot_seeds() {
+    let mut out = Out::new("snapshot");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vtd-migrate/tests/data");
+    for version in [1, 2] {
+        let bytes = std::fs::read(data.join(format!("golden-v{version}.bin")))
+            .expect("vtd-migrate's golden snapshot");
+        for config in 0..4 {
+            out.put(
+                &format!("golden-v{version}-config{config}"),
+                snapshot::encode(config, &bytes),
+            );
+        }
+    }
+}
+
+/// `gen_seeds [TARGET...]`: regenerates the seed corpus of the targets named (all by default).
 fn main() {
-    let trace = Trace::load().expect("the recorded Linux trace");
-    unit_seeds(&trace);
-    inv_desc_seeds(&trace);
-    walk_seeds();
-    dmar_seeds();
-    inspect_seeds();
-    scenario_seeds();
-    multiboot_seeds();
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |t: &str| only.is_empty() || only.iter().any(|o| o == t);
+    if wanted("unit") || wanted("inv_desc") {
+        let trace = Trace::load().expect("the recorded Linux trace");
+        if wanted("unit") {
+            unit_seeds(&trace);
+        }
+        if wanted("inv_desc") {
+            inv_desc_seeds(&trace);
+        }
+    }
+    let rest: [(&str, fn()); 6] = [
+        ("walk", walk_seeds),
+        ("dmar", dmar_seeds),
+        ("inspect_protocol", inspect_seeds),
+        ("scenario", scenario_seeds),
+        ("multiboot", multiboot_seeds),
+        ("snapshot", snapshot_seeds),
+    ];
+    for (target, seeds) in rest {
+        if wanted(target) {
+            seeds();
+        }
+    }
 }

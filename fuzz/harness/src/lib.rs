@@ -16,7 +16,7 @@
 //! decode), [`walk`] (every table walker and the enumerator), [`dmar`] (ACPI DMAR parse),
 //! [`inspect_protocol`] (the inspector's line reader and JSON messages), [`scenario`]
 //! (conformance scenario JSON and module encoder/decoder), [`multiboot`] (the VMM's
-//! multiboot/ELF loader).
+//! multiboot/ELF loader), [`snapshot`] (vtd-migrate's snapshot decode and restore).
 
 pub mod dmar;
 pub mod input;
@@ -25,6 +25,7 @@ pub mod inv_desc;
 pub mod multiboot;
 pub mod ram;
 pub mod scenario;
+pub mod snapshot;
 pub mod unit;
 pub mod walk;
 
@@ -40,4 +41,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("inspect_protocol", inspect_protocol::run),
     ("scenario", scenario::run),
     ("multiboot", multiboot::run),
+    ("snapshot", snapshot::run),
 ];
