@@ -74,6 +74,10 @@ pub enum HwptAlloc {
         nest_parent: bool,
         /// `IOMMU_HWPT_ALLOC_PASID`: attachable to PASIDs (not only to requests without PASID).
         pasid: bool,
+        /// `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`: the IOMMU can record which pages DMA writes
+        /// through this HWPT and every HWPT nested on it (live migration of passthrough
+        /// devices; only where the host reports `IOMMU_HW_CAP_DIRTY_TRACKING`).
+        dirty_tracking: bool,
     },
     /// A user-managed nested HWPT: the guest's first stage over `parent`.
     Nested {
@@ -167,6 +171,10 @@ pub struct HostFault {
     pub hwpt: Option<HwptId>,
 }
 
+/// `EOPNOTSUPP` (Linux `include/uapi/asm-generic/errno.h`): what a backend without an
+/// optional call answers.
+pub const EOPNOTSUPP: i32 = 95;
+
 /// The host call that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BackendOp {
@@ -190,6 +198,10 @@ pub enum BackendOp {
     FaultQueueAlloc,
     /// `IOMMU_IOAS_MAP` / unmap (the sim's stage-2 maps).
     IoasMap,
+    /// `IOMMU_HWPT_SET_DIRTY_TRACKING`.
+    SetDirtyTracking,
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP`.
+    GetDirtyBitmap,
 }
 
 impl fmt::Display for BackendOp {
@@ -205,6 +217,8 @@ impl fmt::Display for BackendOp {
             Self::ReadFaults => "fault queue read",
             Self::FaultQueueAlloc => "IOMMU_FAULT_QUEUE_ALLOC",
             Self::IoasMap => "IOMMU_IOAS_MAP",
+            Self::SetDirtyTracking => "IOMMU_HWPT_SET_DIRTY_TRACKING",
+            Self::GetDirtyBitmap => "IOMMU_HWPT_GET_DIRTY_BITMAP",
         })
     }
 }
@@ -298,6 +312,42 @@ pub trait HostIommuBackend: Send + Sync {
 
     /// Up to `max` faults the host raised on nested HWPTs since the last call (non-blocking).
     fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError>;
+
+    /// `IOMMU_HWPT_SET_DIRTY_TRACKING`: starts (`enable`) or stops recording which pages DMA
+    /// writes through `hwpt`, a parent allocated with `dirty_tracking`, including DMA through
+    /// HWPTs nested on it (the second stage's dirty bits see every write, whatever stage 1
+    /// did). A backend without dirty tracking refuses with `EOPNOTSUPP`, as the kernel does
+    /// for an HWPT allocated without it.
+    fn set_dirty_tracking(&self, hwpt: HwptId, enable: bool) -> Result<(), BackendError> {
+        let _ = enable;
+        Err(BackendError::with_errno(
+            BackendOp::SetDirtyTracking,
+            EOPNOTSUPP,
+            format!("{hwpt}: the {} backend has no dirty tracking", self.name()),
+        ))
+    }
+
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP`: for each `page_size` page of `[iova, iova + length)`
+    /// written since the last call, sets bit `(addr - iova) / page_size` of `bitmap` (bit `n`
+    /// is bit `n % 64` of word `n / 64`), and clears the record in the IOMMU. `iova` and
+    /// `length` are multiples of `page_size`, a power of two of at least 4 KiB; `bitmap` holds
+    /// at least `length / page_size` bits. The addresses are the parent's input addresses:
+    /// guest-physical.
+    fn read_and_clear_dirty(
+        &self,
+        hwpt: HwptId,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        bitmap: &mut [u64],
+    ) -> Result<(), BackendError> {
+        let _ = (iova, length, page_size, bitmap);
+        Err(BackendError::with_errno(
+            BackendOp::GetDirtyBitmap,
+            EOPNOTSUPP,
+            format!("{hwpt}: the {} backend has no dirty tracking", self.name()),
+        ))
+    }
 }
 
 #[cfg(test)]

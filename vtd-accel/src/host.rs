@@ -105,6 +105,12 @@ impl HostHwInfo {
         }
     }
 
+    /// Whether the host IOMMU can track DMA writes ([`HW_CAP_DIRTY_TRACKING`]): a parent
+    /// HWPT may then be allocated with dirty tracking, for live migration.
+    pub const fn supports_dirty_tracking(&self) -> bool {
+        self.capabilities & HW_CAP_DIRTY_TRACKING != 0
+    }
+
     /// Whether the device can use PASIDs through this host (PASID attach,
     /// `IOMMU_HWPT_ALLOC_PASID`).
     pub const fn supports_pasid(&self) -> bool {
@@ -297,6 +303,12 @@ pub struct ViommuFlags {
 pub const HWPT_ALLOC_NEST_PARENT: u32 = 1;
 /// `IOMMU_HWPT_ALLOC_PASID`.
 pub const HWPT_ALLOC_PASID: u32 = 8;
+/// `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`.
+pub const HWPT_ALLOC_DIRTY_TRACKING: u32 = 2;
+/// `IOMMU_HW_CAP_DIRTY_TRACKING` in `iommu_hw_info.out_capabilities` (uAPI
+/// `enum iommufd_hw_capabilities`): `IOMMU_HWPT_SET_DIRTY_TRACKING` and
+/// `IOMMU_HWPT_GET_DIRTY_BITMAP` work on HWPTs allocated with dirty tracking.
+pub const HW_CAP_DIRTY_TRACKING: u64 = 1;
 
 impl ViommuFlags {
     /// The flags for a unit with this configuration: a nesting parent iff scalable mode with

@@ -24,13 +24,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use iommufd_bindings::{
-    IOMMUFD_CMD_FAULT_QUEUE_ALLOC, IOMMUFD_TYPE, iommu_fault_alloc, iommu_hw_info,
+    IOMMUFD_CMD_FAULT_QUEUE_ALLOC, IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP,
+    IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING, IOMMUFD_TYPE, iommu_fault_alloc, iommu_hw_info,
     iommu_hw_info_vtd, iommu_hwpt_alloc, iommu_hwpt_data_type_IOMMU_HWPT_DATA_NONE,
-    iommu_hwpt_data_type_IOMMU_HWPT_DATA_VTD_S1, iommu_hwpt_invalidate,
-    iommu_hwpt_invalidate_data_type_IOMMU_HWPT_INVALIDATE_DATA_VTD_S1, iommu_hwpt_pgfault,
-    iommu_hwpt_vtd_s1, iommu_hwpt_vtd_s1_invalidate,
-    iommufd_hwpt_alloc_flags_IOMMU_HWPT_ALLOC_PASID,
+    iommu_hwpt_data_type_IOMMU_HWPT_DATA_VTD_S1, iommu_hwpt_get_dirty_bitmap,
+    iommu_hwpt_invalidate, iommu_hwpt_invalidate_data_type_IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+    iommu_hwpt_pgfault, iommu_hwpt_set_dirty_tracking, iommu_hwpt_vtd_s1,
+    iommu_hwpt_vtd_s1_invalidate, iommufd_hwpt_alloc_flags_IOMMU_HWPT_ALLOC_PASID,
     iommufd_hwpt_alloc_flags_IOMMU_HWPT_FAULT_ID_VALID,
+    iommufd_hwpt_set_dirty_tracking_flags_IOMMU_HWPT_DIRTY_TRACKING_ENABLE,
 };
 use iommufd_ioctls::{IommuFd, IommufdError};
 use vfio_ioctls::VfioDevice;
@@ -42,18 +44,32 @@ use crate::backend::{
     BackendError, BackendOp, DeviceId, HostFault, HostIommuBackend, HwptAlloc, HwptId, Pasid,
     VtdS1Invalidation,
 };
-use crate::host::{HWPT_ALLOC_NEST_PARENT, HostHwInfo, HostIommuType};
+use crate::host::{HWPT_ALLOC_DIRTY_TRACKING, HWPT_ALLOC_NEST_PARENT, HostHwInfo, HostIommuType};
 
 /// The iommufd character device.
 pub const DEV_IOMMU: &str = "/dev/iommu";
 
-/// `IOMMU_FAULT_QUEUE_ALLOC`, which `iommufd-ioctls` does not wrap.
+/// `IOMMU_FAULT_QUEUE_ALLOC` and the dirty-tracking calls, which `iommufd-ioctls` does not
+/// wrap.
 mod ioctls {
-    use super::{IOMMUFD_CMD_FAULT_QUEUE_ALLOC, IOMMUFD_TYPE};
+    use super::{
+        IOMMUFD_CMD_FAULT_QUEUE_ALLOC, IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP,
+        IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING, IOMMUFD_TYPE,
+    };
     vmm_sys_util::ioctl_io_nr!(
         IOMMU_FAULT_QUEUE_ALLOC,
         IOMMUFD_TYPE as u32,
         IOMMUFD_CMD_FAULT_QUEUE_ALLOC
+    );
+    vmm_sys_util::ioctl_io_nr!(
+        IOMMU_HWPT_SET_DIRTY_TRACKING,
+        IOMMUFD_TYPE as u32,
+        IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING
+    );
+    vmm_sys_util::ioctl_io_nr!(
+        IOMMU_HWPT_GET_DIRTY_BITMAP,
+        IOMMUFD_TYPE as u32,
+        IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP
     );
 }
 
@@ -363,13 +379,19 @@ impl HostIommuBackend for IommufdBackend {
                 ioas,
                 nest_parent,
                 pasid,
+                dirty_tracking,
             } => {
                 alloc.pt_id = ioas.0;
                 alloc.flags = if nest_parent {
                     HWPT_ALLOC_NEST_PARENT
                 } else {
                     0
-                } | if pasid { pasid_flag } else { 0 };
+                } | if pasid { pasid_flag } else { 0 }
+                    | if dirty_tracking {
+                        HWPT_ALLOC_DIRTY_TRACKING
+                    } else {
+                        0
+                    };
                 alloc.data_type = iommu_hwpt_data_type_IOMMU_HWPT_DATA_NONE;
             }
             HwptAlloc::Nested { parent, s1, pasid } => {
@@ -492,6 +514,87 @@ impl HostIommuBackend for IommufdBackend {
         }
         Ok(out)
     }
+
+    fn set_dirty_tracking(&self, hwpt: HwptId, enable: bool) -> Result<(), BackendError> {
+        let op = BackendOp::SetDirtyTracking;
+        let mut req = iommu_hwpt_set_dirty_tracking {
+            size: std::mem::size_of::<iommu_hwpt_set_dirty_tracking>() as u32,
+            flags: if enable {
+                iommufd_hwpt_set_dirty_tracking_flags_IOMMU_HWPT_DIRTY_TRACKING_ENABLE
+            } else {
+                0
+            },
+            hwpt_id: hwpt.0,
+            __reserved: 0,
+        };
+        // SAFETY: the iommufd is an open file for the lifetime of `self`; `req` is a live,
+        // correctly sized `iommu_hwpt_set_dirty_tracking` the kernel only reads; the result
+        // is checked below.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_mut_ref(
+                &*self.iommufd,
+                ioctls::IOMMU_HWPT_SET_DIRTY_TRACKING(),
+                &mut req,
+            )
+        };
+        if ret < 0 {
+            let e = std::io::Error::last_os_error();
+            let what = format!("{hwpt}, {}", if enable { "enable" } else { "disable" });
+            return Err(BackendError::os(op, &e, &what));
+        }
+        Ok(())
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        hwpt: HwptId,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        bitmap: &mut [u64],
+    ) -> Result<(), BackendError> {
+        let op = BackendOp::GetDirtyBitmap;
+        // The kernel writes length / page_size bits at `data`: make sure they fit before
+        // handing it the buffer.
+        let pages = length.checked_div(page_size).unwrap_or(u64::MAX);
+        if page_size == 0 || (bitmap.len() as u64).saturating_mul(64) < pages {
+            return Err(BackendError::with_errno(
+                op,
+                libc::EINVAL,
+                format!(
+                    "{hwpt}: a {}-word bitmap cannot hold {pages} pages",
+                    bitmap.len()
+                ),
+            ));
+        }
+        let mut req = iommu_hwpt_get_dirty_bitmap {
+            size: std::mem::size_of::<iommu_hwpt_get_dirty_bitmap>() as u32,
+            hwpt_id: hwpt.0,
+            flags: 0,
+            __reserved: 0,
+            iova,
+            length,
+            page_size,
+            data: bitmap.as_mut_ptr() as u64,
+        };
+        // SAFETY: the iommufd is an open file for the lifetime of `self`; `req` is a live,
+        // correctly sized `iommu_hwpt_get_dirty_bitmap`; `data` points at `bitmap`, which
+        // holds at least `length / page_size` bits (checked above) and outlives the call, and
+        // the kernel writes only those; the result is checked below.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_mut_ref(
+                &*self.iommufd,
+                ioctls::IOMMU_HWPT_GET_DIRTY_BITMAP(),
+                &mut req,
+            )
+        };
+        if ret < 0 {
+            let e = std::io::Error::last_os_error();
+            let what = format!("{hwpt}, {iova:#x}+{length:#x} by {page_size:#x}");
+            return Err(BackendError::os(op, &e, &what));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -543,6 +646,7 @@ mod tests {
             ioas: crate::backend::IoasId(2),
             nest_parent: true,
             pasid: true,
+            dirty_tracking: true,
         };
         assert_eq!(
             b.alloc_hwpt(DeviceId(7), &parent).unwrap_err().errno,
@@ -563,6 +667,27 @@ mod tests {
         );
         let e = b.destroy(HwptId(9)).unwrap_err();
         assert_eq!((e.op, e.errno), (BackendOp::Destroy, Some(libc::ENOTTY)));
+        let e = b.set_dirty_tracking(HwptId(9), true).unwrap_err();
+        assert_eq!(
+            (e.op, e.errno),
+            (BackendOp::SetDirtyTracking, Some(libc::ENOTTY))
+        );
+        let mut bitmap = [0u64; 1];
+        let e = b
+            .read_and_clear_dirty(HwptId(9), 0, 64 << 12, 4096, &mut bitmap)
+            .unwrap_err();
+        assert_eq!(
+            (e.op, e.errno),
+            (BackendOp::GetDirtyBitmap, Some(libc::ENOTTY))
+        );
+        let e = b
+            .read_and_clear_dirty(HwptId(9), 0, 65 << 12, 4096, &mut bitmap)
+            .unwrap_err();
+        assert_eq!(
+            e.errno,
+            Some(libc::EINVAL),
+            "bitmap too small, refused before the call"
+        );
         let e = b.alloc_fault_queue().unwrap_err();
         assert_eq!(
             (e.op, e.errno),

@@ -18,10 +18,13 @@
 //!   ("I want a nesting parent").
 //! - [`compat`]: the registration checks ([`check_compatibility`]).
 //! - [`backend`]: the [`HostIommuBackend`] trait (iommufd's object model), its types, and
-//!   [`BackendError`] (the call and its errno).
+//!   [`BackendError`] (the call and its errno); dirty tracking of nest parents for live
+//!   migration (`set_dirty_tracking`, `read_and_clear_dirty`: iommufd's
+//!   `IOMMU_HWPT_SET_DIRTY_TRACKING` / `IOMMU_HWPT_GET_DIRTY_BITMAP`).
 //! - [`binder`]: [`NestedBinder`], the `vtd_core::VtdObserver` that registers, computes the
 //!   desired state ([`desired_binding`], pure), applies and fences, forwards and batches, and
-//!   injects host faults.
+//!   injects host faults; for migration, the registered devices ([`RegisteredDevice`]) and
+//!   the replay of every binding after the unit's state was restored.
 //! - [`faults`]: how host faults reach the guest ([`GuestFaultSink`], [`UnitFaultSink`]).
 //! - [`events`]: [`AccelEvent`]s and [`AccelStats`] for the VMM.
 //! - [`sim`]: `SimHostIommu`, a software host IOMMU with VT-d nested semantics (stage-1 walk
@@ -83,7 +86,7 @@ pub use backend::{
 };
 pub use binder::{
     BindingInfo, DesiredBinding, GuestRemapping, HostAttachment, NestedBinder, OrphanHwpt,
-    RegisterError, UnregisterError, desired_binding, s1_of,
+    RegisterError, RegisteredDevice, UnregisterError, desired_binding, s1_of,
 };
 pub use compat::{CompatError, PciTopology, check_compatibility};
 pub use events::{
@@ -91,8 +94,8 @@ pub use events::{
 };
 pub use faults::{FaultClass, FaultInjection, FaultLog, GuestFaultSink, UnitFaultSink, classify};
 pub use host::{
-    HostBacking, HostHwInfo, HostIommuDevice, HostIommuType, HostQuirks, VTD_ERRATA_772415_SPR17,
-    ViommuFlags,
+    HW_CAP_DIRTY_TRACKING, HWPT_ALLOC_DIRTY_TRACKING, HostBacking, HostHwInfo, HostIommuDevice,
+    HostIommuType, HostQuirks, VTD_ERRATA_772415_SPR17, ViommuFlags,
 };
 pub use ids::{BindingKey, DeviceId, HwptId, IoasId, Pasid};
 #[cfg(feature = "iommufd")]

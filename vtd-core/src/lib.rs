@@ -42,6 +42,12 @@
 //! ```
 
 #![forbid(unsafe_code)]
+// Guest- and user-controlled values must never panic the unit: no unwrap/expect and no
+// unchecked indexing outside tests (tests may assert with them).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 mod address_space;
 mod cache;
@@ -54,6 +60,7 @@ mod prq;
 mod qi;
 mod regfile;
 mod shadow;
+mod state;
 mod sync;
 
 /// The README's example, compiled and run as a doc test so it keeps working.
@@ -73,6 +80,9 @@ pub use irq::{InterruptSink, Msi, RecordingSink};
 pub use prq::{
     MAX_OUTSTANDING_GROUPS, OutstandingGroup, PageGroupResponseEvent, PageRequest,
     PageRequestError, PageRequestOutcome, PrqState, PrqStateError, ResponseOrigin,
+};
+pub use state::{
+    EnabledFlags, PendingInterrupts, QueueState, REGISTER_IMAGE_SIZE, StateError, UnitState,
 };
 pub use unit::{CacheCapacity, RestoreError, TranslateError, UnitSnapshot, UnitStats, VtdUnit};
 pub use vtd_regs::prq::ResponseCode;

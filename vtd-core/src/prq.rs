@@ -226,7 +226,7 @@ impl GroupTracker {
         *self = Self::default();
     }
 
-    fn snapshot(&self) -> PrqState {
+    pub(crate) fn snapshot(&self) -> PrqState {
         PrqState {
             outstanding: self.by_age.values().copied().collect(),
         }
@@ -425,7 +425,17 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     /// Restores the outstanding page groups saved by [`VtdUnit::prq_state`] (after the
     /// register image was restored).
     pub fn restore_prq_state(&self, state: &PrqState) -> Result<(), PrqStateError> {
-        if !state.outstanding.is_empty() && !self.walk.ecap.prs() {
+        let tracker = GroupTracker::from_state(state, self.walk.ecap.prs())?;
+        self.lock().prq = tracker;
+        Ok(())
+    }
+}
+
+impl GroupTracker {
+    /// The tracker holding `state`'s groups, if a unit with (`prs`) or without ECAP.PRS can
+    /// hold them.
+    pub(crate) fn from_state(state: &PrqState, prs: bool) -> Result<Self, PrqStateError> {
+        if !state.outstanding.is_empty() && !prs {
             return Err(PrqStateError::NotSupported);
         }
         if state.outstanding.len() > MAX_OUTSTANDING_GROUPS {
@@ -442,8 +452,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         for group in &state.outstanding {
             tracker.insert(*group);
         }
-        self.lock().prq = tracker;
-        Ok(())
+        Ok(tracker)
     }
 }
 

@@ -170,6 +170,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 }
             }
             st.descriptors += 1;
+            st.last_descriptor_type = Some(raw.type_code());
             head = (head + 1) % count;
             st.regs.set64(reg::IQH, (head as u64) << shift);
         }

@@ -27,23 +27,21 @@ impl RegisterFile {
             reset: Box::new([0; SIZE]),
         };
         for d in defs {
-            let off = d.offset as usize;
-            let n = d.size as usize;
-            if off + n > SIZE {
+            let Some(bytes) = byte_range(d.offset, d.size) else {
                 continue;
-            }
-            rf.reset[off..off + n].copy_from_slice(&d.reset.to_le_bytes()[..n]);
-            rf.rw[off..off + n].copy_from_slice(&d.rw_mask.to_le_bytes()[..n]);
-            rf.w1c[off..off + n].copy_from_slice(&d.w1c_mask.to_le_bytes()[..n]);
-            rf.wo[off..off + n].copy_from_slice(&d.wo_mask.to_le_bytes()[..n]);
+            };
+            store(&mut rf.reset, bytes.clone(), d.reset);
+            store(&mut rf.rw, bytes.clone(), d.rw_mask);
+            store(&mut rf.w1c, bytes.clone(), d.w1c_mask);
+            store(&mut rf.wo, bytes, d.wo_mask);
         }
-        rf.value.copy_from_slice(&rf.reset[..]);
+        rf.value = rf.reset.clone();
         rf
     }
 
     /// Back to reset values.
     pub(crate) fn reset(&mut self) {
-        self.value.copy_from_slice(&self.reset[..]);
+        self.value = self.reset.clone();
     }
 
     /// Whether a guest access of `size` at `offset` is one the unit serves: 4 bytes 4-aligned
@@ -59,33 +57,47 @@ impl RegisterFile {
 
     /// The guest's view (WO bits read 0).
     pub(crate) fn guest_read(&self, offset: u64, size: u8) -> u64 {
-        let mut v = 0u64;
-        for i in (0..size as usize).rev() {
-            let o = offset as usize + i;
-            v = v << 8 | (self.value[o] & !self.wo[o]) as u64;
-        }
-        v
+        let Some(bytes) = byte_range(offset, size) else {
+            return 0;
+        };
+        let (Some(value), Some(wo)) = (self.value.get(bytes.clone()), self.wo.get(bytes)) else {
+            return 0;
+        };
+        value
+            .iter()
+            .zip(wo)
+            .rev()
+            .fold(0, |v, (b, wo)| v << 8 | (b & !wo) as u64)
     }
 
     /// Applies a guest write.
     pub(crate) fn guest_write(&mut self, offset: u64, size: u8, value: u64) {
-        for i in 0..size as usize {
-            let o = offset as usize + i;
+        let Some(bytes) = byte_range(offset, size) else {
+            return;
+        };
+        let (Some(stored), Some(rw), Some(w1c), Some(wo)) = (
+            self.value.get_mut(bytes.clone()),
+            self.rw.get(bytes.clone()),
+            self.w1c.get(bytes.clone()),
+            self.wo.get(bytes),
+        ) else {
+            return;
+        };
+        let masks = rw.iter().zip(w1c).zip(wo);
+        for (i, (v, ((rw, w1c), wo))) in stored.iter_mut().zip(masks).enumerate() {
             let b = (value >> (8 * i)) as u8;
             // RO bits keep their value, RW and WO bits take the write (a WO register holds
             // exactly the last value written, for the unit to act on), RW1C bits clear on 1.
-            let kept = self.value[o] & !self.rw[o] & !self.wo[o] & !(self.w1c[o] & b);
-            self.value[o] = kept | (b & (self.rw[o] | self.wo[o]));
+            let kept = *v & !rw & !wo & !(w1c & b);
+            *v = kept | (b & (rw | wo));
         }
     }
 
     /// Raw stored value (no masks), for the unit's own use.
     pub(crate) fn get(&self, offset: u64, size: u8) -> u64 {
-        let mut v = 0u64;
-        for i in (0..size as usize).rev() {
-            v = v << 8 | self.value[offset as usize + i] as u64;
-        }
-        v
+        byte_range(offset, size)
+            .and_then(|bytes| self.value.get(bytes))
+            .map_or(0, |b| b.iter().rev().fold(0, |v, b| v << 8 | *b as u64))
     }
 
     pub(crate) fn get32(&self, offset: u64) -> u32 {
@@ -98,8 +110,8 @@ impl RegisterFile {
 
     /// Hardware update of a register, bypassing guest masks.
     pub(crate) fn set(&mut self, offset: u64, size: u8, value: u64) {
-        for i in 0..size as usize {
-            self.value[offset as usize + i] = (value >> (8 * i)) as u8;
+        if let Some(bytes) = byte_range(offset, size) {
+            store(&mut self.value, bytes, value);
         }
     }
 
@@ -123,7 +135,27 @@ impl RegisterFile {
 
     /// Restores a saved image.
     pub(crate) fn load_image(&mut self, image: &[u8]) {
-        let n = image.len().min(SIZE);
-        self.value[..n].copy_from_slice(&image[..n]);
+        for (v, b) in self.value.iter_mut().zip(image) {
+            *v = *b;
+        }
+    }
+}
+
+/// The bytes of the image a `size`-byte register at `offset` occupies, if it lies inside the
+/// image and is at most 8 bytes. Offsets come from the guest's MMIO accesses (checked by
+/// [`RegisterFile::valid_access`]) and from CAP/ECAP-derived layouts; any other value names no
+/// register rather than indexing out of the image.
+fn byte_range(offset: u64, size: u8) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(size as usize)?;
+    (size <= 8 && end <= SIZE).then_some(start..end)
+}
+
+/// Stores the low bytes of `value`, little-endian, into `image[bytes]` (at most 8).
+fn store(image: &mut [u8; SIZE], bytes: std::ops::Range<usize>, value: u64) {
+    if let Some(dst) = image.get_mut(bytes) {
+        for (d, s) in dst.iter_mut().zip(value.to_le_bytes()) {
+            *d = s;
+        }
     }
 }

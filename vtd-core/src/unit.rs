@@ -143,6 +143,9 @@ pub(crate) struct State {
     pub(crate) wait_deferred: bool,
     /// Replay-walk entry reads left for the current doorbell (caching-mode shadowing).
     pub(crate) replay_budget: u32,
+    /// Type code of the last descriptor the queue executed (QEMU's `iq_last_desc_type`),
+    /// carried in the migration state.
+    pub(crate) last_descriptor_type: Option<u8>,
     /// Page groups with queued requests and no response yet (ECAP.PRS).
     pub(crate) prq: crate::prq::GroupTracker,
 }
@@ -155,9 +158,9 @@ pub struct VtdUnit<M: GuestRam> {
     irq: Arc<dyn InterruptSink>,
     pub(crate) state: Mutex<State>,
     /// GSTS.TES, read lock-free by the translate path.
-    te: AtomicBool,
+    pub(crate) te: AtomicBool,
     /// The latched root: address | mode << 1 | valid.
-    root: AtomicU64,
+    pub(crate) root: AtomicU64,
     pub(crate) iotlb: Iotlb,
     pub(crate) context_cache: ContextCache,
     pub(crate) pasid_cache: PasidCache,
@@ -211,6 +214,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 tickets: Tickets::default(),
                 wait_deferred: false,
                 replay_budget: crate::shadow::REPLAY_BUDGET,
+                last_descriptor_type: None,
                 prq: Default::default(),
             }),
             delivery: Delivery::default(),
@@ -293,7 +297,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     /// Releases the lock after a register write: publishes, and while a wait descriptor was
     /// held back for that, completes it and the queue behind it (each round executes at least
     /// the wait it deferred, so the rounds are bounded by the queue size).
-    fn finish_write<'a>(&'a self, mut st: MutexGuard<'a, State>) {
+    pub(crate) fn finish_write<'a>(&'a self, mut st: MutexGuard<'a, State>) {
         loop {
             let deferred = st.wait_deferred;
             self.finish(st);
@@ -313,6 +317,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         st.faults = FaultState::new(self.walk.cap);
         st.root = None;
         st.ir = None;
+        st.last_descriptor_type = None;
         st.prq.clear();
         self.te.store(false, Ordering::Release);
         self.root.store(0, Ordering::Release);
@@ -627,6 +632,10 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         epoch: u64,
     ) -> Result<(u32, PasidEntry), StepFault> {
         let pasid = walk::effective_pasid(&self.walk, sc, req.pasid);
+        // The PASID cache is keyed by (requester, PASID): an entry cached for a request
+        // without PASID (RID_PASID) must not let a request with that PASID skip the context
+        // entry's PASIDE check (spec 9.4; found by fuzzing).
+        walk::check_pasid_request(sc, pasid, req.pasid.is_some())?;
         if let Some(pe) = self.pasid_cache.get(&(req.sid, pasid)) {
             return Ok((pasid, pe));
         }
@@ -790,8 +799,15 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             return Err(RestoreError::RegisterImageSize(snap.registers.len()));
         }
         let mut st = self.lock();
-        let saved_cap = u64::from_le_bytes(snap.registers[8..16].try_into().unwrap_or_default());
-        let saved_ecap = u64::from_le_bytes(snap.registers[16..24].try_into().unwrap_or_default());
+        // The length was checked above; a short image would read as zero (an identity no unit has).
+        let qword = |at: usize| {
+            snap.registers
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let saved_cap = qword(reg::CAP as usize);
+        let saved_ecap = qword(reg::ECAP as usize);
         if saved_cap != self.walk.cap.into_bits() || saved_ecap != self.walk.ecap.into_bits() {
             return Err(RestoreError::IdentityMismatch {
                 cap: saved_cap,
@@ -856,7 +872,7 @@ pub enum RestoreError {
     FaultRecordIndex(u16),
 }
 
-fn encode_root(root: RootTable) -> u64 {
+pub(crate) fn encode_root(root: RootTable) -> u64 {
     root.addr | (root.mode.into_bits() as u64) << 1 | 1
 }
 

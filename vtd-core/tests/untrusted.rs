@@ -1308,3 +1308,33 @@ proptest! {
         }
     }
 }
+
+/// Fuzz regression (fuzz target `unit`, cache-coherence oracle): a PASID entry cached for a
+/// request without PASID (RID_PASID, PASID 0) let a request *with* PASID 0 skip the context
+/// entry's PASIDE check; it must fault 0x45 as the uncached walk does (spec 9.4).
+#[test]
+fn a_cached_pasid_entry_does_not_bypass_paside() {
+    use vtd_core::{AccessKind, DmaRequest, TranslateError};
+    use vtd_regs::fault::FaultReason;
+    let mut g = vtd_testkit::driver::Guest::new("x-scalable-mode=on,x-flts=on", 64);
+    g.enable_qi(true);
+    // PASID 0 pass-through, context entry with PASIDE clear.
+    g.scalable_device(0x18, 2, false);
+    let without = DmaRequest::new(0x18, 0x4000, AccessKind::Read);
+    assert!(
+        g.unit.translate(&without).is_ok(),
+        "RID_PASID request translates"
+    );
+    let with = DmaRequest {
+        pasid: Some(0),
+        ..without
+    };
+    for _ in 0..2 {
+        match g.unit.translate(&with) {
+            Err(TranslateError::Fault(f)) => {
+                assert_eq!(f.reason, FaultReason::SmContextPasidDisabled)
+            }
+            other => panic!("request with PASID under PASIDE = 0: {other:?}"),
+        }
+    }
+}

@@ -9,6 +9,12 @@
 //! off, so it can also describe the unit to bare-metal guests.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+// Guest- and user-controlled values must never panic the unit: no unwrap/expect and no
+// unchecked indexing outside tests (tests may assert with them).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 extern crate alloc;
 

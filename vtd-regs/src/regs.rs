@@ -224,13 +224,27 @@ pub fn register_layout(cap: Cap, ecap: Ecap) -> Vec<RegisterDef> {
     for i in 0..cap.fault_record_count() as u64 {
         let base = fro + i * 16;
         regs.push(RegisterDef::new(
-            FRCD_NAMES_LO[(i % 8) as usize],
+            FRCD_NAMES_LO
+                .get(i as usize % 8)
+                .copied()
+                .unwrap_or("FRCD_LO"),
             base,
             8,
             0,
         ));
         // F (bit 127, bit 63 of the high half) is RW1C: software clears a record by writing 1.
-        regs.push(RegisterDef::new(FRCD_NAMES_HI[(i % 8) as usize], base + 8, 8, 0).w1c(1 << 63));
+        regs.push(
+            RegisterDef::new(
+                FRCD_NAMES_HI
+                    .get(i as usize % 8)
+                    .copied()
+                    .unwrap_or("FRCD_HI"),
+                base + 8,
+                8,
+                0,
+            )
+            .w1c(1 << 63),
+        );
     }
     regs
 }

@@ -659,7 +659,12 @@ impl Dmar {
         if len < DMAR_STRUCTURES_OFFSET {
             return Err(DmarError::LengthTooSmall { length });
         }
-        let table = &bytes[..len];
+        let Some(table) = bytes.get(..len) else {
+            return Err(DmarError::Truncated {
+                needed: len,
+                available: bytes.len(),
+            });
+        };
         let sum = table.iter().fold(0u8, |acc, b| acc.wrapping_add(*b));
         if sum != 0 {
             return Err(DmarError::BadChecksum { sum });
@@ -698,7 +703,7 @@ impl Dmar {
                     remaining,
                 });
             }
-            let s = &table[offset..offset + usize::from(length)];
+            let s = slice(table, offset, usize::from(length));
             structures.push(parse_structure(kind, s, offset)?);
             offset += usize::from(length);
         }
@@ -707,8 +712,8 @@ impl Dmar {
             oem_id: array(table, 10),
             oem_table_id: array(table, 16),
             oem_revision: u32::from_le_bytes(array(table, 24)),
-            host_address_width: table[36].wrapping_add(1),
-            flags: DmarFlags(table[37]),
+            host_address_width: byte(table, 36).wrapping_add(1),
+            flags: DmarFlags(byte(table, 37)),
             structures,
         })
     }
@@ -725,11 +730,30 @@ impl Aml for Dmar {
     }
 }
 
-/// `N` bytes of `bytes` from `offset`; the caller has checked the bounds.
+/// `N` bytes of `bytes` from `offset`. The callers check the bounds first (to report the
+/// error the ACPI table deserves); should one not, the missing bytes read as zeros rather
+/// than panicking on firmware- or guest-supplied input.
 fn array<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
     let mut a = [0; N];
-    a.copy_from_slice(&bytes[offset..offset + N]);
+    a.copy_from_slice(slice(bytes, offset, N).get(..N).unwrap_or(&[0; N]));
     a
+}
+
+/// The byte at `offset` (0 past the end; see [`array`]).
+fn byte(bytes: &[u8], offset: usize) -> u8 {
+    bytes.get(offset).copied().unwrap_or(0)
+}
+
+/// `len` bytes from `offset`, cut short at the end of `bytes` (see [`array`]).
+fn slice(bytes: &[u8], offset: usize, len: usize) -> &[u8] {
+    let start = offset.min(bytes.len());
+    let end = offset.saturating_add(len).min(bytes.len());
+    bytes.get(start..end).unwrap_or(&[])
+}
+
+/// Everything from `offset` on (empty past the end).
+fn tail(bytes: &[u8], offset: usize) -> &[u8] {
+    bytes.get(offset..).unwrap_or(&[])
 }
 
 /// Appends `s` to `out`, with its length field patched in once known.
@@ -783,7 +807,9 @@ fn encode_structure(s: &RemappingStructure, out: &mut Vec<u8>) -> Result<(), Dma
     }
     let len = out.len() - start;
     let len16 = u16::try_from(len).map_err(|_| DmarError::StructureTooLarge { kind, len })?;
-    out[start + 2..start + 4].copy_from_slice(&len16.to_le_bytes());
+    if let Some(field) = out.get_mut(start + 2..start + 4) {
+        field.copy_from_slice(&len16.to_le_bytes());
+    }
     Ok(())
 }
 
@@ -815,49 +841,49 @@ fn parse_structure(kind: u16, s: &[u8], offset: usize) -> Result<RemappingStruct
     let u64_at = |o: usize| u64::from_le_bytes(array(s, o));
     Ok(match kind {
         TYPE_DRHD => RemappingStructure::Drhd(Drhd {
-            include_pci_all: s[4] & 1 != 0,
-            size: s[5],
+            include_pci_all: byte(s, 4) & 1 != 0,
+            size: byte(s, 5),
             segment: u16_at(6),
             register_base: u64_at(8),
-            scopes: parse_scopes(&s[DRHD_MIN_LEN..], offset + DRHD_MIN_LEN)?,
+            scopes: parse_scopes(tail(s, DRHD_MIN_LEN), offset + DRHD_MIN_LEN)?,
         }),
         TYPE_RMRR => RemappingStructure::Rmrr(Rmrr {
             segment: u16_at(6),
             base: u64_at(8),
             limit: u64_at(16),
-            scopes: parse_scopes(&s[RMRR_MIN_LEN..], offset + RMRR_MIN_LEN)?,
+            scopes: parse_scopes(tail(s, RMRR_MIN_LEN), offset + RMRR_MIN_LEN)?,
         }),
         TYPE_ATSR => RemappingStructure::Atsr(Atsr {
-            all_ports: s[4] & 1 != 0,
+            all_ports: byte(s, 4) & 1 != 0,
             segment: u16_at(6),
-            scopes: parse_scopes(&s[ATSR_MIN_LEN..], offset + ATSR_MIN_LEN)?,
+            scopes: parse_scopes(tail(s, ATSR_MIN_LEN), offset + ATSR_MIN_LEN)?,
         }),
         TYPE_RHSA => RemappingStructure::Rhsa(Rhsa {
             register_base: u64_at(8),
             proximity_domain: u32_at(16),
         }),
         TYPE_ANDD => {
-            let name = &s[ANDD_MIN_LEN..];
+            let name = tail(s, ANDD_MIN_LEN);
             let nul = name
                 .iter()
                 .position(|&b| b == 0)
                 .ok_or(DmarError::AnddNameUnterminated { offset })?;
-            let object_name = core::str::from_utf8(&name[..nul])
+            let object_name = core::str::from_utf8(slice(name, 0, nul))
                 .map_err(|_| DmarError::AnddNameInvalid { offset })?
                 .to_owned();
             RemappingStructure::Andd(Andd {
-                acpi_device_number: s[7],
+                acpi_device_number: byte(s, 7),
                 object_name,
             })
         }
         TYPE_SATC => RemappingStructure::Satc(Satc {
-            atc_required: s[4] & 1 != 0,
+            atc_required: byte(s, 4) & 1 != 0,
             segment: u16_at(6),
-            scopes: parse_scopes(&s[SATC_MIN_LEN..], offset + SATC_MIN_LEN)?,
+            scopes: parse_scopes(tail(s, SATC_MIN_LEN), offset + SATC_MIN_LEN)?,
         }),
         _ => RemappingStructure::Unknown {
             kind,
-            bytes: s[STRUCT_HEADER_LEN..].to_vec(),
+            bytes: tail(s, STRUCT_HEADER_LEN).to_vec(),
         },
     })
 }
@@ -872,8 +898,8 @@ fn parse_scopes(data: &[u8], base: usize) -> Result<Vec<DeviceScope>, DmarError>
         if remaining < SCOPE_HEADER_LEN {
             return Err(DmarError::ScopeTruncated { offset, remaining });
         }
-        let raw_kind = data[pos];
-        let length = data[pos + 1];
+        let raw_kind = byte(data, pos);
+        let length = byte(data, pos + 1);
         let len = usize::from(length);
         // 6 + 2 * n: at least the header, and even (the header length is even).
         if len < SCOPE_HEADER_LEN || len & 1 != 0 {
@@ -890,14 +916,17 @@ fn parse_scopes(data: &[u8], base: usize) -> Result<Vec<DeviceScope>, DmarError>
             offset,
             kind: raw_kind,
         })?;
-        let path = data[pos + SCOPE_HEADER_LEN..pos + len]
+        let path = slice(data, pos + SCOPE_HEADER_LEN, len - SCOPE_HEADER_LEN)
             .chunks_exact(2)
-            .map(|p| (p[0], p[1]))
+            .filter_map(|p| match *p {
+                [device, function] => Some((device, function)),
+                _ => None,
+            })
             .collect();
         scopes.push(DeviceScope {
             kind,
-            enumeration_id: data[pos + 4],
-            start_bus: data[pos + 5],
+            enumeration_id: byte(data, pos + 4),
+            start_bus: byte(data, pos + 5),
             path,
         });
         pos += len;

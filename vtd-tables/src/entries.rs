@@ -57,7 +57,9 @@ impl ScalableRootEntry {
     }
     /// The context-table pointer for `devfn`, if that half is present.
     pub const fn context_table_for(&self, devfn: u8) -> Option<u64> {
-        let word = self.0[(devfn >> 7) as usize];
+        // Devfns 0-127 use the lower half, 128-255 the upper (spec 9.2).
+        let [lower, upper] = self.0;
+        let word = if devfn & 0x80 != 0 { upper } else { lower };
         if word & 1 != 0 {
             Some(word & ADDR_MASK)
         } else {

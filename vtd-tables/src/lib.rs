@@ -11,6 +11,12 @@
 //! - [`mem`]: the narrow guest-memory trait the walks read through (implemented for vm-memory).
 
 #![forbid(unsafe_code)]
+// Guest- and user-controlled values must never panic the unit: no unwrap/expect and no
+// unchecked indexing outside tests (tests may assert with them).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod builder;
 pub mod dmar;

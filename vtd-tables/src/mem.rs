@@ -117,7 +117,7 @@ impl<M: GuestMemoryBackend> GuestRam for M {
         // get_atomic_ref checks bounds and alignment and ties the reference to the mapping.
         let atomic: &AtomicU64 = slice.get_atomic_ref(0).map_err(|_| err)?;
         // Table entries are little-endian; on a big-endian host the atomic sees swapped bytes.
-        Ok(atomic
+        let result = atomic
             .compare_exchange(
                 current.to_le(),
                 new.to_le(),
@@ -125,7 +125,14 @@ impl<M: GuestMemoryBackend> GuestRam for M {
                 Ordering::SeqCst,
             )
             .map(u64::from_le)
-            .map_err(u64::from_le))
+            .map_err(u64::from_le);
+        // An atomic reference bypasses vm-memory's dirty logging (only its read/write paths
+        // mark the bitmap): mark the entry's page, so a VMM migrating the guest with a dirty
+        // bitmap (GuestMemoryMmap<AtomicBitmap>) sends the A/D bits the walk set.
+        if result.is_ok() && current != new {
+            vm_memory::bitmap::Bitmap::mark_dirty(slice.bitmap(), 0, 8);
+        }
+        Ok(result)
     }
 }
 

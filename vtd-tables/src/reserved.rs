@@ -106,7 +106,8 @@ impl ReservedRules {
         e: &ScalableRootEntry,
         devfn: u8,
     ) -> Result<(), FaultReason> {
-        let word = e.0[(devfn >> 7) as usize];
+        let [lower, upper] = e.0;
+        let word = if devfn & 0x80 != 0 { upper } else { lower };
         check(
             &[word],
             &[self.scalable_root_half_mask()],
@@ -199,14 +200,18 @@ impl ReservedRules {
 
     /// The reserved bits a PASID-table entry sets (all zero when it has none).
     pub const fn pasid_entry_reserved_bits(&self, e: &PasidEntry) -> [u64; 8] {
-        let m = self.pasid_entry_mask();
-        let mut out = [0u64; 8];
-        let mut i = 0;
-        while i < 8 {
-            out[i] = e.0[i] & m[i];
-            i += 1;
-        }
-        out
+        let [m0, m1, m2, m3, m4, m5, m6, m7] = self.pasid_entry_mask();
+        let [e0, e1, e2, e3, e4, e5, e6, e7] = e.0;
+        [
+            e0 & m0,
+            e1 & m1,
+            e2 & m2,
+            e3 & m3,
+            e4 & m4,
+            e5 & m5,
+            e6 & m6,
+            e7 & m7,
+        ]
     }
 
     /// Checks a present PASID-table entry the way the unit does before using it: reserved

@@ -445,6 +445,27 @@ pub fn effective_pasid(cfg: &WalkConfig, ctx: &ScalableContextEntry, pasid: Opti
     }
 }
 
+/// What the scalable-mode context entry decides about a request's PASID before any PASID
+/// structure is read (spec 9.4): a request *with* PASID needs PASIDE (0x45, SCT.6:
+/// [`fr::SM_PASID_DISABLED`]), and the PASID must be below the directory's size
+/// ([`fr::SM_PASID_TOO_LARGE`]). It depends on the request, not only on the entries, so a
+/// cached PASID entry (keyed by requester and PASID, shared by requests with and without
+/// PASID through RID_PASID) must still pass it.
+pub fn check_pasid_request(
+    ctx: &ScalableContextEntry,
+    pasid: u32,
+    with_pasid: bool,
+) -> Result<(), StepFault> {
+    let fpd = ctx.fpd();
+    if with_pasid && !ctx.paside() {
+        return Err(StepFault::new(fr::SM_PASID_DISABLED).with_fpd(fpd));
+    }
+    if pasid >= ctx.pasid_limit() {
+        return Err(StepFault::new(fr::SM_PASID_TOO_LARGE).with_fpd(fpd));
+    }
+    Ok(())
+}
+
 /// Reads and validates the PASID directory and PASID table entry for `pasid` (spec 3.4.3,
 /// 9.5, 9.6). `with_pasid` says whether the request itself carried the PASID.
 pub fn lookup_pasid_entry(
@@ -456,12 +477,7 @@ pub fn lookup_pasid_entry(
 ) -> Result<PasidEntry, StepFault> {
     let fpd = ctx.fpd();
     let rules = cfg.rules();
-    if with_pasid && !ctx.paside() {
-        return Err(StepFault::new(fr::SM_PASID_DISABLED).with_fpd(fpd));
-    }
-    if pasid >= ctx.pasid_limit() {
-        return Err(StepFault::new(fr::SM_PASID_TOO_LARGE).with_fpd(fpd));
-    }
+    check_pasid_request(ctx, pasid, with_pasid)?;
     let de_addr = ctx.pasid_dir() + (pasid >> 6) as u64 * 8;
     let de = PasidDirEntry::from_bits(
         mem.read_u64(de_addr)

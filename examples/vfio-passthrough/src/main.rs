@@ -258,6 +258,10 @@ fn run(args: &Args) -> Result<(), Failure> {
         ioas,
         nest_parent: flags.want_nesting_parent,
         pasid: flags.want_pasid_parent,
+        // Dirty tracking wherever the host offers it, so the guest can be live-migrated.
+        dirty_tracking: backend
+            .get_hw_info(dev_id)
+            .is_ok_and(|info| info.supports_dirty_tracking()),
     };
     let parent = backend
         .alloc_hwpt(dev_id, &req)

@@ -39,6 +39,7 @@ mod apply;
 pub mod desired;
 mod forward;
 mod host_faults;
+pub mod migration;
 pub mod registry;
 
 use std::fmt;
@@ -52,6 +53,7 @@ use vtd_tables::GuestRam;
 pub use desired::{
     DesiredBinding, GuestRemapping, NestedState, PasidScan, desired_binding, present_pasids, s1_of,
 };
+pub use migration::RegisteredDevice;
 pub use registry::{BindingInfo, HostAttachment, OrphanHwpt, RegisterError, UnregisterError};
 
 use crate::events::{AccelEvent, AccelObserver, AccelStats, BlockCause};

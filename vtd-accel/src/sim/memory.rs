@@ -111,6 +111,9 @@ pub(super) struct S2Map {
 pub(super) struct Stage2View<'a, M> {
     pub(super) maps: &'a BTreeMap<u64, S2Map>,
     pub(super) mem: &'a HostMemory<M>,
+    /// Guest-physical addresses the walker wrote (A/D in the guest's tables): writes through
+    /// stage 2 like any DMA, which its dirty tracking records.
+    pub(super) written: std::cell::RefCell<Vec<u64>>,
 }
 
 impl<M: GuestRam> Stage2View<'_, M> {
@@ -159,6 +162,7 @@ impl<M: GuestRam> GuestRam for Stage2View<'_, M> {
         for (at, off, n) in Self::chunks(gpa, buf.len()) {
             let hpa = self.hpa(at, true, buf.len())?;
             self.mem.write(hpa, &buf[off..off + n])?;
+            self.written.borrow_mut().push(at);
         }
         Ok(())
     }
@@ -173,6 +177,10 @@ impl<M: GuestRam> GuestRam for Stage2View<'_, M> {
             return Err(MemError { gpa, len: 8 });
         }
         let hpa = self.hpa(gpa, true, 8)?;
-        self.mem.compare_exchange_u64(hpa, current, new)
+        let result = self.mem.compare_exchange_u64(hpa, current, new)?;
+        if result.is_ok() && current != new {
+            self.written.borrow_mut().push(gpa);
+        }
+        Ok(result)
     }
 }

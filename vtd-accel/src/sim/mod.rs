@@ -33,7 +33,7 @@
 //! Host memory and the stage-2 view live in `memory`, the failure-injection knobs in `inject`;
 //! their types are re-exported here.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use vtd_regs::fault::FaultReason;
@@ -81,6 +81,8 @@ pub enum SimHwptKind {
         ioas: IoasId,
         /// Allocated with NEST_PARENT.
         nest_parent: bool,
+        /// Allocated with DIRTY_TRACKING.
+        dirty_tracking: bool,
     },
     /// A guest first stage nested over `parent`.
     Nested {
@@ -165,6 +167,8 @@ impl SimStats {
 struct IotlbEntry {
     size: u64,
     hpa_base: u64,
+    /// The guest-physical page it maps (stage-2 input), for dirty tracking.
+    gpa_base: u64,
     writable: bool,
 }
 
@@ -181,6 +185,9 @@ struct SimState {
     plan: FailurePlan,
     stats: SimStats,
     inv_log: VecDeque<(HwptId, Vec<VtdS1Invalidation>)>,
+    /// Parents with dirty tracking on -> guest-physical pages written since the last read
+    /// (the second stage's dirty bits).
+    dirty: BTreeMap<HwptId, BTreeSet<u64>>,
 }
 
 impl SimState {
@@ -207,6 +214,18 @@ impl SimState {
         self.faults
             .retain(|f| !(f.dev_id == dev && f.pasid == pasid && f.hwpt == Some(left)));
         self.stats.faults_auto_responded += (before - self.faults.len()) as u64;
+    }
+
+    /// A DMA write through `hwpt` reached guest-physical `gpa`: the parent's second stage
+    /// records the page when its dirty tracking is on (VT-d second-stage D bit, spec 9.8).
+    fn mark_dirty(&mut self, hwpt: HwptId, gpa: u64) {
+        let parent = match self.hwpts.get(&hwpt).map(|h| h.kind) {
+            Some(SimHwptKind::Nested { parent, .. }) => parent,
+            _ => hwpt,
+        };
+        if let Some(pages) = self.dirty.get_mut(&parent) {
+            pages.insert(gpa & !(PAGE - 1));
+        }
     }
 
     fn raise(&mut self, fault: HostFault) {
@@ -295,7 +314,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         }
         let mut st = self.lock();
         let nest_parent = st.hwpts.values().any(
-            |h| matches!(h.kind, SimHwptKind::Parent { ioas: i, nest_parent: true } if i == ioas),
+            |h| matches!(h.kind, SimHwptKind::Parent { ioas: i, nest_parent: true, .. } if i == ioas),
         );
         if !writable && nest_parent && self.info.quirks().nest_parent_no_readonly {
             return Err(err(
@@ -357,6 +376,8 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
                 ioas,
                 nest_parent: flags.want_nesting_parent,
                 pasid: flags.want_pasid_parent,
+                // As a VMM's VFIO layer does: with dirty tracking wherever the host offers it.
+                dirty_tracking: self.info.supports_dirty_tracking(),
             },
         )?;
         self.attach(dev, None, parent)?;
@@ -457,7 +478,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         };
         let write = access.is_write();
         for size in SIZES {
-            if let Some(e) = st.iotlb.get(&(hwpt_id, iova & !(size - 1))) {
+            if let Some(e) = st.iotlb.get(&(hwpt_id, iova & !(size - 1))).copied() {
                 if e.size == size && (!write || e.writable) {
                     let t = HostTranslation {
                         hpa: e.hpa_base | (iova & (size - 1)),
@@ -467,14 +488,20 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
                         cached: true,
                     };
                     st.stats.iotlb_hits += 1;
+                    if write {
+                        st.mark_dirty(hwpt_id, e.gpa_base | (iova & (size - 1)));
+                    }
                     return Ok(t);
                 }
             }
         }
         st.stats.iotlb_misses += 1;
-        let result = self.walk(&st, hwpt_id, iova, access, privileged);
+        let (result, table_writes) = self.walk(&st, hwpt_id, iova, access, privileged);
+        for gpa in table_writes {
+            st.mark_dirty(hwpt_id, gpa);
+        }
         match result {
-            Ok(t) => {
+            Ok((t, gpa)) => {
                 if st.iotlb.len() >= IOTLB_CAPACITY {
                     st.drop_iotlb(|_, _| true);
                 }
@@ -483,9 +510,13 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
                     IotlbEntry {
                         size: t.page_size,
                         hpa_base: t.hpa & !(t.page_size - 1),
+                        gpa_base: gpa & !(t.page_size - 1),
                         writable: t.writable,
                     },
                 );
+                if write {
+                    st.mark_dirty(hwpt_id, gpa);
+                }
                 Ok(t)
             }
             Err(reason) => {
@@ -503,7 +534,23 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         iova: u64,
         access: AccessKind,
         privileged: bool,
-    ) -> Result<HostTranslation, FaultReason> {
+    ) -> (Result<(HostTranslation, u64), FaultReason>, Vec<u64>) {
+        let mut table_writes = Vec::new();
+        let result = self.walk_recording(st, hwpt_id, iova, access, privileged, &mut table_writes);
+        (result, table_writes)
+    }
+
+    /// The walk; the guest-physical addresses of the guest's table entries it updated (A/D)
+    /// go to `table_writes`, faulting walks included.
+    fn walk_recording(
+        &self,
+        st: &SimState,
+        hwpt_id: HwptId,
+        iova: u64,
+        access: AccessKind,
+        privileged: bool,
+        table_writes: &mut Vec<u64>,
+    ) -> Result<(HostTranslation, u64), FaultReason> {
         let ss_perm = FaultReason::SecondStagePermissionDenied;
         let hwpt = st.hwpts.get(&hwpt_id).ok_or(ss_perm)?;
         let (ioas, gpa, max_size, s1_write) = match hwpt.kind {
@@ -517,14 +564,16 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
                 let view = Stage2View {
                     maps,
                     mem: &self.mem,
+                    written: Default::default(),
                 };
                 let pe = PasidEntry::first_stage(s1.pgtbl_addr, s1.addr_width == 57, 0, 2)
                     .with_sre(s1.flags.sre())
                     .with_wpe(s1.flags.wpe())
                     .with_eafe(s1.flags.eafe());
                 let wc = WalkConfig::new(self.info.cap, self.info.ecap);
-                let leaf = walk_first_stage(&view, &wc, &pe, iova, access, privileged)
-                    .map_err(|f| f.reason)?;
+                let leaf = walk_first_stage(&view, &wc, &pe, iova, access, privileged);
+                table_writes.extend(view.written.take());
+                let leaf = leaf.map_err(|f| f.reason)?;
                 let gpa = leaf.page_base | (iova & (leaf.page_size - 1));
                 (ioas, gpa, leaf.page_size, leaf.perms.write)
             }
@@ -533,6 +582,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         let view = Stage2View {
             maps,
             mem: &self.mem,
+            written: Default::default(),
         };
         let (start, m, hpa) = view.lookup(gpa).ok_or(ss_perm)?;
         if access.is_write() && !m.writable {
@@ -548,13 +598,16 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
                     && (m.hpa + (base - start)) % s == 0
             })
             .unwrap_or(PAGE);
-        Ok(HostTranslation {
-            hpa,
-            page_size: size,
-            writable: s1_write && m.writable,
-            hwpt: hwpt_id,
-            cached: false,
-        })
+        Ok((
+            HostTranslation {
+                hpa,
+                page_size: size,
+                writable: s1_write && m.writable,
+                hwpt: hwpt_id,
+                cached: false,
+            },
+            gpa,
+        ))
     }
 
     /// A DMA read of `buf.len()` bytes at `iova` (within one 4 KiB page) into `buf`.
@@ -640,7 +693,10 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
         }
         let kind = match *req {
             HwptAlloc::Parent {
-                ioas, nest_parent, ..
+                ioas,
+                nest_parent,
+                dirty_tracking,
+                ..
             } => {
                 let maps = st
                     .ioas
@@ -659,7 +715,18 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
                         "ERRATA_772415_SPR17: the IOAS holds read-only mappings",
                     ));
                 }
-                SimHwptKind::Parent { ioas, nest_parent }
+                if dirty_tracking && !info.supports_dirty_tracking() {
+                    return Err(err(
+                        op,
+                        EOPNOTSUPP,
+                        "DIRTY_TRACKING: host has no IOMMU_HW_CAP_DIRTY_TRACKING",
+                    ));
+                }
+                SimHwptKind::Parent {
+                    ioas,
+                    nest_parent,
+                    dirty_tracking,
+                }
             }
             HwptAlloc::Nested { parent, s1, .. } => {
                 match st.hwpts.get(&parent).map(|p| p.kind) {
@@ -830,6 +897,7 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
             return Err(err(op, EBUSY, format!("{hwpt} has nested children")));
         }
         st.hwpts.remove(&hwpt);
+        st.dirty.remove(&hwpt);
         st.drop_iotlb(|&(h, _), _| h == hwpt);
         Ok(())
     }
@@ -839,5 +907,96 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
         self.enter(&mut st, SimOp::ReadFaults)?;
         let n = max.min(st.faults.len());
         Ok(st.faults.drain(..n).collect())
+    }
+
+    fn set_dirty_tracking(&self, hwpt: HwptId, enable: bool) -> Result<(), BackendError> {
+        let op = BackendOp::SetDirtyTracking;
+        let mut st = self.lock();
+        match st.hwpts.get(&hwpt).map(|h| h.kind) {
+            None => return Err(err(op, ENOENT, format!("no {hwpt}"))),
+            Some(SimHwptKind::Parent {
+                dirty_tracking: true,
+                ..
+            }) => {}
+            // The kernel refuses HWPTs allocated without IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+            // (and nested ones, which have no dirty ops of their own).
+            Some(_) => {
+                return Err(err(
+                    op,
+                    EOPNOTSUPP,
+                    format!("{hwpt} was not allocated with dirty tracking"),
+                ));
+            }
+        }
+        if enable {
+            st.dirty.entry(hwpt).or_default();
+            // Translations cached before tracking began would write without setting D
+            // (the kernel flushes the IOTLB when it turns dirty tracking on).
+            let children: BTreeSet<HwptId> = st
+                .hwpts
+                .values()
+                .filter(|h| matches!(h.kind, SimHwptKind::Nested { parent, .. } if parent == hwpt))
+                .map(|h| h.id)
+                .collect();
+            st.drop_iotlb(|&(h, _), _| h == hwpt || children.contains(&h));
+        } else {
+            st.dirty.remove(&hwpt);
+        }
+        Ok(())
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        hwpt: HwptId,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        bitmap: &mut [u64],
+    ) -> Result<(), BackendError> {
+        let op = BackendOp::GetDirtyBitmap;
+        let mut st = self.lock();
+        match st.hwpts.get(&hwpt).map(|h| h.kind) {
+            None => return Err(err(op, ENOENT, format!("no {hwpt}"))),
+            Some(SimHwptKind::Parent {
+                dirty_tracking: true,
+                ..
+            }) => {}
+            Some(_) => {
+                return Err(err(
+                    op,
+                    EOPNOTSUPP,
+                    format!("{hwpt} was not allocated with dirty tracking"),
+                ));
+            }
+        }
+        // The kernel's checks (iommufd_check_iova_range): a power-of-two page size of at least
+        // 4 KiB, an aligned range that does not wrap, a bitmap that covers it.
+        let pages = length.checked_div(page_size).unwrap_or(0);
+        let valid = page_size.is_power_of_two()
+            && page_size >= PAGE
+            && iova % page_size == 0
+            && length % page_size == 0
+            && length > 0
+            && iova.checked_add(length - 1).is_some()
+            && (bitmap.len() as u64).saturating_mul(64) >= pages;
+        if !valid {
+            return Err(err(
+                op,
+                EINVAL,
+                format!("range {iova:#x}+{length:#x}, page size {page_size:#x}"),
+            ));
+        }
+        let Some(dirty) = st.dirty.get_mut(&hwpt) else {
+            // Tracking off: nothing was recorded.
+            return Ok(());
+        };
+        let last = iova + (length - 1);
+        let hits: Vec<u64> = dirty.range(iova..=last).copied().collect();
+        for gpa in hits {
+            dirty.remove(&gpa);
+            let bit = (gpa - iova) / page_size;
+            bitmap[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        Ok(())
     }
 }
