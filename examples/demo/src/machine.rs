@@ -13,17 +13,27 @@
 //! Each device gets a region of its own, so concurrent devices never share a buffer and a
 //! stray write would show up in another device's content check.
 
+use std::fs::OpenOptions;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vtd_accel::sim::{HostMemory, SimHostIommu};
-use vtd_accel::{Bdf, HostHwInfo, HostIommuDevice, NestedBinder, PciTopology};
+use vtd_accel::{
+    Bdf, HW_CAP_DIRTY_TRACKING, HostHwInfo, HostIommuDevice, NestedBinder, PciTopology,
+};
 use vtd_core::{VtdConfig, VtdUnit};
 use vtd_testkit::driver::Guest;
 
-/// Guest RAM with a dirty bitmap (what live migration reads).
+/// Guest RAM as the VMM's threads (vCPUs, emulated devices, the unit) see it: with a dirty
+/// bitmap, what live migration reads.
 pub type Ram = GuestMemoryMmap<AtomicBitmap>;
+/// The same RAM as the host IOMMU's DMA reaches it: a second mapping of the same memory with
+/// no bitmap, so passthrough DMA is invisible to vm-memory's dirty log, as on a real host
+/// (only the IOMMU's own dirty bits see it).
+pub type DevRam = GuestMemoryMmap<()>;
 /// The unit over that RAM.
 pub type Unit = VtdUnit<Ram>;
 
@@ -112,7 +122,7 @@ pub fn region(n: usize) -> u64 {
 /// One simulated host IOMMU (an iommufd) and the device assigned through it.
 pub struct HostSide {
     /// The host IOMMU.
-    pub sim: Arc<SimHostIommu<Ram>>,
+    pub sim: Arc<SimHostIommu<DevRam>>,
     /// The device assigned through it: its iommufd view, kept across unplug and replug.
     pub device: HostIommuDevice,
     /// Its guest BDF.
@@ -131,6 +141,8 @@ impl std::fmt::Debug for HostSide {
 pub struct Machine {
     /// Guest RAM.
     pub ram: Ram,
+    /// The same RAM as the host IOMMUs reach it.
+    pub dev_ram: DevRam,
     /// The guest's driver model (the vCPU side; it owns the unit's MMIO).
     pub guest: Guest<Ram>,
     /// The unit's nested binder: one for all passthrough devices, whatever iommufd each is on.
@@ -158,6 +170,14 @@ pub enum MachineError {
         /// Why.
         source: vm_memory::mmap::FromRangesError,
     },
+    /// The file behind guest RAM.
+    #[error("guest RAM file {path}: {source}")]
+    RamFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The unit's configuration.
     #[error("unit configuration: {0}")]
     Config(#[from] vtd_core::ConfigError),
@@ -169,14 +189,48 @@ pub enum MachineError {
     Register(#[from] vtd_accel::RegisterError),
 }
 
-/// Maps guest RAM of `size` bytes.
-pub fn new_ram(size: u64) -> Result<Ram, MachineError> {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(|source| {
-        MachineError::Ram {
-            mib: size >> 20,
-            source,
-        }
-    })
+/// Guest RAM of `size` bytes, mapped twice (the VMM's view with a dirty bitmap, the device
+/// view without): a shared memory file, unlinked at once (the mappings keep it), in /dev/shm
+/// where there is one so it never reaches a disk.
+pub fn new_ram(size: u64) -> Result<(Ram, DevRam), MachineError> {
+    static FILES: AtomicU32 = AtomicU32::new(0);
+    let dir = Path::new("/dev/shm");
+    let dir = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let path = dir.join(format!(
+        "vtd-demo-ram-{}-{}",
+        std::process::id(),
+        FILES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let io = |source| MachineError::RamFile {
+        path: path.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io)?;
+    std::fs::remove_file(&path).map_err(io)?;
+    file.set_len(size).map_err(io)?;
+    let ranges = |f: &std::fs::File| -> Result<_, MachineError> {
+        Ok([(
+            GuestAddress(0),
+            size as usize,
+            Some(FileOffset::new(f.try_clone().map_err(io)?, 0)),
+        )])
+    };
+    let ram_err = |source| MachineError::Ram {
+        mib: size >> 20,
+        source,
+    };
+    let ram = Ram::from_ranges_with_files(ranges(&file)?).map_err(ram_err)?;
+    let dev = DevRam::from_ranges_with_files(ranges(&file)?).map_err(ram_err)?;
+    Ok((ram, dev))
 }
 
 /// The unit's configuration.
@@ -194,14 +248,18 @@ pub fn unit_config() -> Result<VtdConfig, MachineError> {
 /// as a destination VMM realizes its devices before it loads the incoming state.
 pub fn build_hosts(
     unit: &Arc<Unit>,
-    ram: &Ram,
+    dev_ram: &DevRam,
 ) -> Result<(Arc<NestedBinder<Ram>>, Vec<HostSide>), MachineError> {
-    let size = ram.last_addr().0 + 1;
+    let size = dev_ram.last_addr().0 + 1;
     let binder = NestedBinder::with_unit_faults(unit);
     let mut hosts = Vec::new();
     for i in 0..PASSTHROUGH_DEVICES {
-        let host = HostMemory::new().with_region(host_base(i), size, ram.clone(), 0);
-        let sim = Arc::new(SimHostIommu::new(HostHwInfo::vtd_nesting_capable(), host));
+        let host = HostMemory::new().with_region(host_base(i), size, dev_ram.clone(), 0);
+        // A host that tracks DMA writes in its second stage (IOMMU_HW_CAP_DIRTY_TRACKING), so
+        // live migration can read what the passthrough devices wrote.
+        let mut info = HostHwInfo::vtd_nesting_capable();
+        info.capabilities |= HW_CAP_DIRTY_TRACKING;
+        let sim = Arc::new(SimHostIommu::new(info, host));
         let ioas = sim.alloc_ioas();
         sim.ioas_map(ioas, 0, size, host_base(i), true)?;
         let (dev, parent) = sim.vfio_bind_default(ioas, binder.viommu_flags())?;
@@ -219,11 +277,12 @@ impl Machine {
     /// passthrough devices are registered with the binder (the VMM's VFIO realize step),
     /// before the guest programs anything.
     pub fn new(emulated: usize) -> Result<Self, MachineError> {
-        let ram = new_ram(region(emulated + PASSTHROUGH_DEVICES))?;
+        let (ram, dev_ram) = new_ram(region(emulated + PASSTHROUGH_DEVICES))?;
         let guest = Guest::over_memory(unit_config()?, ram.clone());
-        let (binder, hosts) = build_hosts(&guest.unit, &ram)?;
+        let (binder, hosts) = build_hosts(&guest.unit, &dev_ram)?;
         Ok(Self {
             ram,
+            dev_ram,
             guest,
             binder,
             hosts,

@@ -17,24 +17,34 @@ use vtd_tables::GuestRam;
 
 use crate::dma::CONTROL_IOVA;
 use crate::emulated::{GUEST_SALT, Kick};
-use crate::machine::{Ram, check_pattern, fill_pattern};
+use crate::machine::{DevRam, Ram, check_pattern, fill_pattern};
 use crate::stats::Stats;
 
 /// Command kinds.
 pub const CMD_TO_MEMORY: u32 = 1;
 /// The device reads guest memory.
 pub const CMD_FROM_MEMORY: u32 = 2;
-/// Status the device writes when done.
+/// Status code of a command done.
 pub const STATUS_DONE: u64 = 0x600d;
-/// Status the device writes when a DMA failed or the data did not match.
+/// Status code of a command whose DMA failed or whose data did not match.
 pub const STATUS_ERROR: u64 = 0xbad;
+/// Where the device writes the status: the second control page, which the guest only reads.
+/// A status carries its command's tag, so a stale one cannot pass; and since the guest never
+/// writes this page, only the host IOMMU's dirty log sees it change (live migration must read
+/// that log, or the target would resume with an old status).
+const STATUS_OFFSET: u64 = 4096;
+
+/// The status word of command `tag` with `code`.
+pub fn status_word(tag: u64, code: u64) -> u64 {
+    tag << 16 | code
+}
 
 /// The device model.
 pub struct PassthroughDevice {
     /// Pattern key.
     pub index: u64,
     seed: u64,
-    sim: Arc<SimHostIommu<Ram>>,
+    sim: Arc<SimHostIommu<DevRam>>,
     dev: DeviceId,
     pasid: Option<Pasid>,
     stats: Arc<Stats>,
@@ -46,7 +56,7 @@ impl PassthroughDevice {
     pub fn new(
         index: u64,
         seed: u64,
-        sim: Arc<SimHostIommu<Ram>>,
+        sim: Arc<SimHostIommu<DevRam>>,
         dev: DeviceId,
         pasid: Option<Pasid>,
         stats: Arc<Stats>,
@@ -90,13 +100,13 @@ impl PassthroughDevice {
         let len = word(0) >> 32;
         let (iova, tag) = (word(8), word(16));
         let ok = self.transfer(kind, iova, len, tag);
-        let status = if ok { STATUS_DONE } else { STATUS_ERROR };
+        let status = status_word(tag, if ok { STATUS_DONE } else { STATUS_ERROR });
         if self
             .sim
             .dma_write(
                 self.dev,
                 self.pasid,
-                CONTROL_IOVA + 24,
+                CONTROL_IOVA + STATUS_OFFSET,
                 &status.to_le_bytes(),
             )
             .is_err()
@@ -155,7 +165,7 @@ pub fn post_command(mem: &Ram, gpa: u64, kind: u32, iova: u64, len: u64, tag: u6
     let _ = GuestRam::write(mem, gpa, &cmd);
 }
 
-/// Reads the status the device wrote.
+/// Reads the status the device wrote; `gpa` is the first control page's address.
 pub fn read_status(mem: &Ram, gpa: u64) -> u64 {
-    GuestRam::read_u64(mem, gpa + 24).unwrap_or(0)
+    GuestRam::read_u64(mem, gpa + STATUS_OFFSET).unwrap_or(0)
 }

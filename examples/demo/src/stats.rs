@@ -187,8 +187,10 @@ pub struct MigrationSummary {
     pub migrations: u64,
     /// Pre-copy rounds over all migrations.
     pub precopy_rounds: u64,
-    /// Dirty pages sent over all rounds.
+    /// Pages sent over all rounds (each migration's full copy included).
     pub dirty_pages: u64,
+    /// Size of the last unit snapshot (vtd-migrate's format, passthrough devices included).
+    pub snapshot_bytes: u64,
     /// Longest stop-and-copy phase, in microseconds.
     pub max_downtime_us: u64,
 }
@@ -391,10 +393,11 @@ impl Summary {
         )?;
         writeln!(
             out,
-            "  migrations: {} ({} pre-copy rounds, {} dirty pages, max downtime {} us)",
+            "  migrations: {} ({} pre-copy rounds, {} pages sent, snapshot {} bytes, max downtime {} us)",
             self.migration.migrations,
             self.migration.precopy_rounds,
             self.migration.dirty_pages,
+            self.migration.snapshot_bytes,
             self.migration.max_downtime_us
         )?;
         for n in &self.not_run {

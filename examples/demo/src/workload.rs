@@ -37,7 +37,7 @@ use crate::machine::{Machine, MachineError, PASSTHROUGH_DEVICES, Ram, Rng, regio
 use crate::migrate::{PRECOPY_ROUNDS, PreCopy, Totals};
 use crate::passthrough::{
     CMD_FROM_MEMORY, CMD_TO_MEMORY, PassthroughDevice, STATUS_DONE, STATUS_ERROR, post_command,
-    read_status,
+    read_status, status_word,
 };
 use crate::stats::{Progress, RunFacts, Stats, Summary};
 
@@ -583,21 +583,19 @@ impl Workload {
                 } => {
                     let s = &mut self.passthrough[slot];
                     let status = read_status(&mem, s.dma.control_gpa(0));
-                    self.stats.check(status == STATUS_DONE, || {
-                        format!(
-                            "passthrough device {} request {tag}: status {status:#x}",
-                            s.index
-                        )
-                    });
+                    self.stats
+                        .check(status == status_word(tag, STATUS_DONE), || {
+                            format!(
+                                "passthrough device {} request {tag}: status {status:#x}",
+                                s.index
+                            )
+                        });
                     if to_memory {
                         let bad = s.dma.check_pattern(&mem, &buffer, seed, s.index, tag);
                         self.stats.check(bad.is_none(), || {
                             format!("passthrough device {} request {tag}: guest read back wrong data at offset {bad:?}", s.index)
                         });
                     }
-                    // The device rewrites the status on the next command; clear it so a stale one
-                    // cannot pass.
-                    let _ = vtd_tables::GuestRam::write_u64(&mem, s.dma.control_gpa(0) + 24, 0);
                     if let Err(e) = s
                         .dma
                         .unmap(&mut self.machine.guest, &buffer, lazy, &self.stats)
@@ -641,10 +639,9 @@ impl Workload {
                 return false;
             }
             let status = read_status(&mem, s.dma.control_gpa(0));
-            self.stats.check(status == STATUS_ERROR, || {
+            self.stats.check(status == status_word(tag | 0x80, STATUS_ERROR), || {
                 format!("passthrough device {}: DMA to an unmapped IOVA {iova:#x} gave status {status:#x}", s.index)
             });
-            let _ = vtd_tables::GuestRam::write_u64(&mem, s.dma.control_gpa(0) + 24, 0);
         }
         // Host faults reach the guest through the binder; only the probe's is expected.
         let n = self.machine.binder.process_host_faults();
@@ -672,13 +669,11 @@ impl Workload {
     fn migration_step(&mut self, round: u64) -> Result<(), String> {
         match &mut self.precopy {
             Some(p) if p.rounds() < PRECOPY_ROUNDS => {
-                p.round(&self.machine.ram);
-                Ok(())
+                p.round(&self.machine.ram).map_err(|e| e.to_string())
             }
             Some(_) => self.finish_migration(),
             None if round % MIGRATE_EVERY == MIGRATE_AT => {
-                self.precopy =
-                    Some(PreCopy::start(&self.machine.ram).map_err(|e| format!("migration: {e}"))?);
+                self.precopy = Some(PreCopy::start(&self.machine).map_err(|e| e.to_string())?);
                 Ok(())
             }
             None => Ok(()),
@@ -725,15 +720,18 @@ impl Workload {
     /// tables), and the machine resumes there. Downtime runs from the pause to the resume,
     /// less the byte-for-byte comparison of the two RAMs that checks the dirty tracking.
     fn finish_migration(&mut self) -> Result<(), String> {
-        let Some(mut pre) = self.precopy.take() else {
+        let Some(pre) = self.precopy.take() else {
             return Ok(());
         };
         let paused = Instant::now();
+        // Pause: the emulated and passthrough devices stop (the vCPU, this thread, is between
+        // rounds), then the final round and the snapshot.
         self.stop_devices();
-        pre.round(&self.machine.ram);
-        let snapshot = self.machine.unit().snapshot();
+        let done = pre.finish(&self.machine).map_err(|e| e.to_string())?;
+        // The target: its unit, its own host IOMMUs with the devices realized and registered,
+        // then the incoming state (checked against those devices, imported, bindings replayed).
         let config = self.machine.unit().config().clone();
-        let target = pre.target.clone();
+        let target = done.target.clone();
         let sink = Arc::new(vtd_core::RecordingSink::default());
         let unit = Arc::new(
             vtd_core::VtdUnit::new(config, target.clone(), sink.clone())
@@ -741,22 +739,22 @@ impl Workload {
         );
         let log = Arc::new(vtd_core::EventLog::default());
         unit.subscribe(log.clone());
-        let (binder, hosts) = crate::machine::build_hosts(&unit, &target)
+        let (binder, hosts) = crate::machine::build_hosts(&unit, &done.target_dev)
             .map_err(|e| format!("migration target: {e}"))?;
         self.stats
             .bindings
             .fetch_add(hosts.len() as u64, Ordering::Relaxed);
-        unit.restore(&snapshot)
+        vtd_migrate::restore_with_binder(&unit, &binder, &done.snapshot)
             .map_err(|e| format!("migration: restoring the unit: {e}"))?;
         let compare = Instant::now();
-        let difference = pre.first_difference(&self.machine.ram);
+        let difference = done.first_difference(&self.machine.ram);
         let compared = compare.elapsed();
         self.stats.check(difference.is_none(), || {
             format!("migration: target RAM differs from the source at {difference:x?} (a dirty page was missed)")
         });
-        pre.target_clean();
         self.retired_figures = self.cache_figures();
         let source = std::mem::replace(&mut self.machine.ram, target.clone());
+        self.machine.dev_ram = done.target_dev.clone();
         let guest = &mut self.machine.guest;
         guest.mem = target;
         guest.unit = unit;
@@ -785,7 +783,7 @@ impl Workload {
         }
         drop(source);
         let downtime = paused.elapsed().saturating_sub(compared);
-        self.migrations.add(pre.rounds(), pre.pages(), downtime);
+        self.migrations.add(&done, downtime);
         self.stats.migrations.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
