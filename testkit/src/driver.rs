@@ -151,13 +151,6 @@ pub struct Guest<M: GuestRam = Mem> {
     pub gcmd: Gcmd,
     /// The invalidation queue, once enabled.
     pub queue: Option<Queue>,
-    /// The scalable-mode root table, once [`Guest::enable_scalable_mode`] set it up.
-    pub scalable_root: Option<u64>,
-    /// Each device's PASID directory (Linux allocates one per device,
-    /// drivers/iommu/intel/pasid.c `intel_pasid_alloc_table`).
-    pub pasid_dirs: BTreeMap<u16, u64>,
-    /// PASID directories of released devices, for reuse by the same requester ID.
-    pub retired_dirs: BTreeMap<u16, u64>,
     /// The page request queue, once enabled.
     pub prq: Option<PageRequestQueue>,
 }
@@ -223,9 +216,6 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
             frames: FrameAllocator::new(frames.0, frames.1),
             gcmd: Gcmd::new(),
             queue: None,
-            scalable_root: None,
-            pasid_dirs: BTreeMap::new(),
-            retired_dirs: BTreeMap::new(),
             prq: None,
         }
     }
@@ -540,8 +530,9 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
     /// the fault event unmasked (`dmar_set_interrupt`). Translation stays off: Linux enables it
     /// (`iommu_enable_translation`, at the end of `intel_iommu_init`) only after the devices
     /// found at boot got their default domains, so call [`Guest::enable_translation`] after
-    /// attaching them. Returns the root table's address.
-    pub fn enable_scalable_mode(&mut self) -> Result<u64, BuildError> {
+    /// attaching them. Returns the driver's scalable-mode bookkeeping the device functions
+    /// below take.
+    pub fn enable_scalable_mode(&mut self) -> Result<ScalableTables, BuildError> {
         if self.queue.is_none() {
             self.enable_qi(true);
         }
@@ -556,17 +547,18 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
             ]);
         }
         self.enable_fault_msi();
-        self.scalable_root = Some(root);
-        Ok(root)
+        Ok(ScalableTables {
+            root,
+            pasid_dirs: BTreeMap::new(),
+            retired_dirs: BTreeMap::new(),
+        })
     }
 
     /// The scalable context-table slot of `sid`, creating its context table (Linux
     /// `iommu_context_addr` with `alloc = 1`): the root entry's lower half covers devfn
     /// 0..=127, the upper half 128..=255, 128 256-bit entries per table (spec 9.2, 9.4).
-    fn scalable_context_slot(&mut self, sid: u16) -> Result<u64, BuildError> {
-        let root = self
-            .scalable_root
-            .expect("enable_scalable_mode before attaching devices");
+    fn scalable_context_slot(&mut self, sm: &ScalableTables, sid: u16) -> Result<u64, BuildError> {
+        let root = sm.root;
         let devfn = sid as u8;
         let slot = root + u64::from(sid >> 8) * 16 + if devfn >= 0x80 { 8 } else { 0 };
         let raw = self.mem.read_u64(slot)?;
@@ -585,14 +577,20 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
     /// device can use PASIDs, PRE when it can issue page requests). The entry goes from not
     /// present to present, so as Linux only a caching-mode unit gets flushes (device-selective
     /// context cache, global PASID cache, global IOTLB). Returns the directory.
-    pub fn setup_device(&mut self, sid: u16, paside: bool, pre: bool) -> Result<u64, BuildError> {
-        if let Some(&dir) = self.pasid_dirs.get(&sid) {
+    pub fn setup_device(
+        &mut self,
+        sm: &mut ScalableTables,
+        sid: u16,
+        paside: bool,
+        pre: bool,
+    ) -> Result<u64, BuildError> {
+        if let Some(&dir) = sm.pasid_dirs.get(&sid) {
             return Ok(dir);
         }
-        let slot = self.scalable_context_slot(sid)?;
+        let slot = self.scalable_context_slot(sm, sid)?;
         // A directory left by a released device is reused: its PASID entries were torn
         // down before the release, and reuse keeps a plug/unplug loop's frames bounded.
-        let pasids = match self.retired_dirs.remove(&sid) {
+        let pasids = match sm.retired_dirs.remove(&sid) {
             Some(dir) => PasidTablesBuilder::at(&self.mem, dir, DEVICE_PDTS),
             None => PasidTablesBuilder::new(&self.mem, &mut self.frames, DEVICE_PDTS)?,
         };
@@ -603,7 +601,7 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
             .with_pre(pre)
             .with_rid_pasid(0);
         self.mem.write_words(slot, &entry.0)?;
-        self.pasid_dirs.insert(sid, dir);
+        sm.pasid_dirs.insert(sid, dir);
         if self.unit.config().caching_mode {
             self.submit(&[
                 context_cache(ContextCacheGranularity::Device { did: 0, sid, fm: 0 }),
@@ -621,6 +619,7 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
     /// entry was not present). The device must have been set up with [`Guest::setup_device`].
     pub fn attach_first_stage(
         &mut self,
+        sm: &ScalableTables,
         sid: u16,
         pasid: u32,
         did: u16,
@@ -630,7 +629,7 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
             &mut self.frames,
             PageTableFormat::FirstStage { levels: 4 },
         )?;
-        self.attach_first_stage_table(sid, pasid, did, pt.root())
+        self.attach_first_stage_table(sm, sid, pasid, did, pt.root())
     }
 
     /// As [`Guest::attach_first_stage`], with an existing first-stage table: a domain that
@@ -638,12 +637,13 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
     /// attached again after the device comes back.
     pub fn attach_first_stage_table(
         &mut self,
+        sm: &ScalableTables,
         sid: u16,
         pasid: u32,
         did: u16,
         root: u64,
     ) -> Result<FirstStageDomain, BuildError> {
-        let dir = *self
+        let dir = *sm
             .pasid_dirs
             .get(&sid)
             .expect("setup_device before attach_first_stage");
@@ -672,8 +672,12 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
     /// Removes a PASID entry as Linux 6.12 `intel_pasid_tear_down_entry` does: clear it, then
     /// PASID-selective PASID-cache and all-in-PASID PASID-IOTLB invalidation (first-stage
     /// entry), with the wait of `qi_submit_sync`.
-    pub fn detach_first_stage(&mut self, domain: &FirstStageDomain) -> Result<(), BuildError> {
-        let dir = *self.pasid_dirs.get(&domain.sid).expect("device was set up");
+    pub fn detach_first_stage(
+        &mut self,
+        sm: &ScalableTables,
+        domain: &FirstStageDomain,
+    ) -> Result<(), BuildError> {
+        let dir = *sm.pasid_dirs.get(&domain.sid).expect("device was set up");
         let mut pasids = PasidTablesBuilder::at(&self.mem, dir, DEVICE_PDTS);
         pasids.set_entry(&mut self.frames, domain.pasid, PasidEntry([0; 8]))?;
         self.submit(&[
@@ -695,12 +699,17 @@ impl<M: GuestRam + Clone + Send + Sync> Guest<M> {
     /// device set up again at the same requester ID gets it back, so the bump allocator's
     /// frames stay bounded over any number of unplugs and replugs. Its PASID entries must have
     /// been torn down ([`Guest::detach_first_stage`]) first.
-    pub fn release_device(&mut self, sid: u16, dids: &[u16]) -> Result<(), BuildError> {
-        let Some(dir) = self.pasid_dirs.remove(&sid) else {
+    pub fn release_device(
+        &mut self,
+        sm: &mut ScalableTables,
+        sid: u16,
+        dids: &[u16],
+    ) -> Result<(), BuildError> {
+        let Some(dir) = sm.pasid_dirs.remove(&sid) else {
             return Ok(());
         };
-        self.retired_dirs.insert(sid, dir);
-        let slot = self.scalable_context_slot(sid)?;
+        sm.retired_dirs.insert(sid, dir);
+        let slot = self.scalable_context_slot(sm, sid)?;
         self.mem.write_words(slot, &[0; 4])?;
         let mut descs = vec![context_cache(ContextCacheGranularity::Device {
             did: dids.first().copied().unwrap_or(0),
@@ -910,6 +919,22 @@ pub fn iotlb(granularity: IotlbGranularity) -> InvDesc {
 /// entries, PASIDs 0..8191 (Linux sizes it from the device's PASID capability; no device this
 /// driver serves uses more).
 pub const DEVICE_PDTS: u8 = 0;
+
+/// The driver's scalable-mode bookkeeping (Linux keeps it in `struct intel_iommu` and each
+/// device's `device_domain_info`): the root table, each device's PASID directory, and the
+/// directories of released devices kept for reuse. It lives beside [`Guest`] rather than in
+/// it, so code that builds a `Guest` field by field (a migration test moving the driver's
+/// state to a target) is not affected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScalableTables {
+    /// The scalable-mode root table.
+    pub root: u64,
+    /// Each device's PASID directory (Linux allocates one per device,
+    /// drivers/iommu/intel/pasid.c `intel_pasid_alloc_table`).
+    pub pasid_dirs: BTreeMap<u16, u64>,
+    /// PASID directories of released devices, for reuse by the same requester ID.
+    pub retired_dirs: BTreeMap<u16, u64>,
+}
 
 /// A first-stage domain attached to one requester and PASID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

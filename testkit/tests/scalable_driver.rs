@@ -36,11 +36,11 @@ fn psi_alignment_matches_linux() {
 #[test]
 fn first_stage_maps_and_strict_and_lazy_unmaps() {
     let mut g = Guest::new(PROPS, 64);
-    g.enable_scalable_mode().unwrap();
+    let mut sm = g.enable_scalable_mode().unwrap();
     let sid = 0x18;
-    g.setup_device(sid, true, false).unwrap();
-    let d0 = g.attach_first_stage(sid, 0, 3).unwrap();
-    let d1 = g.attach_first_stage(sid, 1, 4).unwrap();
+    g.setup_device(&mut sm, sid, true, false).unwrap();
+    let d0 = g.attach_first_stage(&sm, sid, 0, 3).unwrap();
+    let d1 = g.attach_first_stage(&sm, sid, 1, 4).unwrap();
     g.fs_map(&d0, 0x1000, 0x300_0000, PageSize::Size4K, true)
         .unwrap();
     g.fs_map(&d0, 0x4020_0000, 0x320_0000, PageSize::Size2M, false)
@@ -74,15 +74,15 @@ fn first_stage_maps_and_strict_and_lazy_unmaps() {
     );
     // PASID 1 was not touched by PASID 0's invalidations.
     assert_eq!(read(&g, sid, Some(1), 0x1234), Ok(0x301_0234));
-    g.detach_first_stage(&d1).unwrap();
+    g.detach_first_stage(&sm, &d1).unwrap();
     assert!(read(&g, sid, Some(1), 0x1234).is_err());
-    g.detach_first_stage(&d0).unwrap();
-    g.release_device(sid, &[3, 4]).unwrap();
+    g.detach_first_stage(&sm, &d0).unwrap();
+    g.release_device(&mut sm, sid, &[3, 4]).unwrap();
     assert!(read(&g, sid, None, 0x4031_2345).is_err());
     // Replug: the same directory and the same (now empty) table come back, no new frames.
     let before = g.frames.next_free();
-    g.setup_device(sid, true, false).unwrap();
-    let again = g.attach_first_stage_table(sid, 0, 3, d0.root).unwrap();
+    g.setup_device(&mut sm, sid, true, false).unwrap();
+    let again = g.attach_first_stage_table(&sm, sid, 0, 3, d0.root).unwrap();
     assert_eq!(g.frames.next_free(), before);
     g.fs_map(&again, 0x1000, 0x300_0000, PageSize::Size4K, true)
         .unwrap();

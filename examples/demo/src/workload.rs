@@ -28,7 +28,7 @@ use vtd_core::{FaultDisposition, VtdEvent};
 use vtd_regs::fault::FaultReason;
 use vtd_regs::inv::InvDesc;
 use vtd_regs::regs::{FRCD_HI_F, Fsts, offset as reg};
-use vtd_testkit::driver::Guest;
+use vtd_testkit::driver::{Guest, ScalableTables};
 
 use crate::dma::{Buffer, DeviceDma, MAX_HUGE_LEN, MAX_SMALL_LEN};
 use crate::emulated::{EmulatedDevice, EmulatedDriver, GUEST_SALT, Kick, POISON, Request};
@@ -134,6 +134,8 @@ pub struct Workload {
     inspector: Option<vtd_inspect::server::InspectServer>,
     precopy: Option<PreCopy>,
     migrations: Totals,
+    /// The guest driver's scalable-mode bookkeeping (guest state: it moves with the guest).
+    tables: ScalableTables,
     /// Cache figures of the units and host IOMMUs left behind by migrations.
     retired_figures: [u64; 5],
 }
@@ -166,17 +168,17 @@ impl Workload {
             .fetch_add(machine.hosts.len() as u64, Ordering::Relaxed);
         let (irq_tx, irq_rx) = mpsc::channel();
         let guest = &mut machine.guest;
-        guest
+        let mut tables = guest
             .enable_scalable_mode()
             .map_err(|e| format!("scalable-mode bring-up: {e}"))?;
         let mut emulated = Vec::new();
         for i in 0..opts.devices {
             let sid = emulated_sid(i);
             guest
-                .setup_device(sid, false, false)
+                .setup_device(&mut tables, sid, false, false)
                 .map_err(|e| format!("device {sid:#x}: {e}"))?;
             let domain = guest
-                .attach_first_stage(sid, 0, 10 + i as u16)
+                .attach_first_stage(&tables, sid, 0, 10 + i as u16)
                 .map_err(|e| format!("device {sid:#x}: {e}"))?;
             let dma = DeviceDma::new(guest, domain, region(i), &stats)?;
             let driver = EmulatedDriver::new(i as u64, sid, dma, &machine.ram);
@@ -192,10 +194,10 @@ impl Workload {
             let pasid = if j == 1 { PASSTHROUGH_PASID } else { 0 };
             let did = 100 + j as u16;
             guest
-                .setup_device(sid, pasid != 0, false)
+                .setup_device(&mut tables, sid, pasid != 0, false)
                 .map_err(|e| format!("device {sid:#x}: {e}"))?;
             let domain = guest
-                .attach_first_stage(sid, pasid, did)
+                .attach_first_stage(&tables, sid, pasid, did)
                 .map_err(|e| format!("device {sid:#x}: {e}"))?;
             let index = (opts.devices + j) as u64;
             let dma = DeviceDma::new(guest, domain, region(opts.devices + j), &stats)?;
@@ -225,6 +227,7 @@ impl Workload {
             inspector,
             precopy: None,
             migrations: Totals::default(),
+            tables,
             retired_figures: [0; 5],
             not_run: vec![
                 "page requests: vtd-core has the page request queue, but vtd-accel does not forward a passthrough device's page requests yet".into(),
@@ -908,10 +911,10 @@ impl Workload {
         slot.dma.flush(guest);
         slot.dma.unmap_control(guest)?;
         guest
-            .detach_first_stage(&slot.dma.domain)
+            .detach_first_stage(&self.tables, &slot.dma.domain)
             .map_err(|e| format!("unplug: PASID teardown: {e}"))?;
         guest
-            .release_device(slot.sid, &[slot.did])
+            .release_device(&mut self.tables, slot.sid, &[slot.did])
             .map_err(|e| format!("unplug: context teardown: {e}"))?;
         // VMM: stop the device, unregister it.
         if let Some(k) = slot.kick.take() {
@@ -941,10 +944,10 @@ impl Workload {
             .map_err(|e| format!("replug: {e}"))?;
         self.stats.bindings.fetch_add(1, Ordering::Relaxed);
         guest
-            .setup_device(slot.sid, slot.pasid != 0, false)
+            .setup_device(&mut self.tables, slot.sid, slot.pasid != 0, false)
             .map_err(|e| format!("replug: {e}"))?;
         slot.dma.domain = guest
-            .attach_first_stage_table(slot.sid, slot.pasid, slot.did, slot.fs_root)
+            .attach_first_stage_table(&self.tables, slot.sid, slot.pasid, slot.did, slot.fs_root)
             .map_err(|e| format!("replug: {e}"))?;
         slot.dma.map_control(guest, &self.stats)?;
         // With caching mode off the guest announces new context and PASID entries with no
