@@ -98,6 +98,19 @@ pub enum CompatError {
         /// The device.
         name: String,
     },
+    /// The guest is given PASIDs but the host kernel cannot attach them.
+    #[error(
+        "device {name}: the vIOMMU advertises PASIDs (x-pasid-mode=on) but the host kernel \
+         cannot attach PASIDs to a nested HWPT (IOMMU_HWPT_ALLOC_PASID and \
+         VFIO_DEVICE_ATTACH_PASID need Linux 6.18 or later; 6.12 refuses them){hw}; set \
+         x-pasid-mode=off"
+    )]
+    NoPasidAttach {
+        /// The device.
+        name: String,
+        /// Extra words when the hardware itself has no PASIDs.
+        hw: &'static str,
+    },
     /// The device's requester ID is aliased by a conventional PCI bridge.
     #[error(
         "device {name} is behind a conventional PCI bridge (aliased requester ID): not \
@@ -114,7 +127,9 @@ pub enum CompatError {
 ///
 /// The checks, in order: first stage on; iommufd-backed; host is VT-d; host can nest
 /// (ECAP.SMTS and ECAP.NEST); host AW >= guest `aw-bits`; FL1GP if the guest advertises it;
-/// FL5LP if the guest advertises it; SRS if the guest advertises it; no requester-ID alias.
+/// FL5LP if the guest advertises it; SRS if the guest advertises it; PASID attach (hardware
+/// and host kernel, [`BackendCaps::pasid_attach`](crate::BackendCaps)) if the guest has
+/// PASIDs; no requester-ID alias.
 pub fn check_compatibility(
     cfg: &VtdConfig,
     dev: &HostIommuDevice,
@@ -158,8 +173,28 @@ pub fn check_compatibility(
     if cfg.ecap().srs() && !info.ecap.srs() {
         return Err(CompatError::NoSupervisorRequests { name });
     }
+    if cfg.pasid_bits > 0 && !dev.supports_pasid_attach() {
+        let hw = if dev.info.supports_pasid() {
+            ""
+        } else {
+            " (nor does the host IOMMU report PASID support for it)"
+        };
+        return Err(CompatError::NoPasidAttach { name, hw });
+    }
     if topo.aliased_requester_id {
         return Err(CompatError::AliasedRequesterId { name });
     }
     Ok(())
+}
+
+/// The PASID width (`VtdConfig::pasid_bits`) to give the guest when `requested` is what the
+/// VMM would like and `devices` are the assigned devices: 0 when any of them cannot attach
+/// PASIDs on this host (hardware or kernel: a 6.12 host), so the guest-visible ECAP.PASID
+/// follows what the host can run instead of every PASID bind failing later.
+pub fn guest_pasid_bits(requested: u8, devices: &[&HostIommuDevice]) -> u8 {
+    if devices.iter().all(|d| d.supports_pasid_attach()) {
+        requested
+    } else {
+        0
+    }
 }

@@ -78,14 +78,14 @@ pub mod iommufd;
 pub mod sim;
 
 pub use backend::{
-    BackendError, BackendOp, HostFault, HostIommuBackend, HwptAlloc, VtdS1, VtdS1Flags,
-    VtdS1Invalidation,
+    BackendCaps, BackendError, BackendOp, HostFault, HostIommuBackend, HostPageRequest, HwptAlloc,
+    PageResponseCode, VtdS1, VtdS1Flags, VtdS1Invalidation,
 };
 pub use binder::{
     BindingInfo, DesiredBinding, GuestRemapping, HostAttachment, NestedBinder, OrphanHwpt,
     RegisterError, UnregisterError, desired_binding, s1_of,
 };
-pub use compat::{CompatError, PciTopology, check_compatibility};
+pub use compat::{CompatError, PciTopology, check_compatibility, guest_pasid_bits};
 pub use events::{
     AccelEvent, AccelEventLog, AccelObserver, AccelStats, BlockCause, HostFaultOutcome, Recovery,
 };
