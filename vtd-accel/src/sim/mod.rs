@@ -416,8 +416,13 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     /// The same host behind kernel `kernel`.
     #[must_use]
     pub fn with_kernel(self, kernel: SimKernel) -> Self {
-        self.lock().caps.pasid_attach = kernel == SimKernel::Linux6_18;
+        self.set_kernel(kernel);
         self
+    }
+
+    /// Makes the host behave like kernel `kernel` from now on.
+    pub fn set_kernel(&self, kernel: SimKernel) {
+        self.lock().caps.pasid_attach = kernel == SimKernel::Linux6_18;
     }
 
     /// Whether non-recoverable DMA faults are reported to user space
