@@ -44,7 +44,7 @@ use vtd_regs::{Cap, Ecap};
 
 use crate::backend::{
     BackendCaps, BackendError, BackendOp, DeviceId, HostFault, HostIommuBackend, HostPageRequest,
-    HwptAlloc, HwptId, IoasId, Pasid, PageResponseCode, VtdS1Invalidation,
+    HwptAlloc, HwptId, IoasId, PageResponseCode, Pasid, VtdS1Invalidation,
 };
 use crate::host::{HWPT_ALLOC_NEST_PARENT, HostHwInfo, HostIommuType};
 
@@ -776,7 +776,10 @@ mod tests {
         assert_eq!(b.read_faults(8), Ok(Vec::new()));
         assert_eq!(b.read_page_requests(8), Ok(Vec::new()));
         assert!(!b.caps().page_requests && !b.caps().unrecoverable_faults);
-        assert!(b.respond_page_request(1, PageResponseCode::Success).is_err());
+        assert!(
+            b.respond_page_request(1, PageResponseCode::Success)
+                .is_err()
+        );
         // A fault queue is only used when asked for; asking without one is refused.
         let with_fault = HwptAlloc::Nested {
             parent: HwptId(3),

@@ -70,12 +70,23 @@ fn fault_queue_only_for_pri_devices_intel_iommu_enable_iopf() {
     // The rule itself, on the simulator.
     let (sim, ioas) = bare_sim(HostHwInfo::vtd_nesting_capable());
     let (dev, parent) = sim
-        .vfio_bind_default(ioas, ViommuFlags { want_nesting_parent: true, want_pasid_parent: false })
+        .vfio_bind_default(
+            ioas,
+            ViommuFlags {
+                want_nesting_parent: true,
+                want_pasid_parent: false,
+            },
+        )
         .unwrap();
-    let with_queue = sim.alloc_hwpt(dev, &nested_req(parent, 48, 0, false, true)).unwrap();
+    let with_queue = sim
+        .alloc_hwpt(dev, &nested_req(parent, 48, 0, false, true))
+        .unwrap();
     let e = sim.attach(dev, None, with_queue).unwrap_err();
     assert_eq!((e.op, e.errno), (BackendOp::Attach, Some(19)), "{e}");
-    assert!(sim.attachments(dev).is_empty(), "blocked by the driver, not reverted");
+    assert!(
+        sim.attachments(dev).is_empty(),
+        "blocked by the driver, not reverted"
+    );
     sim.set_device_pri(dev, true);
     sim.attach(dev, None, with_queue).unwrap();
 
@@ -86,17 +97,34 @@ fn fault_queue_only_for_pri_devices_intel_iommu_enable_iopf() {
     let bdf_b = Bdf::new(2, 0, 0);
     let gpa_b = GPA + 0x4000;
     let root_b = rig.new_fs_table(IOVA, gpa_b, true);
-    rig.program_device(bdf_b, &[(0, vtd_tables::entries::PasidEntry::first_stage(root_b, false, 9, 2))]);
-    let (dev_b, parent_b) = rig.sim.vfio_bind_default(rig.ioas, rig.binder.viommu_flags()).unwrap();
+    rig.program_device(
+        bdf_b,
+        &[(
+            0,
+            vtd_tables::entries::PasidEntry::first_stage(root_b, false, 9, 2),
+        )],
+    );
+    let (dev_b, parent_b) = rig
+        .sim
+        .vfio_bind_default(rig.ioas, rig.binder.viommu_flags())
+        .unwrap();
     let hd = HostIommuDevice::query(rig.sim.clone(), "0000:02:00.0", dev_b, parent_b).unwrap();
-    rig.binder.register(bdf_b, hd, PciTopology::default()).unwrap();
+    rig.binder
+        .register(bdf_b, hd, PciTopology::default())
+        .unwrap();
     let b = nested_of(&rig.sim, dev_b);
     assert!(!b.fault, "no fault queue on a device without PRI");
     assert_eq!(
-        rig.sim.dma_translate(dev_b, None, IOVA, AccessKind::Write).unwrap().hpa,
+        rig.sim
+            .dma_translate(dev_b, None, IOVA, AccessKind::Write)
+            .unwrap()
+            .hpa,
         HOST_BASE + gpa_b
     );
-    assert_eq!(rig.dma(IOVA, AccessKind::Read).unwrap().hpa, HOST_BASE + GPA);
+    assert_eq!(
+        rig.dma(IOVA, AccessKind::Read).unwrap().hpa,
+        HOST_BASE + GPA
+    );
     assert_eq!(rig.binder.stats().host_errors, 0);
     check_host_matches_binder(
         &rig.sim,
@@ -113,15 +141,24 @@ fn fault_queue_only_for_pri_devices_intel_iommu_enable_iopf() {
 #[test]
 fn pasid_attach_follows_the_host_kernel_6_12_and_6_18() {
     let info = HostHwInfo::vtd_nesting_capable();
-    let pasid_cfg = VtdConfig { pasid_bits: 8, ..VtdConfig::from_qemu_props(FLTS).unwrap() };
-    let flags = ViommuFlags::for_config(&pasid_cfg);
+    let pasid_cfg = VtdConfig {
+        pasid_bits: 8,
+        ..VtdConfig::from_qemu_props(FLTS).unwrap()
+    };
     for kernel in [SimKernel::Linux6_12, SimKernel::Linux6_18] {
         let (sim, ioas) = bare_sim(info);
         sim.set_kernel(kernel);
         let new = kernel == SimKernel::Linux6_18;
         assert_eq!(sim.caps().pasid_attach, new);
         let dev = sim.add_device();
-        let alloc = sim.alloc_hwpt(dev, &HwptAlloc::Parent { ioas, nest_parent: true, pasid: true });
+        let alloc = sim.alloc_hwpt(
+            dev,
+            &HwptAlloc::Parent {
+                ioas,
+                nest_parent: true,
+                pasid: true,
+            },
+        );
         let parent = match alloc {
             Ok(p) => {
                 assert!(new);
@@ -131,8 +168,15 @@ fn pasid_attach_follows_the_host_kernel_6_12_and_6_18() {
                 assert!(!new);
                 assert_eq!(e.errno, Some(95), "{e}");
                 // The VMM falls back to a parent without PASID.
-                sim.alloc_hwpt(dev, &HwptAlloc::Parent { ioas, nest_parent: true, pasid: false })
-                    .unwrap()
+                sim.alloc_hwpt(
+                    dev,
+                    &HwptAlloc::Parent {
+                        ioas,
+                        nest_parent: true,
+                        pasid: false,
+                    },
+                )
+                .unwrap()
             }
         };
         sim.attach(dev, None, parent).unwrap();
@@ -142,7 +186,11 @@ fn pasid_attach_follows_the_host_kernel_6_12_and_6_18() {
             e.unwrap();
         } else {
             assert_eq!(e.unwrap_err().errno, Some(22));
-            assert_eq!(sim.attachments(dev).get(&None), Some(&parent), "refused before the driver");
+            assert_eq!(
+                sim.attachments(dev).get(&None),
+                Some(&parent),
+                "refused before the driver"
+            );
         }
         let hd = HostIommuDevice::query(sim.clone(), "0000:3b:00.0", dev, parent).unwrap();
         let got = check_compatibility(&pasid_cfg, &hd, &PciTopology::default());
@@ -153,13 +201,19 @@ fn pasid_attach_follows_the_host_kernel_6_12_and_6_18() {
             let e = got.unwrap_err();
             assert!(matches!(e, CompatError::NoPasidAttach { .. }));
             let msg = e.to_string();
-            assert!(msg.contains("6.18") && msg.contains("x-pasid-mode=off"), "{msg}");
-            assert_eq!(guest_pasid_bits(8, &[&hd]), 0, "the guest is not given PASIDs");
+            assert!(
+                msg.contains("6.18") && msg.contains("x-pasid-mode=off"),
+                "{msg}"
+            );
+            assert_eq!(
+                guest_pasid_bits(8, &[&hd]),
+                0,
+                "the guest is not given PASIDs"
+            );
             // Without PASIDs for the guest the same device registers and binds.
             let no_pasid = VtdConfig::from_qemu_props(FLTS).unwrap();
             check_compatibility(&no_pasid, &hd, &PciTopology::default()).unwrap();
         }
-        assert_eq!(flags.want_pasid_parent, true);
     }
     // A 6.12-like host under the full rig (guest without PASIDs): binding works as before.
     let cfg = VtdConfig::from_qemu_props(FLTS).unwrap();
@@ -170,7 +224,10 @@ fn pasid_attach_follows_the_host_kernel_6_12_and_6_18() {
     });
     rig.g.set_translation(true);
     assert!(rig.nested_hwpt().is_some());
-    assert_eq!(rig.dma(IOVA, AccessKind::Read).unwrap().hpa, HOST_BASE + GPA);
+    assert_eq!(
+        rig.dma(IOVA, AccessKind::Read).unwrap().hpa,
+        HOST_BASE + GPA
+    );
 }
 
 /// Linux `drivers/iommu/intel/nested.c`, `intel_nested_domain_alloc()` checks only the parent;
@@ -184,7 +241,13 @@ fn vtd_s1_is_checked_at_attach_intel_pasid_setup_nested() {
     assert!(!info.cap.fl5lp());
     let (sim, ioas) = bare_sim(info);
     let (dev, parent) = sim
-        .vfio_bind_default(ioas, ViommuFlags { want_nesting_parent: true, want_pasid_parent: false })
+        .vfio_bind_default(
+            ioas,
+            ViommuFlags {
+                want_nesting_parent: true,
+                want_pasid_parent: false,
+            },
+        )
         .unwrap();
     for (aw, flags, why) in [
         (57, 0, "addr_width 57"),
@@ -192,16 +255,35 @@ fn vtd_s1_is_checked_at_attach_intel_pasid_setup_nested() {
         (48, VtdS1Flags::EAFE, "EAFS"),
     ] {
         sim.attach(dev, None, parent).unwrap();
-        let h = sim.alloc_hwpt(dev, &nested_req(parent, aw, flags, false, false)).unwrap();
+        let h = sim
+            .alloc_hwpt(dev, &nested_req(parent, aw, flags, false, false))
+            .unwrap();
         let e = sim.attach(dev, None, h).unwrap_err();
         assert_eq!((e.op, e.errno), (BackendOp::Attach, Some(22)), "{why}: {e}");
         assert!(e.message.contains(why), "{e}");
-        assert!(sim.attachments(dev).is_empty(), "{why}: the device is blocked, not on its parent");
+        assert!(
+            sim.attachments(dev).is_empty(),
+            "{why}: the device is blocked, not on its parent"
+        );
         sim.destroy(h).unwrap();
     }
     // A nested HWPT must still have a nest parent at allocation.
-    let plain = sim.alloc_hwpt(dev, &HwptAlloc::Parent { ioas, nest_parent: false, pasid: false }).unwrap();
-    assert_eq!(sim.alloc_hwpt(dev, &nested_req(plain, 48, 0, false, false)).unwrap_err().errno, Some(22));
+    let plain = sim
+        .alloc_hwpt(
+            dev,
+            &HwptAlloc::Parent {
+                ioas,
+                nest_parent: false,
+                pasid: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        sim.alloc_hwpt(dev, &nested_req(plain, 48, 0, false, false))
+            .unwrap_err()
+            .errno,
+        Some(22)
+    );
 }
 
 /// ERRATA_772415_SPR17 (Linux `drivers/iommu/intel/iommu.c`, `intel_iommu_hw_info()` reports
@@ -217,15 +299,37 @@ fn errata_772415_spr17_refuses_read_only_mappings_in_a_nest_parent() {
     sim.ioas_map(ro_ioas, 0, 0x1000, 1 << 32, false).unwrap();
     let dev = sim.add_device();
     let e = sim
-        .alloc_hwpt(dev, &HwptAlloc::Parent { ioas: ro_ioas, nest_parent: true, pasid: false })
+        .alloc_hwpt(
+            dev,
+            &HwptAlloc::Parent {
+                ioas: ro_ioas,
+                nest_parent: true,
+                pasid: false,
+            },
+        )
         .unwrap_err();
     assert!(e.message.contains("ERRATA_772415_SPR17"), "{e}");
     let ioas = sim.alloc_ioas();
-    sim.alloc_hwpt(dev, &HwptAlloc::Parent { ioas, nest_parent: true, pasid: false }).unwrap();
+    sim.alloc_hwpt(
+        dev,
+        &HwptAlloc::Parent {
+            ioas,
+            nest_parent: true,
+            pasid: false,
+        },
+    )
+    .unwrap();
     let e = sim.ioas_map(ioas, 0, 0x1000, 1 << 32, false).unwrap_err();
     assert_eq!((e.op, e.errno), (BackendOp::IoasMap, Some(22)));
     assert!(info.quirks().parent_map_writable(false));
-    sim.ioas_map(ioas, 0, 0x1000, 1 << 32, info.quirks().parent_map_writable(false)).unwrap();
+    sim.ioas_map(
+        ioas,
+        0,
+        0x1000,
+        1 << 32,
+        info.quirks().parent_map_writable(false),
+    )
+    .unwrap();
 }
 
 /// Linux `drivers/iommu/iommufd/device.c`, `iommufd_hwpt_pasid_compat()`: a PASID can be
@@ -235,9 +339,29 @@ fn errata_772415_spr17_refuses_read_only_mappings_in_a_nest_parent() {
 fn pasid_attach_needs_a_pasid_capable_rid_hwpt_iommufd_hwpt_pasid_compat() {
     let (sim, ioas) = bare_sim(HostHwInfo::vtd_nesting_capable());
     let dev = sim.add_device();
-    let plain = sim.alloc_hwpt(dev, &HwptAlloc::Parent { ioas, nest_parent: true, pasid: false }).unwrap();
-    let capable = sim.alloc_hwpt(dev, &HwptAlloc::Parent { ioas, nest_parent: true, pasid: true }).unwrap();
-    let nested = sim.alloc_hwpt(dev, &nested_req(capable, 48, 0, true, false)).unwrap();
+    let plain = sim
+        .alloc_hwpt(
+            dev,
+            &HwptAlloc::Parent {
+                ioas,
+                nest_parent: true,
+                pasid: false,
+            },
+        )
+        .unwrap();
+    let capable = sim
+        .alloc_hwpt(
+            dev,
+            &HwptAlloc::Parent {
+                ioas,
+                nest_parent: true,
+                pasid: true,
+            },
+        )
+        .unwrap();
+    let nested = sim
+        .alloc_hwpt(dev, &nested_req(capable, 48, 0, true, false))
+        .unwrap();
     sim.attach(dev, None, plain).unwrap();
     let e = sim.attach(dev, Pasid::new(5), nested).unwrap_err();
     assert_eq!(e.errno, Some(22));
@@ -246,7 +370,11 @@ fn pasid_attach_needs_a_pasid_capable_rid_hwpt_iommufd_hwpt_pasid_compat() {
     sim.attach(dev, Pasid::new(5), nested).unwrap();
     let e = sim.attach(dev, None, plain).unwrap_err();
     assert_eq!(e.errno, Some(22));
-    assert_eq!(sim.attachments(dev).get(&None), Some(&capable), "refused by the core: unchanged");
+    assert_eq!(
+        sim.attachments(dev).get(&None),
+        Some(&capable),
+        "refused by the core: unchanged"
+    );
 }
 
 /// On Intel hosts a non-recoverable DMA fault of a nested HWPT goes to the host kernel log
@@ -270,7 +398,15 @@ fn non_recoverable_faults_stay_in_the_host_log_dmar_fault() {
     // A second-stage miss (the guest maps a GPA beyond its RAM) is never a page request.
     let mem = rig.g.mem.clone();
     let mut fs = PageTableBuilder::at(&mem, rig.fs_root, PageTableFormat::FirstStage { levels: 4 });
-    fs.map(&mut rig.g.frames, IOVA + 0x1000, 1 << 32, PageSize::Size4K, true, true).unwrap();
+    fs.map(
+        &mut rig.g.frames,
+        IOVA + 0x1000,
+        1 << 32,
+        PageSize::Size4K,
+        true,
+        true,
+    )
+    .unwrap();
     rig.dma(IOVA + 0x1000, AccessKind::Read).unwrap_err();
     assert_eq!(rig.sim.stats().host_log_faults, 1);
     // With the capability declared (tests only), the fault reaches the binder.
@@ -292,7 +428,10 @@ fn page_request_reaches_the_guest_and_the_answer_completes_the_dma() {
     let mut rig = pri_rig();
     let iova = IOVA + 0x7000;
     let gpa = GPA + 0x3000;
-    rig.g.mem.write_slice(b"paged in", GuestAddress(gpa + 0x10)).unwrap();
+    rig.g
+        .mem
+        .write_slice(b"paged in", GuestAddress(gpa + 0x10))
+        .unwrap();
     let mut buf = [0u8; 8];
     let prg = match rig.sim.pri_dma_read(rig.dev, None, iova + 0x10, &mut buf) {
         PriDma::Waiting { prg_index } => prg_index,
@@ -304,15 +443,27 @@ fn page_request_reaches_the_guest_and_the_answer_completes_the_dma() {
     assert_eq!(reqs.len(), 1);
     let r = reqs[0];
     assert_eq!(
-        (r.rid, r.pasid, r.address, r.prg_index, r.last_in_group, r.read, r.write),
+        (
+            r.rid,
+            r.pasid,
+            r.address,
+            r.prg_index,
+            r.last_in_group,
+            r.read,
+            r.write
+        ),
         (SID, None, iova, prg, true, true, false)
     );
     // Still waiting: the guest has not answered.
-    assert!(matches!(rig.sim.pri_dma_read(rig.dev, None, iova + 0x10, &mut buf), PriDma::Waiting { .. }));
+    assert!(matches!(
+        rig.sim.pri_dma_read(rig.dev, None, iova + 0x10, &mut buf),
+        PriDma::Waiting { .. }
+    ));
     // The guest's fault handler maps the page, then answers.
     let mem = rig.g.mem.clone();
     let mut fs = PageTableBuilder::at(&mem, rig.fs_root, PageTableFormat::FirstStage { levels: 4 });
-    fs.map(&mut rig.g.frames, iova, gpa, PageSize::Size4K, true, true).unwrap();
+    fs.map(&mut rig.g.frames, iova, gpa, PageSize::Size4K, true, true)
+        .unwrap();
     rig.g.respond(&r, ResponseCode::Success);
     let resp = rig.sim.page_responses();
     assert_eq!(
@@ -331,7 +482,15 @@ fn page_request_reaches_the_guest_and_the_answer_completes_the_dma() {
     }
     assert_eq!(&buf, b"paged in");
     let s = rig.binder.stats();
-    assert_eq!((s.page_requests, s.page_responses, s.page_requests_refused, s.host_errors), (1, 1, 0, 0));
+    assert_eq!(
+        (
+            s.page_requests,
+            s.page_responses,
+            s.page_requests_refused,
+            s.host_errors
+        ),
+        (1, 1, 0, 0)
+    );
     assert_eq!(rig.sim.pending_page_groups(), (0, 0));
 }
 
@@ -343,25 +502,43 @@ fn invalid_and_unmatched_responses() {
     let mut rig = pri_rig();
     let iova = IOVA + 0x9000;
     let mut buf = [0u8; 4];
-    assert!(matches!(rig.sim.pri_dma_read(rig.dev, None, iova, &mut buf), PriDma::Waiting { .. }));
+    assert!(matches!(
+        rig.sim.pri_dma_read(rig.dev, None, iova, &mut buf),
+        PriDma::Waiting { .. }
+    ));
     rig.binder.process_host_faults();
     let r = rig.g.read_page_requests().requests[0].unwrap();
     rig.g.respond(&r, ResponseCode::InvalidRequest);
-    assert_eq!(rig.sim.page_responses().last().unwrap().code, PageResponseCode::Invalid);
-    assert_eq!(rig.sim.pri_dma_read(rig.dev, None, iova, &mut buf), PriDma::Failed);
+    assert_eq!(
+        rig.sim.page_responses().last().unwrap().code,
+        PageResponseCode::Invalid
+    );
+    assert_eq!(
+        rig.sim.pri_dma_read(rig.dev, None, iova, &mut buf),
+        PriDma::Failed
+    );
     // The guest answers a group nobody asked about: nothing reaches the host.
     let before = rig.sim.page_responses().len();
-    let bogus = vtd_regs::prq::PageRequestDescriptor { prg_index: 0x1aa, ..r };
+    let bogus = vtd_regs::prq::PageRequestDescriptor {
+        prg_index: 0x1aa,
+        ..r
+    };
     rig.g.respond(&bogus, ResponseCode::Success);
     assert_eq!(rig.sim.page_responses().len(), before);
     assert_eq!(rig.binder.stats().host_errors, 0);
     // Response Failure -> INVALID.
     let iova2 = IOVA + 0xa000;
-    assert!(matches!(rig.sim.pri_dma_read(rig.dev, None, iova2, &mut buf), PriDma::Waiting { .. }));
+    assert!(matches!(
+        rig.sim.pri_dma_read(rig.dev, None, iova2, &mut buf),
+        PriDma::Waiting { .. }
+    ));
     rig.binder.process_host_faults();
     let r = rig.g.read_page_requests().requests[0].unwrap();
     rig.g.respond(&r, ResponseCode::Failure);
-    assert_eq!(rig.sim.page_responses().last().unwrap().code, PageResponseCode::Invalid);
+    assert_eq!(
+        rig.sim.page_responses().last().unwrap().code,
+        PageResponseCode::Invalid
+    );
 }
 
 /// Overflow (VT-d spec 7.5.1): when the guest's queue is full the unit drops the request, sets
@@ -372,14 +549,21 @@ fn overflowing_the_guest_queue_answers_the_host() {
     let rig = pri_rig();
     // 127 fit (the unit never fills the last slot of the 128); 3 more overflow.
     let groups: Vec<u16> = (0..130u64)
-        .map(|i| rig.sim.raise_page_group(rig.dev, None, &[0x4000_0000 + i * 0x1000], false).unwrap())
+        .map(|i| {
+            rig.sim
+                .raise_page_group(rig.dev, None, &[0x4000_0000 + i * 0x1000], false)
+                .unwrap()
+        })
         .collect();
     assert_eq!(rig.binder.process_host_faults(), 130);
     let prs = vtd_regs::prq::Prs::from_bits(rig.g.r32(vtd_regs::regs::offset::PRS));
     assert!(prs.pro(), "PRS.PRO set");
     let resp = rig.sim.page_responses();
     assert_eq!(resp.len(), 3);
-    assert!(resp.iter().all(|r| r.code == PageResponseCode::Success && !r.auto));
+    assert!(
+        resp.iter()
+            .all(|r| r.code == PageResponseCode::Success && !r.auto)
+    );
     assert_eq!(
         resp.iter().map(|r| r.prg_index).collect::<Vec<_>>(),
         groups[127..].to_vec()
@@ -397,23 +581,42 @@ fn groups_are_answered_once_and_pending_ones_die_with_their_hwpt() {
     let mut rig = pri_rig();
     let prg = rig
         .sim
-        .raise_page_group(rig.dev, None, &[0x5000_0000, 0x5000_1000, 0x5000_2000], true)
+        .raise_page_group(
+            rig.dev,
+            None,
+            &[0x5000_0000, 0x5000_1000, 0x5000_2000],
+            true,
+        )
         .unwrap();
     assert_eq!(rig.binder.process_host_faults(), 3);
-    let reqs: Vec<_> = rig.g.read_page_requests().requests.into_iter().map(Result::unwrap).collect();
+    let reqs: Vec<_> = rig
+        .g
+        .read_page_requests()
+        .requests
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(reqs.len(), 3);
     assert!(reqs.iter().all(|r| r.prg_index == prg && r.write));
     assert_eq!(reqs.iter().filter(|r| r.last_in_group).count(), 1);
     rig.g.respond(&reqs[2], ResponseCode::Success);
     assert_eq!(rig.sim.page_responses().len(), 1);
     // A pending group when the guest moves to a new table: the kernel answers it.
-    rig.sim.raise_page_group(rig.dev, None, &[0x6000_0000], false).unwrap();
+    rig.sim
+        .raise_page_group(rig.dev, None, &[0x6000_0000], false)
+        .unwrap();
     rig.binder.process_host_faults();
     let new_root = rig.new_fs_table(IOVA, GPA, true);
     let pe = vtd_tables::entries::PasidEntry::first_stage(new_root, false, DID, 2);
     rig.write_pasid_entry(0, pe);
-    rig.g.submit(&[pasid_cache(DID, vtd_regs::inv::PasidCacheGranularity::Pasid { pasid: 0 })]);
+    rig.g.submit(&[pasid_cache(
+        DID,
+        vtd_regs::inv::PasidCacheGranularity::Pasid { pasid: 0 },
+    )]);
     let last = *rig.sim.page_responses().last().unwrap();
-    assert!(last.auto && last.code == PageResponseCode::Invalid, "{last:?}");
+    assert!(
+        last.auto && last.code == PageResponseCode::Invalid,
+        "{last:?}"
+    );
     assert_eq!(rig.sim.pending_page_groups(), (0, 0));
 }

@@ -49,7 +49,12 @@ pub(super) struct PageRequestMap {
 
 impl PageRequestMap {
     /// Whether the host group `cookie` of `backend` is already known under `key`.
-    fn knows(&self, key: &(Bdf, Option<Pasid>, u16), backend: &Arc<dyn HostIommuBackend>, cookie: u32) -> bool {
+    fn knows(
+        &self,
+        key: &(Bdf, Option<Pasid>, u16),
+        backend: &Arc<dyn HostIommuBackend>,
+        cookie: u32,
+    ) -> bool {
         self.groups.get(key).is_some_and(|v| {
             v.iter()
                 .any(|g| g.cookie == cookie && backend_key(&g.backend) == backend_key(backend))
@@ -181,7 +186,11 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
                 self.answer_locally(map_key, req, "the guest has no page request queue");
             }
             Ok(PageRequestOutcome::QueueUnreachable) => {
-                self.answer_locally(map_key, req, "the guest's page request queue is unreachable");
+                self.answer_locally(
+                    map_key,
+                    req,
+                    "the guest's page request queue is unreachable",
+                );
             }
             Err(e) => {
                 self.answer_locally(map_key, req, &format!("malformed page request: {e}"));

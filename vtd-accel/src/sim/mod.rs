@@ -67,7 +67,7 @@ use vtd_tables::walk::{AccessKind, WalkConfig, walk_first_stage};
 
 use crate::backend::{
     BackendCaps, BackendError, BackendOp, DeviceId, HostFault, HostIommuBackend, HostPageRequest,
-    HwptAlloc, HwptId, IoasId, Pasid, PageResponseCode, VtdS1, VtdS1Flags, VtdS1Invalidation,
+    HwptAlloc, HwptId, IoasId, PageResponseCode, Pasid, VtdS1, VtdS1Flags, VtdS1Invalidation,
 };
 use crate::faults::{FaultClass, classify};
 use crate::host::{HostHwInfo, ViommuFlags};
@@ -514,7 +514,8 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
             })
             .collect();
         for &addr in pages {
-            st.waiting.insert((dev, pasid, addr & !(PAGE - 1)), prg_index);
+            st.waiting
+                .insert((dev, pasid, addr & !(PAGE - 1)), prg_index);
         }
         st.stats.page_requests += 1;
         st.page_groups.push_back(SimPageGroup {
@@ -953,7 +954,10 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
         let why = if s1.flags.0 & !known != 0 {
             "unknown VTD_S1 flags".to_string()
         } else if !(s1.addr_width == 48 || (s1.addr_width == 57 && info.cap.fl5lp())) {
-            format!("VTD_S1 addr_width {} unsupported by the host", s1.addr_width)
+            format!(
+                "VTD_S1 addr_width {} unsupported by the host",
+                s1.addr_width
+            )
         } else if s1.flags.sre() && !info.ecap.srs() {
             "VTD_S1 SRE needs host ECAP.SRS".to_string()
         } else if s1.flags.eafe() && !info.ecap.eafs() {
@@ -1010,7 +1014,11 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
             ));
         }
         if fault && !st.caps.page_requests {
-            return Err(err(op, EOPNOTSUPP, "IOMMU_HWPT_FAULT_ID_VALID: no fault queue"));
+            return Err(err(
+                op,
+                EOPNOTSUPP,
+                "IOMMU_HWPT_FAULT_ID_VALID: no fault queue",
+            ));
         }
         if pasid_req && !info.supports_pasid() {
             return Err(err(
