@@ -82,10 +82,14 @@ impl PageRequestMap {
     /// HWPT is detached: Linux `drivers/iommu/iommufd/fault.c`,
     /// `iommufd_auto_response_faults()`).
     pub(super) fn forget_device(&mut self, bdf: Bdf) {
-        let before: usize = self.len;
         self.groups.retain(|k, _| k.0 != bdf);
         self.len = self.groups.values().map(Vec::len).sum();
-        debug_assert!(self.len <= before);
+    }
+
+    /// Forgets the groups of `bdf` at `pasid` (its HWPT went away).
+    pub(super) fn forget_binding(&mut self, bdf: Bdf, pasid: Option<Pasid>) {
+        self.groups.retain(|k, _| !(k.0 == bdf && k.1 == pasid));
+        self.len = self.groups.values().map(Vec::len).sum();
     }
 
     /// Groups waiting for the guest's answer.
