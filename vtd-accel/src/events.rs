@@ -195,4 +195,11 @@ pub struct AccelStats {
     pub faults_suppressed: u64,
     /// Host faults not meant for the guest (second stage, stale, unknown device).
     pub faults_not_injected: u64,
+    /// Page requests read from the host.
+    pub page_requests: u64,
+    /// Page requests answered "invalid" without reaching the guest (unregistered device, no
+    /// room, queue unreachable, malformed).
+    pub page_requests_refused: u64,
+    /// Page group responses passed to the host.
+    pub page_responses: u64,
 }

@@ -15,7 +15,11 @@
 //! - `apply`: driving the host there through the device's backend, fencing on failure.
 //! - `forward`: turning guest invalidations into re-evaluations and batched host
 //!   invalidations, per backend and HWPT.
-//! - `host_faults`: host faults into the guest's fault-recording registers.
+//! - `host_faults`: host faults into the guest's fault-recording registers (only from
+//!   backends that report non-recoverable faults, which no VT-d host does: see
+//!   [`BackendCaps`](crate::BackendCaps)).
+//! - `page_requests`: a PRI device's page requests into the guest's page request queue and
+//!   the guest's page group responses back to the host.
 //!
 //! # Binding (per device and PASID)
 //! | guest state | host state |
@@ -40,6 +44,7 @@ pub mod desired;
 mod forward;
 mod host_faults;
 pub mod migration;
+mod page_requests;
 pub mod registry;
 
 use std::fmt;
@@ -71,6 +76,7 @@ pub struct NestedBinder<M: GuestRam + Send + Sync + 'static> {
     inner: Mutex<Inner>,
     has_pending: AtomicBool,
     observers: RwLock<Vec<Arc<dyn AccelObserver>>>,
+    page_requests: Mutex<page_requests::PageRequestMap>,
 }
 
 impl<M: GuestRam + Send + Sync + 'static> fmt::Debug for NestedBinder<M> {
@@ -93,6 +99,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
             inner: Mutex::new(Inner::default()),
             has_pending: AtomicBool::new(false),
             observers: RwLock::new(Vec::new()),
+            page_requests: Mutex::new(page_requests::PageRequestMap::default()),
         });
         unit.subscribe(binder.clone());
         binder
@@ -317,6 +324,7 @@ impl<M: GuestRam + Send + Sync + 'static> VtdObserver for NestedBinder<M> {
                 self.destroy_orphans(&mut inner);
                 self.finish(inner);
             }
+            VtdEvent::PageGroupResponse(r) => self.on_page_group_response(r),
             VtdEvent::Invalidation { source, desc } => {
                 let mut inner = self.lock();
                 if inner.devices.is_empty() {
