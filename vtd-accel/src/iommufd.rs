@@ -27,7 +27,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use vtd_core::sync::{Mutex, RwLock};
 
 use iommufd_bindings::{
     IOMMUFD_CMD_FAULT_QUEUE_ALLOC, IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP,
@@ -329,10 +330,7 @@ impl IommufdBackend {
 
     /// Adds a device bound to this iommufd as `dev_id`, attached through `attach`.
     pub fn add_device(&self, dev_id: DeviceId, attach: Arc<dyn DeviceAttach>) {
-        self.devices
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(dev_id, attach);
+        self.devices.write().insert(dev_id, attach);
     }
 
     /// Adds a VFIO cdev device (opened with `vfio_ioctls::VfioDevice::new` over a
@@ -350,10 +348,7 @@ impl IommufdBackend {
 
     /// Forgets a device.
     pub fn remove_device(&self, dev_id: DeviceId) {
-        self.devices
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&dev_id);
+        self.devices.write().remove(&dev_id);
     }
 
     /// Allocates an iommufd fault queue (`IOMMU_FAULT_QUEUE_ALLOC`); nested HWPTs allocated
@@ -399,7 +394,7 @@ impl IommufdBackend {
             ));
         }
         let id = alloc.out_fault_id;
-        *self.fault_queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(FaultQueue { id, file });
+        *self.fault_queue.lock() = Some(FaultQueue { id, file });
         Ok(id)
     }
 
@@ -429,18 +424,13 @@ impl IommufdBackend {
 
     /// Overrides what [`HostIommuBackend::caps`] says about PASID attach.
     pub fn set_pasid_attach(&self, supported: bool) {
-        *self.pasid_attach.lock().unwrap_or_else(|e| e.into_inner()) = Some(supported);
+        *self.pasid_attach.lock() = Some(supported);
     }
 
     fn device(&self, op: BackendOp, dev: DeviceId) -> Result<Arc<dyn DeviceAttach>, BackendError> {
-        self.devices
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&dev)
-            .cloned()
-            .ok_or_else(|| {
-                BackendError::new(op, format!("iommufd {dev} was not added to the backend"))
-            })
+        self.devices.read().get(&dev).cloned().ok_or_else(|| {
+            BackendError::new(op, format!("iommufd {dev} was not added to the backend"))
+        })
     }
 }
 
@@ -565,7 +555,7 @@ impl HostIommuBackend for IommufdBackend {
                 // without ATS/PRI (ENODEV; Linux `drivers/iommu/intel/iommu.c`,
                 // `intel_iommu_enable_iopf()`).
                 if fault {
-                    let queue = self.fault_queue.lock().unwrap_or_else(|e| e.into_inner());
+                    let queue = self.fault_queue.lock();
                     let q = queue.as_ref().ok_or_else(|| {
                         BackendError::new(
                             op,
@@ -656,22 +646,18 @@ impl HostIommuBackend for IommufdBackend {
     }
 
     fn caps(&self) -> BackendCaps {
-        let probed = *self.pasid_attach.lock().unwrap_or_else(|e| e.into_inner());
+        let probed = *self.pasid_attach.lock();
         BackendCaps {
             pasid_attach: probed.unwrap_or_else(|| {
                 kernel_release().is_some_and(|r| kernel_release_has_pasid_attach(&r))
             }),
-            page_requests: self
-                .fault_queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some(),
+            page_requests: self.fault_queue.lock().is_some(),
             unrecoverable_faults: false,
         }
     }
 
     fn read_page_requests(&self, max: usize) -> Result<Vec<HostPageRequest>, BackendError> {
-        let mut queue = self.fault_queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = self.fault_queue.lock();
         let Some(q) = queue.as_mut() else {
             return Ok(Vec::new());
         };
@@ -771,7 +757,7 @@ impl HostIommuBackend for IommufdBackend {
         code: PageResponseCode,
     ) -> Result<(), BackendError> {
         let op = BackendOp::PageResponse;
-        let mut queue = self.fault_queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = self.fault_queue.lock();
         let Some(q) = queue.as_mut() else {
             return Err(BackendError::new(op, "no fault queue"));
         };
@@ -930,7 +916,7 @@ mod tests {
 
     impl DeviceAttach for FakeCdev {
         fn attach_pt(&self, pasid: Option<Pasid>, pt_id: HwptId) -> std::io::Result<()> {
-            self.0.lock().unwrap().push((pasid, Some(pt_id)));
+            self.0.lock().push((pasid, Some(pt_id)));
             match pt_id {
                 HwptId(666) => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
                 HwptId(667) => Err(std::io::Error::from_raw_os_error(libc::ENODEV)),
@@ -938,7 +924,7 @@ mod tests {
             }
         }
         fn detach_pt(&self, pasid: Option<Pasid>) -> std::io::Result<()> {
-            self.0.lock().unwrap().push((pasid, None));
+            self.0.lock().push((pasid, None));
             if pasid == Pasid::new(99) {
                 return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
             }
@@ -963,7 +949,7 @@ mod tests {
         let e = b.detach(dev, Pasid::new(99)).unwrap_err();
         assert_eq!((e.op, e.errno), (BackendOp::Detach, Some(libc::ENOENT)));
         assert_eq!(
-            *cdev.0.lock().unwrap(),
+            *cdev.0.lock(),
             vec![
                 (None, Some(HwptId(10))),
                 (p5, Some(HwptId(11))),

@@ -302,10 +302,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         // The binding left this HWPT: the kernel has answered its pending page requests itself
         // (Linux `drivers/iommu/iommufd/fault.c`, `iommufd_auto_response_faults()`), so their
         // cookies are dead; a late guest answer must not be written to the host.
-        self.page_requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .forget_binding(key.bdf, key.pasid);
+        self.page_requests.lock().forget_binding(key.bdf, key.pasid);
         match backend.destroy(hwpt) {
             Ok(()) => inner.stats.hwpts_destroyed += 1,
             Err(e) => {

@@ -49,7 +49,8 @@ pub mod registry;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, MutexGuard, Weak};
+use vtd_core::sync::{Mutex, RwLock};
 
 use vtd_core::{VtdEvent, VtdObserver, VtdUnit};
 use vtd_regs::{Bdf, VtdConfig};
@@ -118,14 +119,11 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
 
     /// Adds an observer of [`AccelEvent`]s.
     pub fn subscribe(&self, observer: Arc<dyn AccelObserver>) {
-        self.observers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(observer);
+        self.observers.write().push(observer);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// Releases the lock, then delivers the events produced under it.
@@ -140,11 +138,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         for e in &events {
             tracing::debug!(target: "vtd::accel", event = ?e);
         }
-        let observers = self
-            .observers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let observers = self.observers.read().clone();
         for e in &events {
             for o in &observers {
                 o.on_accel_event(e);

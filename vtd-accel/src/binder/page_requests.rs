@@ -153,7 +153,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         };
         let map_key = (bdf, req.pasid, req.prg_index);
         {
-            let mut map = self.page_requests.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.page_requests.lock();
             if !map.knows(&map_key, backend, req.cookie) {
                 if map.len() >= MAX_PENDING_GROUPS {
                     drop(map);
@@ -207,11 +207,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         if !req.last_in_group {
             return;
         }
-        let group = self
-            .page_requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(&map_key);
+        let group = self.page_requests.lock().take(&map_key);
         if let Some(g) = group {
             self.refuse(&g.backend, req, why);
         }
@@ -236,11 +232,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
     pub(super) fn on_page_group_response(&self, r: &PageGroupResponseEvent) {
         let bdf = Bdf::from_sid(r.sid);
         let pasid = r.pasid.and_then(Pasid::new);
-        let group = self
-            .page_requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(&(bdf, pasid, r.prg_index));
+        let group = self.page_requests.lock().take(&(bdf, pasid, r.prg_index));
         let Some(g) = group else {
             return;
         };

@@ -324,10 +324,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         let dev = inner.devices.remove(&bdf);
         inner.stats.devices = inner.stats.devices.saturating_sub(1);
         self.finish(inner);
-        self.page_requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .forget_device(bdf);
+        self.page_requests.lock().forget_device(bdf);
         dev.map(|d| d.host)
             .ok_or(UnregisterError::NotRegistered(bdf))
     }

@@ -58,7 +58,8 @@
 //! their types are re-exported here.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
+use vtd_core::sync::Mutex;
 
 use vtd_regs::fault::FaultReason;
 use vtd_tables::GuestRam;
@@ -579,7 +580,7 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     }
 
     fn lock(&self) -> MutexGuard<'_, SimState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// What the host reports about itself.
