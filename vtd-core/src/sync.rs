@@ -34,10 +34,12 @@ fn ignore_poison<G>(result: LockResult<G>) -> G {
 pub struct Mutex<T>(std_sync::Mutex<T>);
 
 impl<T> Mutex<T> {
+    /// A mutex holding `value`.
     pub const fn new(value: T) -> Self {
         Self(std_sync::Mutex::new(value))
     }
 
+    /// Locks, whether or not a panicking holder poisoned the lock.
     pub fn lock(&self) -> std_sync::MutexGuard<'_, T> {
         ignore_poison(self.0.lock())
     }
@@ -48,14 +50,17 @@ impl<T> Mutex<T> {
 pub struct RwLock<T>(std_sync::RwLock<T>);
 
 impl<T> RwLock<T> {
+    /// A reader-writer lock holding `value`.
     pub const fn new(value: T) -> Self {
         Self(std_sync::RwLock::new(value))
     }
 
+    /// Shared access, whether or not the lock is poisoned.
     pub fn read(&self) -> std_sync::RwLockReadGuard<'_, T> {
         ignore_poison(self.0.read())
     }
 
+    /// Exclusive access, whether or not the lock is poisoned.
     pub fn write(&self) -> std_sync::RwLockWriteGuard<'_, T> {
         ignore_poison(self.0.write())
     }
@@ -66,10 +71,12 @@ impl<T> RwLock<T> {
 pub struct Condvar(std_sync::Condvar);
 
 impl Condvar {
+    /// Releases `guard`, waits for a notification and locks again, ignoring poisoning.
     pub fn wait<'a, T>(&self, guard: std_sync::MutexGuard<'a, T>) -> std_sync::MutexGuard<'a, T> {
         ignore_poison(self.0.wait(guard))
     }
 
+    /// Wakes every waiter.
     pub fn notify_all(&self) {
         self.0.notify_all();
     }
