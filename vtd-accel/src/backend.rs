@@ -87,6 +87,13 @@ pub enum HwptAlloc {
         s1: VtdS1,
         /// `IOMMU_HWPT_ALLOC_PASID`.
         pasid: bool,
+        /// `IOMMU_HWPT_FAULT_ID_VALID` with the backend's fault queue: the device's page
+        /// requests (PRI) on this HWPT reach user space. Only for a device with ATS and PRI:
+        /// attaching such an HWPT enables IOPF on the device, which the Intel driver refuses
+        /// with `ENODEV` otherwise (Linux `drivers/iommu/intel/iommu.h`,
+        /// `iopf_for_domain_set()` -> `drivers/iommu/intel/iommu.c`,
+        /// `intel_iommu_enable_iopf()`).
+        fault: bool,
     },
 }
 
@@ -174,6 +181,72 @@ pub struct HostFault {
 /// `EOPNOTSUPP` (Linux `include/uapi/asm-generic/errno.h`): what a backend without an
 /// optional call answers.
 pub const EOPNOTSUPP: i32 = 95;
+/// One page request (PCIe PRI) read from the host's fault queue: `struct iommu_hwpt_pgfault`
+/// (Linux `include/uapi/linux/iommufd.h`). On Intel hosts this is the only kind of DMA fault a
+/// nested HWPT reports to user space (see [`BackendCaps`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPageRequest {
+    /// The iommufd device that issued the request.
+    pub dev_id: DeviceId,
+    /// The PASID the request carried (`None` for requests without PASID).
+    pub pasid: Option<Pasid>,
+    /// The page, 4 KiB aligned.
+    pub addr: u64,
+    /// Page request group index (`grpid`, 9 bits on PCIe).
+    pub prg_index: u16,
+    /// `IOMMU_PGFAULT_FLAGS_LAST_PAGE`: the group's last request.
+    pub last_in_group: bool,
+    /// Read access requested.
+    pub read: bool,
+    /// Write access requested (`IOMMU_PGFAULT_PERM_WRITE`).
+    pub write: bool,
+    /// Execute access requested (`IOMMU_PGFAULT_PERM_EXEC`).
+    pub execute: bool,
+    /// Privileged request (`IOMMU_PGFAULT_PERM_PRIV`).
+    pub privileged: bool,
+    /// The cookie the group's response must carry (`struct iommu_hwpt_page_response`).
+    pub cookie: u32,
+}
+
+/// `enum iommufd_page_response_code` (Linux `include/uapi/linux/iommufd.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageResponseCode {
+    /// `IOMMUFD_PAGE_RESP_SUCCESS` (0): the device retries.
+    Success,
+    /// `IOMMUFD_PAGE_RESP_INVALID` (1): the request fails at the device.
+    Invalid,
+}
+
+impl PageResponseCode {
+    /// The uAPI value.
+    pub const fn uapi(self) -> u32 {
+        match self {
+            Self::Success => 0,
+            Self::Invalid => 1,
+        }
+    }
+}
+
+/// What the host kernel behind a backend can do, beyond what `IOMMU_GET_HW_INFO` says about
+/// the hardware.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendCaps {
+    /// PASIDs can be attached: `IOMMU_HWPT_ALLOC_PASID` and VFIO's
+    /// `VFIO_DEVICE_ATTACH_PASID`. Linux 6.12 rejects the first with `EOPNOTSUPP`
+    /// (`drivers/iommu/iommufd/hw_pagetable.c`, `iommufd_hwpt_alloc()` flag check) and the
+    /// second with `EINVAL` (`drivers/vfio/device_cdev.c`,
+    /// `vfio_df_ioctl_attach_pt()`); 6.18 accepts both.
+    pub pasid_attach: bool,
+    /// Page requests (PRI) of nested HWPTs allocated with a fault queue can be read
+    /// ([`HostIommuBackend::read_page_requests`]) and answered
+    /// ([`HostIommuBackend::respond_page_request`]).
+    pub page_requests: bool,
+    /// Non-recoverable DMA faults of nested HWPTs reach user space
+    /// ([`HostIommuBackend::read_faults`]). Never on Intel VT-d today: the Intel driver logs
+    /// them in the host kernel log (`drivers/iommu/intel/dmar.c`, `dmar_fault()`), so a guest
+    /// sees nothing when a non-PRI passthrough device faults.
+    pub unrecoverable_faults: bool,
+}
 
 /// The host call that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -202,6 +275,8 @@ pub enum BackendOp {
     SetDirtyTracking,
     /// `IOMMU_HWPT_GET_DIRTY_BITMAP`.
     GetDirtyBitmap,
+    /// Writing a page response to the fault queue.
+    PageResponse,
 }
 
 impl fmt::Display for BackendOp {
@@ -219,6 +294,7 @@ impl fmt::Display for BackendOp {
             Self::IoasMap => "IOMMU_IOAS_MAP",
             Self::SetDirtyTracking => "IOMMU_HWPT_SET_DIRTY_TRACKING",
             Self::GetDirtyBitmap => "IOMMU_HWPT_GET_DIRTY_BITMAP",
+            Self::PageResponse => "fault queue response",
         })
     }
 }
@@ -278,9 +354,10 @@ impl BackendError {
 
 /// The host IOMMU calls nested binding needs (iommufd uAPI; see the module docs).
 ///
-/// Every call either fully happens or changes nothing, as the kernel's ioctls do (a failed
-/// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` leaves the previous attachment in place). Implementations
-/// are shared between the vCPU threads that publish the unit's events, hence `Send + Sync`.
+/// A failed call changes nothing, except attach (see [`HostIommuBackend::attach`]): there the
+/// Intel driver has already blocked the device when it finds the new table unusable.
+/// Implementations are shared between the vCPU threads that publish the unit's events, hence
+/// `Send + Sync`.
 pub trait HostIommuBackend: Send + Sync {
     /// A short name for messages ("iommufd", "sim").
     fn name(&self) -> &'static str;
@@ -294,8 +371,15 @@ pub trait HostIommuBackend: Send + Sync {
 
     /// Attaches `dev`'s requests without PASID (`pasid` `None`) or with `pasid` to `hwpt`,
     /// replacing what they were attached to (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`, with
-    /// `VFIO_DEVICE_ATTACH_PASID` for a PASID). Replacing is atomic: no DMA sees a blocked
-    /// window.
+    /// `VFIO_DEVICE_ATTACH_PASID` for a PASID).
+    ///
+    /// Replacing is **not** atomic on Intel hosts, and a failed attach is not reverted: the
+    /// driver blocks the device's translation (for a PASID: tears its PASID entry down) before
+    /// it validates and installs the new table (Linux `drivers/iommu/intel/nested.c`,
+    /// `intel_nested_attach_dev()` calls `device_block_translation()` first;
+    /// `drivers/iommu/intel/pasid.c`, `intel_pasid_setup_nested()` checks the stage-1 only
+    /// then). After an `Err` whose errno comes from the driver the device (PASID) is blocked,
+    /// not on its previous HWPT; callers must treat it so.
     fn attach(&self, dev: DeviceId, pasid: Option<Pasid>, hwpt: HwptId)
     -> Result<(), BackendError>;
 
@@ -310,7 +394,9 @@ pub trait HostIommuBackend: Send + Sync {
     /// `IOMMU_DESTROY` of an HWPT the binder allocated (it must no longer be attached).
     fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError>;
 
-    /// Up to `max` faults the host raised on nested HWPTs since the last call (non-blocking).
+    /// Up to `max` non-recoverable faults the host raised on nested HWPTs since the last call
+    /// (non-blocking); only backends whose [`BackendCaps::unrecoverable_faults`] is set report
+    /// any.
     fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError>;
 
     /// `IOMMU_HWPT_SET_DIRTY_TRACKING`: starts (`enable`) or stops recording which pages DMA
@@ -346,6 +432,30 @@ pub trait HostIommuBackend: Send + Sync {
             BackendOp::GetDirtyBitmap,
             EOPNOTSUPP,
             format!("{hwpt}: the {} backend has no dirty tracking", self.name()),
+        ))
+    }
+
+    /// What the host kernel supports (PASID attach, page requests, fault reporting).
+    fn caps(&self) -> BackendCaps {
+        BackendCaps::default()
+    }
+
+    /// Up to `max` page requests read from the fault queue (non-blocking). Requests come whole
+    /// groups at a time, as the kernel delivers them.
+    fn read_page_requests(&self, _max: usize) -> Result<Vec<HostPageRequest>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    /// Answers the page request group identified by `cookie` (the fault queue's response
+    /// write, `struct iommu_hwpt_page_response`).
+    fn respond_page_request(
+        &self,
+        cookie: u32,
+        _code: PageResponseCode,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::new(
+            BackendOp::PageResponse,
+            format!("no fault queue to answer cookie {cookie}"),
         ))
     }
 }

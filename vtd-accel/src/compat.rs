@@ -98,6 +98,18 @@ pub enum CompatError {
         /// The device.
         name: String,
     },
+    /// The guest is given PASIDs, the host IOMMU has them, but the host kernel cannot attach
+    /// them.
+    #[error(
+        "device {name}: the vIOMMU advertises PASIDs (x-pasid-mode=on) but the host kernel \
+         cannot attach PASIDs to a nested HWPT (IOMMU_HWPT_ALLOC_PASID and \
+         VFIO_DEVICE_ATTACH_PASID need Linux 6.18 or later; 6.12 refuses them); set \
+         x-pasid-mode=off or run a newer host kernel"
+    )]
+    NoPasidAttach {
+        /// The device.
+        name: String,
+    },
     /// The device's requester ID is aliased by a conventional PCI bridge.
     #[error(
         "device {name} is behind a conventional PCI bridge (aliased requester ID): not \
@@ -114,7 +126,9 @@ pub enum CompatError {
 ///
 /// The checks, in order: first stage on; iommufd-backed; host is VT-d; host can nest
 /// (ECAP.SMTS and ECAP.NEST); host AW >= guest `aw-bits`; FL1GP if the guest advertises it;
-/// FL5LP if the guest advertises it; SRS if the guest advertises it; no requester-ID alias.
+/// FL5LP if the guest advertises it; SRS if the guest advertises it; PASID attach by the host
+/// kernel ([`BackendCaps::pasid_attach`](crate::BackendCaps)) if the guest has PASIDs and the
+/// host IOMMU has them; no requester-ID alias.
 pub fn check_compatibility(
     cfg: &VtdConfig,
     dev: &HostIommuDevice,
@@ -158,8 +172,27 @@ pub fn check_compatibility(
     if cfg.ecap().srs() && !info.ecap.srs() {
         return Err(CompatError::NoSupervisorRequests { name });
     }
+    // Hardware without PASIDs keeps the existing behaviour (only requests without PASID are
+    // bound); hardware with PASIDs behind a kernel that cannot attach them is refused here,
+    // rather than every PASID bind failing later.
+    let kernel_pasid = dev.backend().is_none_or(|b| b.caps().pasid_attach);
+    if cfg.pasid_bits > 0 && dev.info.supports_pasid() && !kernel_pasid {
+        return Err(CompatError::NoPasidAttach { name });
+    }
     if topo.aliased_requester_id {
         return Err(CompatError::AliasedRequesterId { name });
     }
     Ok(())
+}
+
+/// The PASID width (`VtdConfig::pasid_bits`) to give the guest when `requested` is what the
+/// VMM would like and `devices` are the assigned devices: 0 when any of them cannot attach
+/// PASIDs on this host (hardware or kernel: a 6.12 host), so the guest-visible ECAP.PASID
+/// follows what the host can run instead of every PASID bind failing later.
+pub fn guest_pasid_bits(requested: u8, devices: &[&HostIommuDevice]) -> u8 {
+    if devices.iter().all(|d| d.supports_pasid_attach()) {
+        requested
+    } else {
+        0
+    }
 }

@@ -2,7 +2,7 @@
 //! ([`AccelStats`]). Every failed host call produces exactly one [`AccelEvent::HostError`] and
 //! one count in [`AccelStats::host_errors`].
 
-use std::sync::Mutex;
+use vtd_core::sync::Mutex;
 
 use vtd_regs::fault::FaultReason;
 use vtd_tables::walk::Fault;
@@ -147,16 +147,13 @@ pub struct AccelEventLog {
 impl AccelEventLog {
     /// Takes the events seen so far.
     pub fn take(&self) -> Vec<AccelEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.events.lock())
     }
 }
 
 impl AccelObserver for AccelEventLog {
     fn on_accel_event(&self, event: &AccelEvent) {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(event.clone());
+        self.events.lock().push(event.clone());
     }
 }
 
@@ -195,4 +192,11 @@ pub struct AccelStats {
     pub faults_suppressed: u64,
     /// Host faults not meant for the guest (second stage, stale, unknown device).
     pub faults_not_injected: u64,
+    /// Page requests read from the host.
+    pub page_requests: u64,
+    /// Page requests answered "invalid" without reaching the guest (unregistered device, no
+    /// room, queue unreachable, malformed).
+    pub page_requests_refused: u64,
+    /// Page group responses passed to the host.
+    pub page_responses: u64,
 }

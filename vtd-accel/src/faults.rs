@@ -8,7 +8,8 @@
 //! [`UnitFaultSink`] records the fault with `VtdUnit::inject_fault`: the unit's own fault
 //! logging (coalescing, overflow, FPD, the fault MSI) applies exactly as for its own walks.
 
-use std::sync::{Mutex, Weak};
+use std::sync::Weak;
+use vtd_core::sync::Mutex;
 
 use vtd_core::{FaultDisposition, VtdUnit};
 use vtd_regs::fault::FaultReason;
@@ -100,16 +101,13 @@ pub struct FaultLog {
 impl FaultLog {
     /// Takes the faults seen so far.
     pub fn take(&self) -> Vec<Fault> {
-        std::mem::take(&mut *self.faults.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.faults.lock())
     }
 }
 
 impl GuestFaultSink for FaultLog {
     fn inject(&self, fault: &Fault) -> FaultInjection {
-        self.faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(*fault);
+        self.faults.lock().push(*fault);
         FaultInjection::Delivered {
             reason: fault.reason,
             suppressed: fault.suppressed,

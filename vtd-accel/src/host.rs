@@ -77,7 +77,11 @@ impl HostHwInfo {
     }
 
     /// A host VT-d unit that can nest: what a Sapphire-Rapids-class server reports (scalable
-    /// mode with first and second stage, NEST, 48-bit MGAW, FL1GP, 20-bit PASIDs, SRS, EAFS).
+    /// mode with first and second stage, NEST, 48-bit MGAW, FL1GP, 20-bit PASIDs, SRS, EAFS)
+    /// *with* ERRATA_772415_SPR17, as the Intel driver reports it on those parts (Linux
+    /// `drivers/iommu/intel/iommu.c`, `intel_iommu_hw_info()` sets
+    /// `IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17`): guest RAM must be mapped read-write into the
+    /// nest parent.
     pub fn vtd_nesting_capable() -> Self {
         let cfg = VtdConfig {
             scalable_mode: true,
@@ -90,6 +94,7 @@ impl HostHwInfo {
         };
         let mut info = Self::vtd(cfg.cap(), cfg.ecap().with_eafs(true).with_smpwc(true));
         info.max_pasid_log2 = 20;
+        info.vtd_flags = VTD_ERRATA_772415_SPR17;
         info
     }
 
@@ -212,6 +217,10 @@ pub struct HostIommuDevice {
     pub backing: HostBacking,
     /// What the host IOMMU reported.
     pub info: HostHwInfo,
+    /// The device has ATS and PRI (PCIe extended capabilities the VMM reads from its config
+    /// space; `IOMMU_GET_HW_INFO` does not report them). Only such a device may be attached
+    /// to an HWPT with a fault queue (see [`HwptAlloc::Nested`](crate::HwptAlloc)).
+    pub pri: bool,
 }
 
 impl HostIommuDevice {
@@ -231,7 +240,22 @@ impl HostIommuDevice {
                 parent_hwpt,
             },
             info,
+            pri: false,
         }
+    }
+
+    /// The same device, with (or without) ATS and PRI.
+    #[must_use]
+    pub fn with_pri(mut self, pri: bool) -> Self {
+        self.pri = pri;
+        self
+    }
+
+    /// Whether PASIDs can be attached for this device: the hardware has them
+    /// ([`HostHwInfo::supports_pasid`]) and the host kernel accepts PASID attach
+    /// ([`BackendCaps::pasid_attach`](crate::BackendCaps)).
+    pub fn supports_pasid_attach(&self) -> bool {
+        self.info.supports_pasid() && self.backend().is_some_and(|b| b.caps().pasid_attach)
     }
 
     /// A device behind a legacy VFIO container (refused by registration with first stage on).
@@ -240,6 +264,7 @@ impl HostIommuDevice {
             name: name.into(),
             backing: HostBacking::LegacyContainer,
             info,
+            pri: false,
         }
     }
 
@@ -364,7 +389,9 @@ mod tests {
         assert!(info.ecap.nest() && info.ecap.smts() && info.cap.fl1gp());
         assert_eq!(info.address_width(), 48);
         assert!(info.supports_pasid());
-        assert!(!info.quirks().nest_parent_no_readonly);
+        // Sapphire Rapids reports the erratum.
+        assert!(info.quirks().nest_parent_no_readonly);
+        info.vtd_flags = 0;
         assert!(!info.quirks().parent_map_writable(false));
         info.vtd_flags = VTD_ERRATA_772415_SPR17;
         assert!(info.quirks().parent_map_writable(false));

@@ -8,7 +8,34 @@
 //! Enable first stage translation for passthrough device" v10) and adds what it leaves out:
 //! PASIDs other than RID_PASID, device-TLB and domain/global forwarding, batching, devices on
 //! several iommufds, hotplug and unplug under a running guest, host-failure containment, and
-//! host first-stage faults injected into the guest.
+//! page requests of PRI-capable devices delivered into the guest's page request queue.
+//!
+//! # What the host kernel really does (and what a guest therefore sees)
+//! - **Faults.** On Intel hosts a non-recoverable DMA fault of a nested HWPT (a first-stage
+//!   entry not present, a permission fault, a blocked device) is logged by the host kernel
+//!   (Linux `drivers/iommu/intel/dmar.c`, `dmar_fault()`) and never reaches user space: **a
+//!   guest sees nothing when a non-PRI passthrough device faults**; its DMA simply fails. Only
+//!   PCIe page requests reach user space, through an iommufd fault queue, for devices with ATS
+//!   and PRI attached to HWPTs allocated with `IOMMU_HWPT_FAULT_ID_VALID`; the binder puts them
+//!   into the guest's page request queue and sends the guest's page group responses back
+//!   (`binder` module docs). Injecting non-recoverable faults into the guest's fault
+//!   recording registers exists only for backends that declare
+//!   [`BackendCaps::unrecoverable_faults`] (the simulator, when a test asks; no VT-d host).
+//! - **Fault queues are per device.** The Intel driver refuses (`ENODEV`) to attach an HWPT
+//!   with a fault queue to a device without ATS/PRI (`drivers/iommu/intel/iommu.c`,
+//!   `intel_iommu_enable_iopf()`), so only devices registered with
+//!   [`HostIommuDevice::with_pri`] get one.
+//! - **PASIDs depend on the kernel.** Linux 6.12 refuses `IOMMU_HWPT_ALLOC_PASID` and VFIO's
+//!   PASID attach; 6.18 accepts them ([`BackendCaps::pasid_attach`],
+//!   `IommufdBackend::probe_pasid_attach`); [`check_compatibility`] refuses a PASID guest on a
+//!   kernel that cannot ([`CompatError::NoPasidAttach`]) and [`guest_pasid_bits`] says what to
+//!   give the guest.
+//! - **Replace is not atomic.** The driver blocks the device before it checks the new table
+//!   (`drivers/iommu/intel/nested.c`, `intel_nested_attach_dev()`), and the VTD_S1 contents are
+//!   checked only at attach (`drivers/iommu/intel/pasid.c`, `intel_pasid_setup_nested()`): a
+//!   failed attach leaves the device blocked ([`HostIommuBackend::attach`]).
+//! - **ERRATA_772415_SPR17.** Sapphire Rapids hosts refuse read-only mappings in a nest parent;
+//!   map guest RAM read-write into it ([`HostQuirks`]).
 //!
 //! - [`ids`]: [`DeviceId`], [`HwptId`], [`IoasId`] (iommufd's numbers, not interchangeable),
 //!   [`Pasid`] and [`BindingKey`]; how "no PASID" is spelled (`Option<Pasid>`, `None`) and how
@@ -81,14 +108,14 @@ pub mod iommufd;
 pub mod sim;
 
 pub use backend::{
-    BackendError, BackendOp, HostFault, HostIommuBackend, HwptAlloc, VtdS1, VtdS1Flags,
-    VtdS1Invalidation,
+    BackendCaps, BackendError, BackendOp, HostFault, HostIommuBackend, HostPageRequest, HwptAlloc,
+    PageResponseCode, VtdS1, VtdS1Flags, VtdS1Invalidation,
 };
 pub use binder::{
     BindingInfo, DesiredBinding, GuestRemapping, HostAttachment, NestedBinder, OrphanHwpt,
     RegisterError, RegisteredDevice, UnregisterError, desired_binding, s1_of,
 };
-pub use compat::{CompatError, PciTopology, check_compatibility};
+pub use compat::{CompatError, PciTopology, check_compatibility, guest_pasid_bits};
 pub use events::{
     AccelEvent, AccelEventLog, AccelObserver, AccelStats, BlockCause, HostFaultOutcome, Recovery,
 };

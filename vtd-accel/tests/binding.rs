@@ -122,6 +122,9 @@ fn emulated_devices_keep_being_translated_by_vtd_core() {
 #[test]
 fn stale_without_invalidation_faults_after_forwarded_invalidation() {
     let mut rig = Rig::new(FLTS);
+    // Non-recoverable faults reach user space only where the backend says so (never on
+    // VT-d hosts): this test exercises their injection, so it asks the simulator for it.
+    rig.sim.report_unrecoverable_faults(true);
     rig.g.enable_fault_msi();
     let hwpt = rig.nested_hwpt().unwrap();
     rig.dma(IOVA, AccessKind::Read).unwrap();
@@ -420,6 +423,9 @@ fn replay_after_srtp_rebinds_to_the_new_tables() {
 #[test]
 fn replay_on_translation_off_and_on() {
     let mut rig = Rig::new(FLTS);
+    // Non-recoverable faults reach user space only where the backend says so (never on
+    // VT-d hosts): this test exercises their injection, so it asks the simulator for it.
+    rig.sim.report_unrecoverable_faults(true);
     let first = rig.nested_hwpt().unwrap();
     rig.g.set_translation(false);
     assert_eq!(rig.binding(0).unwrap().host, HostAttachment::Parent);
@@ -514,6 +520,9 @@ fn replay_on_every_context_invalidation_granularity() {
 #[test]
 fn pasid_cache_invalidations_follow_the_pasid_entry() {
     let mut rig = Rig::new(FLTS);
+    // Non-recoverable faults reach user space only where the backend says so (never on
+    // VT-d hosts): this test exercises their injection, so it asks the simulator for it.
+    rig.sim.report_unrecoverable_faults(true);
     rig.g.enable_fault_msi();
     // Not present.
     rig.write_pasid_entry(0, PasidEntry::default());
@@ -595,6 +604,9 @@ fn unsupported_guest_programming_is_a_guest_fault_and_a_vmm_error() {
     let log = Arc::new(FaultLog::default());
     let info = host_info_for(&cfg);
     let mut rig = Rig::unbound_with_sink(cfg, info, Some(log.clone()));
+    // Non-recoverable faults reach user space only where the backend says so (never on
+    // VT-d hosts): this test exercises their injection, so it asks the simulator for it.
+    rig.sim.report_unrecoverable_faults(true);
     rig.g.set_translation(true);
     assert!(rig.nested_hwpt().is_some());
     let ss = rig.new_fs_table(0, 0, false);
@@ -644,6 +656,9 @@ fn unsupported_guest_programming_is_a_guest_fault_and_a_vmm_error() {
 #[test]
 fn host_first_stage_faults_honour_fpd_and_stay_out_of_the_guest_when_second_stage() {
     let mut rig = Rig::new(FLTS);
+    // Non-recoverable faults reach user space only where the backend says so (never on
+    // VT-d hosts): this test exercises their injection, so it asks the simulator for it.
+    rig.sim.report_unrecoverable_faults(true);
     rig.g.enable_fault_msi();
     let ro = IOVA + 0x10_0000;
     let mem = rig.g.mem.clone();
@@ -754,6 +769,9 @@ fn pasids_other_than_zero_bind_forward_and_unbind() {
         ..VtdConfig::from_qemu_props(FLTS).unwrap()
     };
     let mut rig = Rig::with_config(cfg);
+    // Non-recoverable faults reach user space only where the backend says so (never on
+    // VT-d hosts): this test exercises their injection, so it asks the simulator for it.
+    rig.sim.report_unrecoverable_faults(true);
     assert!(rig.binder.viommu_flags().want_pasid_parent);
     let gpa5 = 0xb0_0000;
     let root5 = rig.new_fs_table(IOVA, gpa5, true);

@@ -22,6 +22,7 @@ enum Want {
     No1g,
     No5Level,
     NoSrs,
+    NoPasidAttach,
     Aliased,
 }
 
@@ -35,6 +36,7 @@ fn kind(e: &CompatError) -> Want {
         CompatError::NoFirstStage1g { .. } => Want::No1g,
         CompatError::NoFirstStage5Level { .. } => Want::No5Level,
         CompatError::NoSupervisorRequests { .. } => Want::NoSrs,
+        CompatError::NoPasidAttach { .. } => Want::NoPasidAttach,
         CompatError::AliasedRequesterId { .. } => Want::Aliased,
     }
 }

@@ -37,8 +37,12 @@ fn host_fault_bdfs(events: &[AccelEvent]) -> Vec<(Option<Bdf>, HostFaultOutcome)
 #[test]
 fn devices_on_two_iommufds_each_get_their_own_calls_batches_and_faults() {
     let mut rig = Rig::new(FLTS);
+    // Non-recoverable faults reach user space only where the backend says so (never on
+    // VT-d hosts): this test exercises their injection, so it asks the simulator for it.
+    rig.sim.report_unrecoverable_faults(true);
     let info = *rig.sim.info();
     let (sim_b, ioas_b) = second_host(&rig.g, info, HOST_B_BASE);
+    sim_b.report_unrecoverable_faults(true);
     let (dev_b, parent_b) = sim_b
         .vfio_bind_default(ioas_b, rig.binder.viommu_flags())
         .unwrap();
@@ -190,6 +194,9 @@ fn hotplug_unplug_and_replug_under_a_running_guest() {
         ..VtdConfig::from_qemu_props(FLTS).unwrap()
     };
     let mut rig = Rig::with_config(cfg);
+    // Non-recoverable faults reach user space only where the backend says so (never on
+    // VT-d hosts): this test exercises their injection, so it asks the simulator for it.
+    rig.sim.report_unrecoverable_faults(true);
     assert!(rig.g.unit.translation_enabled());
     let bdf_c = Bdf::new(3, 0, 0);
     let (dev_c, parent_c) = rig

@@ -173,6 +173,8 @@ impl World {
 
     fn build(second_host_for_b: bool) -> Self {
         let mut rig = Rig::new(FLTS);
+        // The model checks fault routing: the simulator reports non-recoverable faults.
+        rig.sim.report_unrecoverable_faults(true);
         let table_a = rig.fs_root;
         // Table A starts with the rig's IOVA -> GPA mapping; move it to slot space.
         rig.fs().unmap(IOVA, PageSize::Size4K).unwrap();

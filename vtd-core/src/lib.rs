@@ -61,7 +61,7 @@ mod qi;
 mod regfile;
 mod shadow;
 mod state;
-mod sync;
+pub mod sync;
 
 /// The README's example, compiled and run as a doc test so it keeps working.
 #[cfg(doctest)]

@@ -1,4 +1,7 @@
-//! The lock policy of the unit, written once: lock poisoning is ignored.
+//! The lock policy of the vtd crates, written once: lock poisoning is ignored.
+//!
+//! vtd-core's state and every crate above it (the nested binder, the inspection server, the
+//! VMM examples) take their locks from here, so no call site repeats the policy.
 //!
 //! `std::sync` marks a lock poisoned when a thread panics while holding it, and every later
 //! `lock()` returns an error. The unit does not propagate that error, for three reasons:
@@ -19,6 +22,8 @@
 
 use std::sync::{self as std_sync, LockResult};
 
+pub use std::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
+
 /// Takes the guard out of a lock result, poisoned or not (the policy above).
 fn ignore_poison<G>(result: LockResult<G>) -> G {
     result.unwrap_or_else(std_sync::PoisonError::into_inner)
@@ -26,49 +31,53 @@ fn ignore_poison<G>(result: LockResult<G>) -> G {
 
 /// A mutex whose `lock` ignores poisoning.
 #[derive(Debug, Default)]
-pub(crate) struct Mutex<T>(std_sync::Mutex<T>);
+pub struct Mutex<T>(std_sync::Mutex<T>);
 
 impl<T> Mutex<T> {
-    pub(crate) const fn new(value: T) -> Self {
+    /// A mutex holding `value`.
+    pub const fn new(value: T) -> Self {
         Self(std_sync::Mutex::new(value))
     }
 
-    pub(crate) fn lock(&self) -> std_sync::MutexGuard<'_, T> {
+    /// Locks, whether or not a panicking holder poisoned the lock.
+    pub fn lock(&self) -> std_sync::MutexGuard<'_, T> {
         ignore_poison(self.0.lock())
     }
 }
 
 /// A reader-writer lock whose `read` and `write` ignore poisoning.
 #[derive(Debug, Default)]
-pub(crate) struct RwLock<T>(std_sync::RwLock<T>);
+pub struct RwLock<T>(std_sync::RwLock<T>);
 
 impl<T> RwLock<T> {
-    pub(crate) const fn new(value: T) -> Self {
+    /// A reader-writer lock holding `value`.
+    pub const fn new(value: T) -> Self {
         Self(std_sync::RwLock::new(value))
     }
 
-    pub(crate) fn read(&self) -> std_sync::RwLockReadGuard<'_, T> {
+    /// Shared access, whether or not the lock is poisoned.
+    pub fn read(&self) -> std_sync::RwLockReadGuard<'_, T> {
         ignore_poison(self.0.read())
     }
 
-    pub(crate) fn write(&self) -> std_sync::RwLockWriteGuard<'_, T> {
+    /// Exclusive access, whether or not the lock is poisoned.
+    pub fn write(&self) -> std_sync::RwLockWriteGuard<'_, T> {
         ignore_poison(self.0.write())
     }
 }
 
 /// A condition variable whose `wait` ignores poisoning of the mutex it releases.
 #[derive(Debug, Default)]
-pub(crate) struct Condvar(std_sync::Condvar);
+pub struct Condvar(std_sync::Condvar);
 
 impl Condvar {
-    pub(crate) fn wait<'a, T>(
-        &self,
-        guard: std_sync::MutexGuard<'a, T>,
-    ) -> std_sync::MutexGuard<'a, T> {
+    /// Releases `guard`, waits for a notification and locks again, ignoring poisoning.
+    pub fn wait<'a, T>(&self, guard: std_sync::MutexGuard<'a, T>) -> std_sync::MutexGuard<'a, T> {
         ignore_poison(self.0.wait(guard))
     }
 
-    pub(crate) fn notify_all(&self) {
+    /// Wakes every waiter.
+    pub fn notify_all(&self) {
         self.0.notify_all();
     }
 }

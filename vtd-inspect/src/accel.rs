@@ -18,7 +18,8 @@
 //! [`NestedBinder::bindings`] and listens.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use vtd_core::sync::Mutex;
 
 use vtd_accel::{AccelEvent, AccelObserver, BindingInfo, BlockCause, HostAttachment, NestedBinder};
 use vtd_regs::Bdf;
@@ -60,7 +61,7 @@ impl<M: GuestRam + Send + Sync + 'static> BinderView<M> {
     }
 
     fn note(&self, bdf: Bdf, update: impl FnOnce(&mut History)) {
-        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let mut history = self.history.lock();
         if !history.contains_key(&bdf) && history.len() >= MAX_DEVICE_HISTORY {
             return;
         }
@@ -106,11 +107,7 @@ fn cause_text(cause: &BlockCause) -> String {
 
 impl<M: GuestRam + Send + Sync + 'static> BindingSource for BinderView<M> {
     fn bindings(&self) -> Vec<BindingView> {
-        let history = self
-            .history
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let history = self.history.lock().clone();
         let mut per_device: BTreeMap<Bdf, Vec<BindingInfo>> = BTreeMap::new();
         for info in self.binder.bindings() {
             per_device.entry(info.bdf).or_default().push(info);

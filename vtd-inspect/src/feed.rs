@@ -13,9 +13,9 @@
 //! exactly how many it missed.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+use vtd_core::sync::Mutex;
 
 use vtd_core::{
     FaultDisposition, InvalidationSource, ResponseOrigin, ShadowEvent, VtdEvent, VtdObserver,
@@ -97,7 +97,7 @@ impl EventFeed {
 
     fn push(&self, item: Item) {
         let time_us = self.start.elapsed().as_micros() as u64;
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.queue.lock();
         if q.items.len() == self.capacity {
             q.items.pop_front();
             q.overwritten += 1;
@@ -124,10 +124,7 @@ impl EventFeed {
     /// The sequence number the next event will get (a new client's cursor: it starts with
     /// what happens after it attached, plus what is still queued if it asks from 0).
     pub fn next_seq(&self) -> u64 {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .next_seq
+        self.queue.lock().next_seq
     }
 
     /// Up to `max` events from `*cursor` on, decoded, advancing the cursor; returns the
@@ -136,7 +133,7 @@ impl EventFeed {
         let taken: Vec<(u64, u64, Item)>;
         let lost;
         {
-            let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let q = self.queue.lock();
             let oldest = q.items.front().map_or(q.next_seq, |(s, _, _)| *s);
             lost = oldest.saturating_sub(*cursor);
             let from = (*cursor).max(oldest);
@@ -179,11 +176,7 @@ impl EventFeed {
             page_responses: load(&c.page_responses),
             binding_changes: load(&c.binding_changes),
             events: load(&c.events),
-            events_overwritten: self
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .overwritten,
+            events_overwritten: self.queue.lock().overwritten,
         }
     }
 }

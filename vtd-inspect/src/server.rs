@@ -25,10 +25,11 @@ use std::io::{ErrorKind as IoErrorKind, Read};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vtd_core::sync::{Mutex, RwLock};
 
 use vtd_core::{VtdObserver, VtdUnit};
 use vtd_tables::GuestRam;
@@ -234,11 +235,7 @@ impl InspectServer {
 
     /// Sets where the snapshot's passthrough bindings come from.
     pub fn set_binding_source(&self, source: Arc<dyn BindingSource>) {
-        *self
-            .shared
-            .bindings
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(source);
+        *self.shared.bindings.write() = Some(source);
     }
 
     /// Clients connected now.
@@ -261,12 +258,7 @@ impl Drop for InspectServer {
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
-        let threads = std::mem::take(
-            &mut *self
-                .client_threads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let threads = std::mem::take(&mut *self.client_threads.lock());
         for t in threads {
             let _ = t.join();
         }
@@ -282,7 +274,7 @@ fn accept_loop(
     while !shared.stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let mut list = threads.lock().unwrap_or_else(|e| e.into_inner());
+                let mut list = threads.lock();
                 list.retain(|t| !t.is_finished());
                 if let Some(t) = admit(stream, &shared) {
                     list.push(t);
@@ -358,12 +350,7 @@ fn build_snapshot(shared: &Shared) -> Snapshot {
     snap.software = shared.options.software.clone();
     snap.uptime_ms = shared.feed.start().elapsed().as_millis() as u64;
     snap.counters = shared.feed.counters();
-    if let Some(source) = shared
-        .bindings
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-    {
+    if let Some(source) = shared.bindings.read().clone() {
         snap.bindings = source.bindings();
     }
     snap
@@ -373,7 +360,7 @@ fn build_snapshot(shared: &Shared) -> Snapshot {
 /// reports no event (an event means registers or tables may have changed: a client that saw
 /// it must get a snapshot from after it; only cache counters can be that much older).
 fn snapshot_line(shared: &Shared) -> std::io::Result<Arc<Vec<u8>>> {
-    let mut cached = shared.cached.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cached = shared.cached.lock();
     let seq = shared.feed.next_seq();
     if let Some((at, at_seq, line)) = &*cached {
         if at.elapsed() < shared.options.snapshot_reuse && *at_seq == seq {

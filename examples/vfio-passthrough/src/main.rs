@@ -21,8 +21,9 @@
 //!    `CONFIG_IOMMUFD`, `intel_iommu=on,sm_on`).
 //! 4. The binder: [`vtd_accel::NestedBinder::with_unit_faults`] subscribes itself to the unit's
 //!    event bus (`VtdUnit::subscribe`), so every guest programming step (SRTP, TE, context and
-//!    PASID-cache invalidations, IOTLB invalidations) reaches it; host first-stage faults go back
-//!    into the unit's fault recording registers.
+//!    PASID-cache invalidations, IOTLB invalidations) reaches it. (On Intel hosts a
+//!    non-recoverable DMA fault stays in the host kernel log; only page requests of a device
+//!    with PRI, through an iommufd fault queue, reach the guest.)
 //! 5. The VFIO cdev (`/dev/vfio/devices/vfioN`) is bound to the same iommufd
 //!    (`VFIO_DEVICE_BIND_IOMMUFD`) through `vfio_ioctls::VfioDevice::new_from_fd` over a
 //!    `vfio_ioctls::VfioIommufd`, which allocates the IOAS (`IOMMU_IOAS_ALLOC`); the device is

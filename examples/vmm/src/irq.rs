@@ -10,7 +10,8 @@
 //! Nothing here knows KVM: the VMM implements [`ApicBus`] with KVM_SIGNAL_MSI, tests with a
 //! recorder.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
+use vtd_core::sync::Mutex;
 
 use vtd_core::{Msi, MsiSource, VtdUnit};
 use vtd_tables::GuestRam;
@@ -75,12 +76,12 @@ impl<M: GuestRam + Send + Sync> IrqRouter<M> {
 
     fn ioapic(&self) -> MutexGuard<'_, IoApic> {
         // The IOAPIC state stays consistent across a panic elsewhere: keep using it.
-        self.ioapic.lock().unwrap_or_else(|e| e.into_inner())
+        self.ioapic.lock()
     }
 
     /// Counters.
     pub fn stats(&self) -> IrqStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        *self.stats.lock()
     }
 
     /// The RTE of `pin`.
@@ -117,7 +118,7 @@ impl<M: GuestRam + Send + Sync> IrqRouter<M> {
     fn deliver(&self, messages: Vec<IoApicMessage>) {
         for m in messages {
             let result = self.unit.remap_msi(MsiSource::IoApic, m.address, m.data);
-            let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            let mut stats = self.stats.lock();
             match result {
                 Ok(msi) => {
                     stats.ioapic_delivered += 1;
@@ -177,10 +178,10 @@ mod tests {
     }
     impl ApicBus for Apics {
         fn send_msi(&self, msi: Msi) {
-            self.sent.lock().unwrap().push(msi);
+            self.sent.lock().push(msi);
         }
         fn level_triggered(&self, pin: u8, msi: Msi) {
-            self.level.lock().unwrap().push((pin, msi));
+            self.level.lock().push((pin, msi));
         }
     }
 
@@ -206,19 +207,19 @@ mod tests {
         router.ioapic_write(0x10, 0x8041);
         let intx = IntxPin::new(router.clone(), 10);
         intx.set_intx(true);
-        let sent = apics.sent.lock().unwrap().clone();
+        let sent = apics.sent.lock().clone();
         assert_eq!(sent.len(), 1);
         assert_eq!(
             sent[0].data & 0x80ff,
             0x8041,
             "vector and level from the IRTE"
         );
-        assert_eq!(apics.level.lock().unwrap()[0].0, 10);
+        assert_eq!(apics.level.lock()[0].0, 10);
         router.eoi(0x41);
-        assert_eq!(apics.sent.lock().unwrap().len(), 2, "still asserted");
+        assert_eq!(apics.sent.lock().len(), 2, "still asserted");
         intx.set_intx(false);
         router.eoi(0x41);
-        assert_eq!(apics.sent.lock().unwrap().len(), 2);
+        assert_eq!(apics.sent.lock().len(), 2);
         assert_eq!(router.stats().ioapic_delivered, 2);
         // A handle past the table: blocked and recorded.
         router.ioapic_write(0, 0x10 + 21);

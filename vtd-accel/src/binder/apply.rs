@@ -2,10 +2,14 @@
 //! [`desired_binding`](super::desired::desired_binding) asks for, one backend call at a time,
 //! through the device's own backend.
 //!
-//! A new nested HWPT replaces the old attachment atomically (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`
-//! replace), then the old HWPT is destroyed. When the host refuses a step the binder never
-//! leaves the device on a table the guest has abandoned: it *fences* the binding (detach, DMA
-//! blocked) and marks it dirty for a retry. HWPTs the host will not destroy become known
+//! A new nested HWPT replaces the old attachment (`VFIO_DEVICE_ATTACH_IOMMUFD_PT` replace),
+//! then the old HWPT is destroyed. The replace is not atomic on Intel hosts: the driver blocks
+//! the device before it validates the new table and does not revert a failure (see
+//! [`HostIommuBackend::attach`]), so after a failed attach the binding is *blocked*, never
+//! "still on the previous HWPT"; the binder then detaches so iommufd's bookkeeping agrees.
+//! When the host refuses any other step the binder never leaves the device on a table the
+//! guest has abandoned either: it *fences* the binding (detach, DMA blocked) and marks it
+//! dirty for a retry. HWPTs the host will not destroy become known
 //! orphans, retried later. Every failure is reported once ([`Inner::report`]).
 
 use std::sync::Arc;
@@ -55,10 +59,8 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
                             self.dispose(inner, &backend, old, key);
                         }
                         Err(e) => {
-                            let at =
-                                inner.report(e, Some(key), Some(parent), Recovery::KeptPrevious);
-                            let r = self.fence(inner, &backend, key, &mut b);
-                            inner.set_recovery(at, r);
+                            inner.report(e, Some(key), Some(parent), Recovery::Blocked);
+                            self.after_failed_attach(inner, &backend, key, &mut b);
                         }
                     }
                 }
@@ -138,6 +140,10 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
             parent,
             s1: want.s1,
             pasid: self.pasids_enabled(dev),
+            // Only a device with ATS and PRI may have a fault queue on its HWPT: the Intel
+            // driver refuses to attach one to any other device (ENODEV; Linux
+            // `drivers/iommu/intel/iommu.c`, `intel_iommu_enable_iopf()`).
+            fault: self.page_requests_enabled(dev),
         };
         let new = match backend.alloc_hwpt(dev_id, &req) {
             Ok(h) => h,
@@ -150,10 +156,9 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         };
         inner.stats.hwpts_allocated += 1;
         if let Err(e) = backend.attach(dev_id, key.pasid, new) {
-            let at = inner.report(e, Some(key), Some(new), Recovery::KeptPrevious);
+            inner.report(e, Some(key), Some(new), Recovery::Blocked);
+            self.after_failed_attach(inner, backend, key, b);
             self.dispose(inner, backend, Some(new), key);
-            let r = self.fence(inner, backend, key, b);
-            inner.set_recovery(at, r);
             return;
         }
         let old = b.nested_hwpt();
@@ -214,6 +219,45 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         }
     }
 
+    /// After `VFIO_DEVICE_ATTACH_IOMMUFD_PT` failed: the Intel driver has already blocked the
+    /// device (Linux `drivers/iommu/intel/nested.c`, `intel_nested_attach_dev()` calls
+    /// `device_block_translation()` before `intel_pasid_setup_nested()` checks the table) and
+    /// does not revert, so the binding is blocked now. The binder detaches so that iommufd's
+    /// bookkeeping agrees (a failure of that is reported; the binding stays blocked), drops
+    /// the HWPT it left, and retries later.
+    fn after_failed_attach(
+        &self,
+        inner: &mut Inner,
+        backend: &Arc<dyn HostIommuBackend>,
+        key: BindingKey,
+        b: &mut Binding,
+    ) {
+        let was_blocked = b.host == HostAttachment::Blocked;
+        let old = b.nested_hwpt();
+        *b = Binding {
+            host: HostAttachment::Blocked,
+            nested: None,
+            blocked: Some((BlockCause::HostFailure, None)),
+            dirty: true,
+        };
+        if was_blocked {
+            return;
+        }
+        if let Some(dev_id) = inner.devices.get(&key.bdf).map(|d| d.dev_id) {
+            match backend.detach(dev_id, key.pasid) {
+                Ok(()) => inner.stats.detaches += 1,
+                Err(e) => {
+                    inner.report(e, Some(key), old, Recovery::Blocked);
+                }
+            }
+        }
+        inner.events.push(AccelEvent::Blocked {
+            binding: key,
+            cause: BlockCause::HostFailure,
+        });
+        self.dispose(inner, backend, old, key);
+    }
+
     /// Fences the binding that uses `hwpt` of `backend`, if it still does.
     pub(super) fn fence_hwpt(
         &self,
@@ -255,6 +299,10 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         let Some(hwpt) = hwpt else { return };
         let slot = (backend_key(backend), hwpt);
         inner.pending.remove(&slot);
+        // The binding left this HWPT: the kernel has answered its pending page requests itself
+        // (Linux `drivers/iommu/iommufd/fault.c`, `iommufd_auto_response_faults()`), so their
+        // cookies are dead; a late guest answer must not be written to the host.
+        self.page_requests.lock().forget_binding(key.bdf, key.pasid);
         match backend.destroy(hwpt) {
             Ok(()) => inner.stats.hwpts_destroyed += 1,
             Err(e) => {

@@ -26,26 +26,39 @@ use crate::faults::{FaultClass, classify};
 const MAX_FAULTS_PER_POLL: usize = 256;
 
 impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
-    /// Reads the fault queue of every backend a registered device uses and hands first-stage
-    /// faults to the guest (honouring FPD), with the SID, PASID, address and access of the
-    /// faulting request. Returns the number of faults read.
+    /// Reads the fault queue of every backend a registered device uses: page requests go to
+    /// the guest's page request queue (see `page_requests`); non-recoverable faults, from the
+    /// backends that report them at all ([`BackendCaps::unrecoverable_faults`]; no VT-d host
+    /// does), go to the guest's fault recording (honouring FPD), with the SID, PASID, address
+    /// and access of the faulting request. Returns the number of faults and page requests
+    /// read.
+    ///
+    /// [`BackendCaps::unrecoverable_faults`]: crate::BackendCaps
     pub fn process_host_faults(&self) -> usize {
-        let backends: Vec<Arc<dyn HostIommuBackend>> = {
+        // Each backend once, with whether any of its devices has page requests.
+        let backends: Vec<(Arc<dyn HostIommuBackend>, bool)> = {
             let inner = self.lock();
-            let mut seen: Vec<Arc<dyn HostIommuBackend>> = Vec::new();
+            let mut seen: Vec<(Arc<dyn HostIommuBackend>, bool)> = Vec::new();
             for d in inner.devices.values() {
-                if !seen
-                    .iter()
-                    .any(|b| backend_key(b) == backend_key(&d.backend))
+                let pri = self.page_requests_enabled(d);
+                match seen
+                    .iter_mut()
+                    .find(|(b, _)| backend_key(b) == backend_key(&d.backend))
                 {
-                    seen.push(d.backend.clone());
+                    Some((_, any)) => *any |= pri,
+                    None => seen.push((d.backend.clone(), pri)),
                 }
             }
             seen
         };
         let mut count = 0;
-        for backend in backends {
-            count += self.process_faults_of(&backend);
+        for (backend, any_pri) in backends {
+            if any_pri {
+                count += self.process_page_requests_of(&backend);
+            }
+            if backend.caps().unrecoverable_faults {
+                count += self.process_faults_of(&backend);
+            }
         }
         count
     }

@@ -15,7 +15,11 @@
 //! - `apply`: driving the host there through the device's backend, fencing on failure.
 //! - `forward`: turning guest invalidations into re-evaluations and batched host
 //!   invalidations, per backend and HWPT.
-//! - `host_faults`: host faults into the guest's fault-recording registers.
+//! - `host_faults`: host faults into the guest's fault-recording registers (only from
+//!   backends that report non-recoverable faults, which no VT-d host does: see
+//!   [`BackendCaps`](crate::BackendCaps)).
+//! - `page_requests`: a PRI device's page requests into the guest's page request queue and
+//!   the guest's page group responses back to the host.
 //!
 //! # Binding (per device and PASID)
 //! | guest state | host state |
@@ -40,11 +44,13 @@ pub mod desired;
 mod forward;
 mod host_faults;
 pub mod migration;
+mod page_requests;
 pub mod registry;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, MutexGuard, Weak};
+use vtd_core::sync::{Mutex, RwLock};
 
 use vtd_core::{VtdEvent, VtdObserver, VtdUnit};
 use vtd_regs::{Bdf, VtdConfig};
@@ -71,6 +77,7 @@ pub struct NestedBinder<M: GuestRam + Send + Sync + 'static> {
     inner: Mutex<Inner>,
     has_pending: AtomicBool,
     observers: RwLock<Vec<Arc<dyn AccelObserver>>>,
+    page_requests: Mutex<page_requests::PageRequestMap>,
 }
 
 impl<M: GuestRam + Send + Sync + 'static> fmt::Debug for NestedBinder<M> {
@@ -93,6 +100,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
             inner: Mutex::new(Inner::default()),
             has_pending: AtomicBool::new(false),
             observers: RwLock::new(Vec::new()),
+            page_requests: Mutex::new(page_requests::PageRequestMap::default()),
         });
         unit.subscribe(binder.clone());
         binder
@@ -111,14 +119,11 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
 
     /// Adds an observer of [`AccelEvent`]s.
     pub fn subscribe(&self, observer: Arc<dyn AccelObserver>) {
-        self.observers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(observer);
+        self.observers.write().push(observer);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// Releases the lock, then delivers the events produced under it.
@@ -133,11 +138,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         for e in &events {
             tracing::debug!(target: "vtd::accel", event = ?e);
         }
-        let observers = self
-            .observers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let observers = self.observers.read().clone();
         for e in &events {
             for o in &observers {
                 o.on_accel_event(e);
@@ -317,6 +318,7 @@ impl<M: GuestRam + Send + Sync + 'static> VtdObserver for NestedBinder<M> {
                 self.destroy_orphans(&mut inner);
                 self.finish(inner);
             }
+            VtdEvent::PageGroupResponse(r) => self.on_page_group_response(r),
             VtdEvent::Invalidation { source, desc } => {
                 let mut inner = self.lock();
                 if inner.devices.is_empty() {

@@ -324,6 +324,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         let dev = inner.devices.remove(&bdf);
         inner.stats.devices = inner.stats.devices.saturating_sub(1);
         self.finish(inner);
+        self.page_requests.lock().forget_device(bdf);
         dev.map(|d| d.host)
             .ok_or(UnregisterError::NotRegistered(bdf))
     }
@@ -335,7 +336,14 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
 
     /// Whether the registered device can use PASIDs: the guest has them and its host does.
     pub(super) fn pasids_enabled(&self, dev: &Device) -> bool {
-        self.config.pasid_bits > 0 && dev.host.info.supports_pasid()
+        self.config.pasid_bits > 0 && dev.host.supports_pasid_attach()
+    }
+
+    /// Whether the device's nested HWPTs get the backend's fault queue: the device has ATS and
+    /// PRI, the backend reads page requests, and the guest has a page request queue
+    /// (ECAP.PRS) to deliver them to.
+    pub(super) fn page_requests_enabled(&self, dev: &Device) -> bool {
+        dev.host.pri && dev.backend.caps().page_requests && self.config.ecap().prs()
     }
 
     /// Starts following `pasid` of `bdf` (bounded). Requests without PASID are always

@@ -13,16 +13,40 @@
 //!   HWPT, until an `IOMMU_HWPT_INVALIDATE` covering it, a stage-2 unmap, or the HWPT's
 //!   destruction. A guest that unmaps without invalidating keeps seeing the old page: which is
 //!   what makes forwarding guest invalidations observable.
-//! - The kernel's checks: NEST_PARENT needs ECAP.NEST; nested allocation needs a nest parent,
-//!   `addr_width` 48 (or 57 with FL5LP), SRE needs ECAP.SRS, EAFE needs ECAP.EAFS; PASID attach
-//!   needs PASID-capable HWPTs; an attached HWPT or a parent with children cannot be destroyed;
-//!   with ERRATA_772415_SPR17 a nest parent holds no read-only mapping.
+//! - The kernel's checks, where the kernel makes them: NEST_PARENT needs ECAP.NEST; nested
+//!   allocation needs a nest parent (Linux `drivers/iommu/intel/nested.c`,
+//!   `intel_nested_domain_alloc()`), while the VTD_S1 contents (`addr_width` 48, or 57 with
+//!   FL5LP; SRE needs ECAP.SRS; EAFE needs ECAP.EAFS) are checked only at attach
+//!   (`drivers/iommu/intel/pasid.c`, `intel_pasid_setup_nested()`), *after* the driver blocked
+//!   the device (`intel_nested_attach_dev()` calls `device_block_translation()` first): a
+//!   failed attach leaves the device blocked, not on its previous HWPT. PASID attach needs
+//!   PASID-capable HWPTs for the PASID *and* for the requests without PASID
+//!   (`drivers/iommu/iommufd/device.c`, `iommufd_hwpt_pasid_compat()`); an HWPT with a fault
+//!   queue attaches only to a device with PRI (`ENODEV`, `drivers/iommu/intel/iommu.c`,
+//!   `intel_iommu_enable_iopf()`); an attached HWPT or a parent with children cannot be
+//!   destroyed; with ERRATA_772415_SPR17 a nest parent holds no read-only mapping, neither at
+//!   HWPT allocation nor at `IOMMU_IOAS_MAP`.
+//! - **The host kernel's version** ([`SimKernel`]): a 6.12-like kernel rejects
+//!   `IOMMU_HWPT_ALLOC_PASID` (`EOPNOTSUPP`) and VFIO's PASID attach (`EINVAL`); a 6.18-like
+//!   one (the default) accepts them. [`HostIommuBackend::caps`] says which.
+//! - **Faults as Intel hosts report them**: a non-recoverable DMA fault (blocked device, a
+//!   stage-1 or stage-2 miss of a device without PRI, or of an HWPT without a fault queue)
+//!   goes to the host kernel log only ([`SimStats::host_log_faults`]); user space sees it only
+//!   when a test declares [`BackendCaps::unrecoverable_faults`]
+//!   ([`SimHostIommu::report_unrecoverable_faults`]), which no real VT-d backend does.
+//! - **PRI**: a device with ATS and PRI ([`SimHostIommu::add_pri_device`]) attached to a nested
+//!   HWPT with a fault queue turns a stage-1 miss into a page request group
+//!   ([`HostIommuBackend::read_page_requests`], whole groups only, as
+//!   `drivers/iommu/iommufd/fault.c` `iommufd_fault_fops_read()` delivers them), waits for the
+//!   response ([`HostIommuBackend::respond_page_request`]; an unknown cookie is `EINVAL`, as in
+//!   `iommufd_fault_fops_write()`), and retries its DMA after a success
+//!   ([`SimHostIommu::pri_dma_read`]).
 //! - **Failure injection** for every backend call ([`SimHostIommu::fail_next`],
 //!   [`SimHostIommu::fail_always`], [`SimHostIommu::fail_invalidate_partially`]): an injected
 //!   failure looks exactly like the kernel's (op, `EIO`, `entry_num`); only the simulator knows
 //!   it injected it ([`SimStats::injected_failures`]).
-//! - A bounded **fault queue** of host faults ([`HostFault`]) that
-//!   [`HostIommuBackend::read_faults`] drains. Replacing or detaching a nested HWPT answers the
+//! - A bounded **fault queue** of host faults ([`HostFault`], only with
+//!   [`BackendCaps::unrecoverable_faults`]) that [`HostIommuBackend::read_faults`] drains. Replacing or detaching a nested HWPT answers the
 //!   faults still queued for it, as the kernel does (Linux
 //!   `drivers/iommu/iommufd/fault.c`, `iommufd_auto_response_faults`): nothing a device
 //!   leaves behind outlives its HWPT ([`SimHostIommu::device_objects`] shows what is left).
@@ -34,7 +58,8 @@
 //! their types are re-exported here.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
+use vtd_core::sync::Mutex;
 
 use vtd_regs::fault::FaultReason;
 use vtd_tables::GuestRam;
@@ -42,9 +67,10 @@ use vtd_tables::entries::PasidEntry;
 use vtd_tables::walk::{AccessKind, WalkConfig, walk_first_stage};
 
 use crate::backend::{
-    BackendError, BackendOp, DeviceId, HostFault, HostIommuBackend, HwptAlloc, HwptId, IoasId,
-    Pasid, VtdS1, VtdS1Flags, VtdS1Invalidation,
+    BackendCaps, BackendError, BackendOp, DeviceId, HostFault, HostIommuBackend, HostPageRequest,
+    HwptAlloc, HwptId, IoasId, PageResponseCode, Pasid, VtdS1, VtdS1Flags, VtdS1Invalidation,
 };
+use crate::faults::{FaultClass, classify};
 use crate::host::{HostHwInfo, ViommuFlags};
 
 mod inject;
@@ -71,6 +97,64 @@ const ENOENT: i32 = 2;
 const EBUSY: i32 = 16;
 const EINVAL: i32 = 22;
 const EOPNOTSUPP: i32 = 95;
+const ENODEV: i32 = 19;
+/// Page request groups queued and not yet read; later requests overflow (counted, dropped;
+/// the device's request is answered "invalid").
+const PAGE_REQUEST_DEPTH: usize = 512;
+/// Page request groups read and not yet answered.
+const AWAITING_RESPONSE: usize = 4096;
+
+/// Which host kernel the simulator behaves like, where kernels differ for nesting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SimKernel {
+    /// Linux 6.12: no `IOMMU_HWPT_ALLOC_PASID` (`EOPNOTSUPP`, `drivers/iommu/iommufd/
+    /// hw_pagetable.c` `iommufd_hwpt_alloc()`), no `VFIO_DEVICE_ATTACH_PASID` (`EINVAL`,
+    /// `drivers/vfio/device_cdev.c` `vfio_df_ioctl_attach_pt()` refuses any flag).
+    Linux6_12,
+    /// Linux 6.18 and later: PASID allocation and attach accepted.
+    #[default]
+    Linux6_18,
+}
+
+/// A page request group the simulated host holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SimPageGroup {
+    dev: DeviceId,
+    pasid: Option<Pasid>,
+    hwpt: HwptId,
+    requests: Vec<HostPageRequest>,
+}
+
+/// A page response the simulated device received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimPageResponse {
+    /// The device.
+    pub dev: DeviceId,
+    /// The group's PASID.
+    pub pasid: Option<Pasid>,
+    /// The group index.
+    pub prg_index: u16,
+    /// The code.
+    pub code: PageResponseCode,
+    /// Answered by the kernel itself (the HWPT was replaced or detached), not by user space.
+    pub auto: bool,
+}
+
+/// What a PRI-capable device's DMA came to ([`SimHostIommu::pri_dma_read`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PriDma {
+    /// Translated and done.
+    Done(HostTranslation),
+    /// A page request is outstanding: the device waits for its response.
+    Waiting {
+        /// The group index the device used.
+        prg_index: u16,
+    },
+    /// The response was "invalid" (or the request could not be queued): the DMA failed.
+    Failed,
+    /// A non-recoverable fault.
+    Fault(HostFault),
+}
 
 /// What an HWPT is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,6 +188,8 @@ pub struct SimHwpt {
     pub kind: SimHwptKind,
     /// Allocated with `IOMMU_HWPT_ALLOC_PASID`.
     pub pasid_capable: bool,
+    /// Allocated with `IOMMU_HWPT_FAULT_ID_VALID` (nested only).
+    pub fault: bool,
 }
 
 /// A DMA translation the simulated host IOMMU produced.
@@ -142,6 +228,12 @@ pub struct SimStats {
     pub invalidation_entries: u64,
     /// Queued faults answered because their HWPT was replaced or detached.
     pub faults_auto_responded: u64,
+    /// Non-recoverable faults that went to the host kernel log only (not to user space).
+    pub host_log_faults: u64,
+    /// Page request groups raised.
+    pub page_requests: u64,
+    /// Page requests dropped because the queue was full.
+    pub page_request_overflows: u64,
 }
 
 /// Everything the simulated host still holds for one device: what a VMM checks after
@@ -182,6 +274,18 @@ struct SimState {
     /// (HWPT, input page base) -> entry.
     iotlb: BTreeMap<(HwptId, u64), IotlbEntry>,
     faults: VecDeque<HostFault>,
+    caps: BackendCaps,
+    pri_devices: BTreeSet<DeviceId>,
+    page_groups: VecDeque<SimPageGroup>,
+    awaiting: BTreeMap<u32, SimPageGroup>,
+    next_cookie: u32,
+    next_prg: BTreeMap<DeviceId, u16>,
+    /// Groups the device waits on: (device, PASID, page) -> group index.
+    waiting: BTreeMap<(DeviceId, Option<Pasid>, u64), u16>,
+    /// Answers the device received, oldest first (bounded).
+    responses: VecDeque<SimPageResponse>,
+    /// The last answer per page the device asked for, until its retry (bounded).
+    answers: BTreeMap<(DeviceId, Option<Pasid>, u64), PageResponseCode>,
     plan: FailurePlan,
     stats: SimStats,
     inv_log: VecDeque<(HwptId, Vec<VtdS1Invalidation>)>,
@@ -202,8 +306,33 @@ impl SimState {
         self.stats.iotlb_invalidated += (before - self.iotlb.len()) as u64;
     }
 
-    /// The kernel answers the faults still queued for an HWPT a device (PASID) leaves.
+    /// The kernel answers the faults and page requests still pending for an HWPT a device
+    /// (PASID) leaves (Linux `drivers/iommu/iommufd/fault.c`, `iommufd_auto_response_faults()`:
+    /// `IOMMU_PAGE_RESP_INVALID`).
     fn auto_respond(&mut self, dev: DeviceId, pasid: Option<Pasid>, left: HwptId) {
+        let leaving = |g: &SimPageGroup| g.dev == dev && g.pasid == pasid && g.hwpt == left;
+        let mut answered: Vec<SimPageGroup> = Vec::new();
+        let mut kept = VecDeque::new();
+        for g in self.page_groups.drain(..) {
+            if leaving(&g) {
+                answered.push(g);
+            } else {
+                kept.push_back(g);
+            }
+        }
+        self.page_groups = kept;
+        let cookies: Vec<u32> = self
+            .awaiting
+            .iter()
+            .filter(|(_, g)| leaving(g))
+            .map(|(&c, _)| c)
+            .collect();
+        for c in cookies {
+            answered.extend(self.awaiting.remove(&c));
+        }
+        for g in answered {
+            self.device_answered(&g, PageResponseCode::Invalid, true);
+        }
         if !matches!(
             self.hwpts.get(&left).map(|h| h.kind),
             Some(SimHwptKind::Nested { .. })
@@ -228,7 +357,35 @@ impl SimState {
         }
     }
 
+    /// A page request group answered: the device stops waiting on its pages.
+    fn device_answered(&mut self, g: &SimPageGroup, code: PageResponseCode, auto: bool) {
+        let prg_index = g.requests.first().map_or(0, |r| r.prg_index);
+        for r in &g.requests {
+            self.waiting.remove(&(g.dev, g.pasid, r.addr));
+            if self.answers.len() < AWAITING_RESPONSE {
+                self.answers.insert((g.dev, g.pasid, r.addr), code);
+            }
+        }
+        if self.responses.len() >= AWAITING_RESPONSE {
+            self.responses.pop_front();
+        }
+        self.responses.push_back(SimPageResponse {
+            dev: g.dev,
+            pasid: g.pasid,
+            prg_index,
+            code,
+            auto,
+        });
+    }
+
+    /// A non-recoverable fault: user space sees it only if the backend declares
+    /// [`BackendCaps::unrecoverable_faults`]; on Intel hosts it is a line in the host kernel
+    /// log (Linux `drivers/iommu/intel/dmar.c`, `dmar_fault()` / `dmar_fault_do_one()`).
     fn raise(&mut self, fault: HostFault) {
+        if !self.caps.unrecoverable_faults {
+            self.stats.host_log_faults += 1;
+            return;
+        }
         self.stats.faults_raised += 1;
         if self.faults.len() >= FAULT_QUEUE_DEPTH {
             self.stats.fault_overflows += 1;
@@ -258,17 +415,172 @@ fn err(op: BackendOp, errno: i32, message: impl Into<String>) -> BackendError {
 }
 
 impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
-    /// A host IOMMU that reports `info` for every device, over host memory `mem`.
+    /// A host IOMMU that reports `info` for every device, over host memory `mem`, behind a
+    /// 6.18-like kernel with a fault queue for page requests.
     pub fn new(info: HostHwInfo, mem: HostMemory<M>) -> Self {
+        let state = SimState {
+            caps: BackendCaps {
+                pasid_attach: true,
+                page_requests: true,
+                unrecoverable_faults: false,
+            },
+            ..SimState::default()
+        };
         Self {
             info,
             mem,
-            state: Mutex::new(SimState::default()),
+            state: Mutex::new(state),
+        }
+    }
+
+    /// The same host behind kernel `kernel`.
+    #[must_use]
+    pub fn with_kernel(self, kernel: SimKernel) -> Self {
+        self.set_kernel(kernel);
+        self
+    }
+
+    /// Makes the host behave like kernel `kernel` from now on.
+    pub fn set_kernel(&self, kernel: SimKernel) {
+        self.lock().caps.pasid_attach = kernel == SimKernel::Linux6_18;
+    }
+
+    /// Whether non-recoverable DMA faults are reported to user space
+    /// ([`BackendCaps::unrecoverable_faults`]). Off by default, as on every Intel host: only
+    /// tests of fault injection into the guest turn it on.
+    pub fn report_unrecoverable_faults(&self, on: bool) {
+        self.lock().caps.unrecoverable_faults = on;
+    }
+
+    /// Binds a new device with ATS and PRI (`VFIO_DEVICE_BIND_IOMMUFD`).
+    pub fn add_pri_device(&self) -> DeviceId {
+        let dev = self.add_device();
+        self.lock().pri_devices.insert(dev);
+        dev
+    }
+
+    /// Gives `dev` ATS and PRI, or takes them away.
+    pub fn set_device_pri(&self, dev: DeviceId, pri: bool) {
+        let mut st = self.lock();
+        if pri {
+            st.pri_devices.insert(dev);
+        } else {
+            st.pri_devices.remove(&dev);
+        }
+    }
+
+    /// The page responses devices received, oldest first.
+    pub fn page_responses(&self) -> Vec<SimPageResponse> {
+        self.lock().responses.iter().copied().collect()
+    }
+
+    /// Page request groups queued for reading plus those read and not answered.
+    pub fn pending_page_groups(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.page_groups.len(), st.awaiting.len())
+    }
+
+    /// Queues a page request group of `pages` (4 KiB aligned addresses) from `dev` at `pasid`
+    /// on its attached HWPT, as a PRI device raising several requests of one group would.
+    /// Returns the group index, or `None` when the device has no PRI, is not on an HWPT with a
+    /// fault queue, or the queue is full.
+    pub fn raise_page_group(
+        &self,
+        dev: DeviceId,
+        pasid: Option<Pasid>,
+        pages: &[u64],
+        write: bool,
+    ) -> Option<u16> {
+        let mut st = self.lock();
+        let hwpt = st.devices.get(&dev).and_then(|a| a.get(&pasid)).copied()?;
+        Self::page_request(&mut st, dev, pasid, hwpt, pages, write, false)
+    }
+
+    /// Raises a page request group if the device and HWPT can (PRI, fault queue).
+    fn page_request(
+        st: &mut SimState,
+        dev: DeviceId,
+        pasid: Option<Pasid>,
+        hwpt: HwptId,
+        pages: &[u64],
+        write: bool,
+        privileged: bool,
+    ) -> Option<u16> {
+        let fault_hwpt = st.hwpts.get(&hwpt).is_some_and(|h| h.fault);
+        if !fault_hwpt || !st.pri_devices.contains(&dev) || pages.is_empty() {
+            return None;
+        }
+        if st.page_groups.len() + st.awaiting.len() >= PAGE_REQUEST_DEPTH {
+            st.stats.page_request_overflows += 1;
+            return None;
+        }
+        let next = st.next_prg.entry(dev).or_default();
+        let prg_index = *next;
+        *next = (*next + 1) & 0x1ff;
+        let requests = pages
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| HostPageRequest {
+                dev_id: dev,
+                pasid,
+                addr: addr & !(PAGE - 1),
+                prg_index,
+                last_in_group: i + 1 == pages.len(),
+                read: !write,
+                write,
+                execute: false,
+                privileged,
+                cookie: 0,
+            })
+            .collect();
+        for &addr in pages {
+            st.waiting
+                .insert((dev, pasid, addr & !(PAGE - 1)), prg_index);
+        }
+        st.stats.page_requests += 1;
+        st.page_groups.push_back(SimPageGroup {
+            dev,
+            pasid,
+            hwpt,
+            requests,
+        });
+        Some(prg_index)
+    }
+
+    /// A DMA read by a PRI-capable device: translate; on a stage-1 miss on an HWPT with a
+    /// fault queue raise a page request and wait; once the response came, retry (PCIe PRI:
+    /// the device retries the translation after a "success" response). Call again to
+    /// retry.
+    pub fn pri_dma_read(
+        &self,
+        dev: DeviceId,
+        pasid: Option<Pasid>,
+        iova: u64,
+        buf: &mut [u8],
+    ) -> PriDma {
+        let page = iova & !(PAGE - 1);
+        {
+            let mut st = self.lock();
+            if let Some(&prg_index) = st.waiting.get(&(dev, pasid, page)) {
+                return PriDma::Waiting { prg_index };
+            }
+            // A device answered "invalid" for this page gives up (PCIe PRI: Invalid Request
+            // ends the request with an error).
+            if st.answers.remove(&(dev, pasid, page)) == Some(PageResponseCode::Invalid) {
+                return PriDma::Failed;
+            }
+        }
+        match self.dma_read(dev, pasid, iova, buf) {
+            Ok(t) => PriDma::Done(t),
+            Err(f) => match self.lock().waiting.get(&(dev, pasid, page)) {
+                Some(&prg_index) => PriDma::Waiting { prg_index },
+                None => PriDma::Fault(f),
+            },
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, SimState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// What the host reports about itself.
@@ -521,7 +833,22 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
             }
             Err(reason) => {
                 let f = fault(reason, Some(hwpt_id));
-                st.raise(f);
+                // A stage-1 miss of a PRI device on an HWPT with a fault queue is a page
+                // request (recoverable); anything else is not.
+                let recoverable = classify(reason) == FaultClass::FirstStage
+                    && Self::page_request(
+                        &mut st,
+                        dev,
+                        pasid,
+                        hwpt_id,
+                        &[iova & !(PAGE - 1)],
+                        access.is_write(),
+                        privileged,
+                    )
+                    .is_some();
+                if !recoverable {
+                    st.raise(f);
+                }
                 Err(f)
             }
         }
@@ -659,6 +986,52 @@ impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
     }
 }
 
+impl<M: GuestRam + Send + Sync> SimHostIommu<M> {
+    /// What the Intel driver refuses when it attaches `dev` to `h` (after blocking it).
+    fn driver_refuses(&self, st: &SimState, dev: DeviceId, h: &SimHwpt) -> Option<BackendError> {
+        let op = BackendOp::Attach;
+        let info = &self.info;
+        // Linux `drivers/iommu/intel/iommu.h` `iopf_for_domain_set()` ->
+        // `drivers/iommu/intel/iommu.c` `intel_iommu_enable_iopf()`: no ATS/PRI is ENODEV.
+        if h.fault && !st.pri_devices.contains(&dev) {
+            return Some(err(
+                op,
+                ENODEV,
+                format!("{} has a fault queue and {dev} has no ATS/PRI", h.id),
+            ));
+        }
+        let SimHwptKind::Nested { s1, .. } = h.kind else {
+            return None;
+        };
+        // Linux `drivers/iommu/intel/pasid.c`, `intel_pasid_setup_nested()`.
+        let known = VtdS1Flags::SRE | VtdS1Flags::EAFE | VtdS1Flags::WPE;
+        let why = if s1.flags.0 & !known != 0 {
+            "unknown VTD_S1 flags".to_string()
+        } else if !(s1.addr_width == 48 || (s1.addr_width == 57 && info.cap.fl5lp())) {
+            format!(
+                "VTD_S1 addr_width {} unsupported by the host",
+                s1.addr_width
+            )
+        } else if s1.flags.sre() && !info.ecap.srs() {
+            "VTD_S1 SRE needs host ECAP.SRS".to_string()
+        } else if s1.flags.eafe() && !info.ecap.eafs() {
+            "VTD_S1 EAFE needs host ECAP.EAFS".to_string()
+        } else if s1.pgtbl_addr & (PAGE - 1) != 0 {
+            "VTD_S1 pgtbl_addr not 4 KiB aligned".to_string()
+        } else {
+            return None;
+        };
+        Some(err(op, EINVAL, why))
+    }
+
+    /// The device's `pasid` loses its attachment (the driver blocked it).
+    fn block(st: &mut SimState, dev: DeviceId, pasid: Option<Pasid>) {
+        if let Some(old) = st.devices.get_mut(&dev).and_then(|a| a.remove(&pasid)) {
+            st.auto_respond(dev, pasid, old);
+        }
+    }
+}
+
 impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
     fn name(&self) -> &'static str {
         "sim"
@@ -684,6 +1057,23 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
         let pasid_req = match req {
             HwptAlloc::Parent { pasid, .. } | HwptAlloc::Nested { pasid, .. } => *pasid,
         };
+        let fault = matches!(req, HwptAlloc::Nested { fault: true, .. });
+        if pasid_req && !st.caps.pasid_attach {
+            // Linux 6.12 `drivers/iommu/iommufd/hw_pagetable.c`, `iommufd_hwpt_alloc()`:
+            // an unknown flag is EOPNOTSUPP.
+            return Err(err(
+                op,
+                EOPNOTSUPP,
+                "IOMMU_HWPT_ALLOC_PASID: unknown to this host kernel (before Linux 6.18)",
+            ));
+        }
+        if fault && !st.caps.page_requests {
+            return Err(err(
+                op,
+                EOPNOTSUPP,
+                "IOMMU_HWPT_FAULT_ID_VALID: no fault queue",
+            ));
+        }
         if pasid_req && !info.supports_pasid() {
             return Err(err(
                 op,
@@ -729,31 +1119,13 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
                 }
             }
             HwptAlloc::Nested { parent, s1, .. } => {
+                // Linux `drivers/iommu/intel/nested.c`, `intel_nested_domain_alloc()`: only
+                // the parent is checked here; the table's contents wait for attach.
                 match st.hwpts.get(&parent).map(|p| p.kind) {
                     Some(SimHwptKind::Parent {
                         nest_parent: true, ..
                     }) => {}
                     _ => return Err(err(op, EINVAL, format!("{parent} is not a nest parent"))),
-                }
-                let known = VtdS1Flags::SRE | VtdS1Flags::EAFE | VtdS1Flags::WPE;
-                if s1.flags.0 & !known != 0 {
-                    return Err(err(op, EOPNOTSUPP, "unknown VTD_S1 flags"));
-                }
-                if !(s1.addr_width == 48 || (s1.addr_width == 57 && info.cap.fl5lp())) {
-                    return Err(err(
-                        op,
-                        EOPNOTSUPP,
-                        format!("VTD_S1 addr_width {} unsupported", s1.addr_width),
-                    ));
-                }
-                if s1.flags.sre() && !info.ecap.srs() {
-                    return Err(err(op, EOPNOTSUPP, "VTD_S1 SRE needs host ECAP.SRS"));
-                }
-                if s1.flags.eafe() && !info.ecap.eafs() {
-                    return Err(err(op, EOPNOTSUPP, "VTD_S1 EAFE needs host ECAP.EAFS"));
-                }
-                if s1.pgtbl_addr & (PAGE - 1) != 0 {
-                    return Err(err(op, EINVAL, "VTD_S1 pgtbl_addr not 4 KiB aligned"));
                 }
                 SimHwptKind::Nested { parent, s1 }
             }
@@ -766,6 +1138,7 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
                 dev,
                 kind,
                 pasid_capable: pasid_req,
+                fault,
             },
         );
         Ok(id)
@@ -779,12 +1152,30 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
     ) -> Result<(), BackendError> {
         let op = BackendOp::Attach;
         let mut st = self.lock();
-        self.enter(&mut st, SimOp::Attach)?;
+        if let Err(e) = self.enter(&mut st, SimOp::Attach) {
+            // An injected failure stands for one the driver reports: the device is blocked.
+            Self::block(&mut st, dev, pasid);
+            return Err(e);
+        }
+        // Checks iommufd core and VFIO make before the driver runs: nothing changes.
         let h = *st
             .hwpts
             .get(&hwpt)
             .ok_or_else(|| err(op, ENOENT, format!("no {hwpt}")))?;
+        let at = st
+            .devices
+            .get(&dev)
+            .ok_or_else(|| err(op, ENOENT, format!("no {dev}")))?;
         if let Some(p) = pasid {
+            if !st.caps.pasid_attach {
+                // Linux 6.12 `drivers/vfio/device_cdev.c`, `vfio_df_ioctl_attach_pt()`:
+                // `VFIO_DEVICE_ATTACH_PASID` is an unknown flag there.
+                return Err(err(
+                    op,
+                    EINVAL,
+                    format!("{p}: VFIO PASID attach unknown to this host kernel (before 6.18)"),
+                ));
+            }
             let limit = 1u64 << self.info.max_pasid_log2.min(20);
             if !self.info.supports_pasid() || u64::from(p.get()) >= limit {
                 return Err(err(
@@ -793,6 +1184,9 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
                     format!("{p} attach unsupported by host"),
                 ));
             }
+            // Linux `drivers/iommu/iommufd/device.c`, `iommufd_hwpt_pasid_compat()`: the
+            // PASID's HWPT and the HWPT of the requests without PASID must both be
+            // PASID-capable.
             if !h.pasid_capable {
                 return Err(err(
                     op,
@@ -800,6 +1194,30 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
                     format!("{hwpt} was not allocated with IOMMU_HWPT_ALLOC_PASID"),
                 ));
             }
+            let rid_ok = at
+                .get(&None)
+                .and_then(|r| st.hwpts.get(r))
+                .is_none_or(|r| r.pasid_capable);
+            if !rid_ok {
+                return Err(err(
+                    op,
+                    EINVAL,
+                    format!("{dev}: the HWPT of its requests without PASID is not PASID-capable"),
+                ));
+            }
+        } else if !h.pasid_capable && at.keys().any(Option::is_some) {
+            return Err(err(
+                op,
+                EINVAL,
+                format!("{hwpt} is not PASID-capable and {dev} has PASIDs attached"),
+            ));
+        }
+        // The driver: it blocks the device (tears the PASID entry down) first, then checks
+        // the new table (Linux `drivers/iommu/intel/nested.c`, `intel_nested_attach_dev()`;
+        // `drivers/iommu/intel/pasid.c`, `intel_pasid_setup_nested()`), and does not revert.
+        if let Some(e) = self.driver_refuses(&st, dev, &h) {
+            Self::block(&mut st, dev, pasid);
+            return Err(e);
         }
         let at = st
             .devices
@@ -997,6 +1415,57 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
             let bit = (gpa - iova) / page_size;
             bitmap[(bit / 64) as usize] |= 1 << (bit % 64);
         }
+        Ok(())
+    }
+
+    fn caps(&self) -> BackendCaps {
+        self.lock().caps
+    }
+
+    /// Whole groups, oldest first, as many as fit in `max` records; a first group larger than
+    /// `max` is delivered whole anyway (the real backend grows its buffer for it: Linux
+    /// `drivers/iommu/iommufd/fault.c`, `iommufd_fault_fops_read()`, never splits a group).
+    fn read_page_requests(&self, max: usize) -> Result<Vec<HostPageRequest>, BackendError> {
+        let mut st = self.lock();
+        self.enter(&mut st, SimOp::ReadFaults)?;
+        let mut out: Vec<HostPageRequest> = Vec::new();
+        while let Some(g) = st.page_groups.front() {
+            if !out.is_empty() && out.len() + g.requests.len() > max {
+                break;
+            }
+            if st.awaiting.len() >= AWAITING_RESPONSE {
+                break;
+            }
+            let Some(mut g) = st.page_groups.pop_front() else {
+                break;
+            };
+            st.next_cookie = st.next_cookie.wrapping_add(1).max(1);
+            let cookie = st.next_cookie;
+            for r in &mut g.requests {
+                r.cookie = cookie;
+            }
+            out.extend(g.requests.iter().copied());
+            st.awaiting.insert(cookie, g);
+        }
+        Ok(out)
+    }
+
+    fn respond_page_request(
+        &self,
+        cookie: u32,
+        code: PageResponseCode,
+    ) -> Result<(), BackendError> {
+        let mut st = self.lock();
+        // Linux `drivers/iommu/iommufd/fault.c`, `iommufd_fault_fops_write()`: a cookie with
+        // no group is EINVAL.
+        let g = st.awaiting.remove(&cookie).ok_or_else(|| {
+            err(
+                BackendOp::PageResponse,
+                EINVAL,
+                format!("no page request group with cookie {cookie}"),
+            )
+        })?;
+        st.device_answered(&g, code, false);
         Ok(())
     }
 }

@@ -135,6 +135,11 @@ impl Rig {
         if g.unit.config().pasid_bits > 0 {
             ce = ce.with_paside(true);
         }
+        // Linux sets PRE when it enables PRI for the device (drivers/iommu/intel/pasid.c,
+        // context_entry_set_pre).
+        if g.unit.config().page_requests {
+            ce = ce.with_pre(true);
+        }
         ctxb.set_scalable_context(&mut g.frames, SID, ce).unwrap();
         let ctx = ctxb.root();
         let pasid_dir = pasids.dir();

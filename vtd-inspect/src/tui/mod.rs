@@ -11,10 +11,11 @@ pub mod app;
 pub mod ui;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vtd_core::sync::Mutex;
 
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyEventKind};
 
@@ -70,7 +71,7 @@ impl Net {
 
     /// Drops the current connection so the thread reconnects at once.
     pub fn reconnect(&self) {
-        if let Some(c) = &*self.kick.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(c) = &*self.kick.lock() {
             c.shutdown();
         }
     }
@@ -132,7 +133,7 @@ fn session(
     let _ = tx.send(NetEvent::Connected(client.server().software.clone()));
     let mut requester = client.requester()?;
     // A second handle that the UI's "reconnect" (and Drop) shuts down to wake the reader.
-    *kick.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.requester()?);
+    *kick.lock() = Some(client.requester()?);
     let ticker_stop = Arc::new(AtomicBool::new(false));
     let ticker = {
         let ticker_stop = ticker_stop.clone();
@@ -175,7 +176,7 @@ fn session(
     ticker_stop.store(true, Ordering::Release);
     client.shutdown();
     let _ = ticker.join();
-    *kick.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *kick.lock() = None;
     result
 }
 

@@ -5,7 +5,8 @@
 //! and QEMU pc-bios/optionrom/multiboot.S).
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use vtd_core::sync::Mutex;
 
 use kvm_bindings::{
     KVM_CAP_SPLIT_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KvmIrqRouting,
@@ -114,7 +115,7 @@ impl ApicBus for KvmApic {
     /// kvm_scan_ioapic_routes). QEMU keeps such routes in step with its RTEs; here the route of
     /// a pin is (re)installed when the message it delivers changes.
     fn level_triggered(&self, pin: u8, msi: Msi) {
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = self.routes.lock();
         let Some(slot) = routes.get_mut(pin as usize) else {
             return;
         };
