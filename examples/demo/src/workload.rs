@@ -9,8 +9,9 @@
 //! round one emulated device gets a deliberate fault (an unmapped IOVA, or a write to a
 //! read-only page) and the fault handler must find exactly that record: requester, reason,
 //! address and access; likewise a passthrough device is sent back to an IOVA just unmapped
-//! strictly, and the host IOMMU's fault must reach the guest through the binder, with the
-//! device's PASID. Every [`REPLUG_EVERY`] rounds a passthrough device is hot-unplugged and
+//! strictly: its DMA must fail (no stale host translation survived the forwarded
+//! invalidation) and the host must log exactly that fault (an Intel host keeps non-recoverable
+//! faults in its kernel log). Every [`REPLUG_EVERY`] rounds a passthrough device is hot-unplugged and
 //! replugged. At round 200, and every [`MIGRATE_EVERY`] rounds after it, the machine is live
 //! migrated (see `migrate.rs`): pre-copy rounds run alongside the next rounds' work, then the
 //! stop-and-copy moves it to a fresh unit and RAM, and the work carries on there. The choice of
@@ -230,7 +231,7 @@ impl Workload {
             tables,
             retired_figures: [0; 5],
             not_run: vec![
-                "page requests: vtd-core has the page request queue, but vtd-accel does not forward a passthrough device's page requests yet".into(),
+                "page requests: vtd-core's page request queue and vtd-accel's host page requests (SimHostIommu fault queues) landed at the end of this work and are not wired into the demo yet".into(),
             ],
         };
         for i in 0..w.emulated.len() {
@@ -612,7 +613,6 @@ impl Workload {
                 }
             }
         }
-        let mut host_faults_expected = 0;
         if let Some((j, iova, to_memory, tag)) = probe {
             let s = &self.passthrough[j];
             let len = 64.min(4096 - (iova & 0xfff));
@@ -622,14 +622,8 @@ impl Workload {
                 CMD_FROM_MEMORY
             };
             post_command(&mem, s.dma.control_gpa(0), kind, iova, len, tag | 0x80);
-            expected.push(ExpectedFault {
-                sid: s.sid,
-                reason: FaultReason::FirstStageNotPresent,
-                page: iova & !0xfff,
-                write: to_memory,
-                pasid: (s.pasid != 0).then_some(s.pasid),
-            });
-            host_faults_expected = 1;
+            let sim = &self.machine.hosts[s.host].sim;
+            let logged_before = sim.stats().host_log_faults;
             let sent = s
                 .kick
                 .as_ref()
@@ -645,12 +639,21 @@ impl Workload {
             self.stats.check(status == status_word(tag | 0x80, STATUS_ERROR), || {
                 format!("passthrough device {}: DMA to an unmapped IOVA {iova:#x} gave status {status:#x}", s.index)
             });
+            // An Intel host reports a non-recoverable DMA fault of a device without PRI to its
+            // kernel log only (user space never sees it; drivers/iommu/intel/dmar.c
+            // `dmar_fault_do_one`), so the guest gets no fault record: exactly one entry in the
+            // host's log is the fault asked for.
+            let key = "passthrough FirstStageNotPresent (host log)";
+            let logged = sim.stats().host_log_faults - logged_before;
+            self.stats.fault_expected(key);
+            for _ in 0..logged {
+                self.stats.fault_seen(key);
+            }
         }
-        // Host faults reach the guest through the binder; only the probe's is expected.
+        // No host fault reaches user space here (see the probe above).
         let n = self.machine.binder.process_host_faults();
-        self.stats.check(n == host_faults_expected, || {
-            format!("round {round}: {n} host faults, {host_faults_expected} expected")
-        });
+        self.stats
+            .check(n == 0, || format!("round {round}: {n} host faults read"));
         self.handle_faults(&expected, round);
         self.account_events(&expected);
         if round % REPLUG_EVERY == REPLUG_EVERY - 1 && !self.passthrough.is_empty() {
