@@ -345,6 +345,24 @@ impl SimState {
         self.stats.faults_auto_responded += (before - self.faults.len()) as u64;
     }
 
+    /// Checks that `hwpt` can do dirty tracking: the kernel refuses HWPTs allocated without
+    /// IOMMU_HWPT_ALLOC_DIRTY_TRACKING (and nested ones, which have no dirty ops of their own)
+    /// with `EOPNOTSUPP`, and unknown ones with `ENOENT`.
+    fn dirty_tracking_parent(&self, op: BackendOp, hwpt: HwptId) -> Result<(), BackendError> {
+        match self.hwpts.get(&hwpt).map(|h| h.kind) {
+            None => Err(err(op, ENOENT, format!("no {hwpt}"))),
+            Some(SimHwptKind::Parent {
+                dirty_tracking: true,
+                ..
+            }) => Ok(()),
+            Some(_) => Err(err(
+                op,
+                EOPNOTSUPP,
+                format!("{hwpt} was not allocated with dirty tracking"),
+            )),
+        }
+    }
+
     /// A DMA write through `hwpt` reached guest-physical `gpa`: the parent's second stage
     /// records the page when its dirty tracking is on (VT-d second-stage D bit, spec 9.8).
     fn mark_dirty(&mut self, hwpt: HwptId, gpa: u64) {
@@ -1330,22 +1348,7 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
     fn set_dirty_tracking(&self, hwpt: HwptId, enable: bool) -> Result<(), BackendError> {
         let op = BackendOp::SetDirtyTracking;
         let mut st = self.lock();
-        match st.hwpts.get(&hwpt).map(|h| h.kind) {
-            None => return Err(err(op, ENOENT, format!("no {hwpt}"))),
-            Some(SimHwptKind::Parent {
-                dirty_tracking: true,
-                ..
-            }) => {}
-            // The kernel refuses HWPTs allocated without IOMMU_HWPT_ALLOC_DIRTY_TRACKING
-            // (and nested ones, which have no dirty ops of their own).
-            Some(_) => {
-                return Err(err(
-                    op,
-                    EOPNOTSUPP,
-                    format!("{hwpt} was not allocated with dirty tracking"),
-                ));
-            }
-        }
+        st.dirty_tracking_parent(op, hwpt)?;
         if enable {
             st.dirty.entry(hwpt).or_default();
             // Translations cached before tracking began would write without setting D
@@ -1373,20 +1376,7 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
     ) -> Result<(), BackendError> {
         let op = BackendOp::GetDirtyBitmap;
         let mut st = self.lock();
-        match st.hwpts.get(&hwpt).map(|h| h.kind) {
-            None => return Err(err(op, ENOENT, format!("no {hwpt}"))),
-            Some(SimHwptKind::Parent {
-                dirty_tracking: true,
-                ..
-            }) => {}
-            Some(_) => {
-                return Err(err(
-                    op,
-                    EOPNOTSUPP,
-                    format!("{hwpt} was not allocated with dirty tracking"),
-                ));
-            }
-        }
+        st.dirty_tracking_parent(op, hwpt)?;
         // The kernel's checks (iommufd_check_iova_range): a power-of-two page size of at least
         // 4 KiB, an aligned range that does not wrap, a bitmap that covers it.
         let pages = length.checked_div(page_size).unwrap_or(0);
