@@ -232,6 +232,66 @@ impl DeviceDma {
         Ok(buf)
     }
 
+    /// A buffer of `len` bytes (at most [`MAX_SMALL_LEN`]) whose IOVA slot and guest pages
+    /// are chosen as [`DeviceDma::map`] chooses them, but not mapped: the guest maps each page
+    /// when the device asks for it with a page request ([`DeviceDma::map_page`]), as a guest
+    /// that shares its address space with a PRI device (SVA) populates it on demand.
+    pub fn reserve(
+        &mut self,
+        guest: &mut Guest<Ram>,
+        rng: &mut Rng,
+        len: u64,
+    ) -> Result<Buffer, String> {
+        let len = len.clamp(1, MAX_SMALL_LEN);
+        let slot = self.slot(guest, false)?;
+        let map_iova = WIN_4K + u64::from(slot) * SLOT_4K;
+        let offset = rng.below(4096);
+        let npages = (offset + len).div_ceil(4096);
+        let pool = SMALL_POOL / 4096 - CONTROL_PAGES;
+        let start = rng.below(pool);
+        let pages = (0..npages)
+            .map(|i| self.region + (CONTROL_PAGES + (start + 7 * i) % pool) * 4096)
+            .collect();
+        Ok(Buffer {
+            iova: map_iova + offset,
+            len,
+            pages,
+            size: PageSize::Size4K,
+            map_iova,
+            map_len: npages * 4096,
+        })
+    }
+
+    /// Maps page `iova` (4 KiB aligned, inside the reserved buffer `buf`) to its guest page.
+    /// The entry goes from not present to present, so without caching mode no invalidation
+    /// is needed (VT-d spec 6.1: not-present entries are cached only when CAP.CM is set;
+    /// `Guest::fs_map` flushes the range when it is, as Linux's `iommu_flush_iotlb_psi` path).
+    pub fn map_page(
+        &mut self,
+        guest: &mut Guest<Ram>,
+        buf: &Buffer,
+        iova: u64,
+        writable: bool,
+        stats: &Stats,
+    ) -> Result<(), String> {
+        let index = iova
+            .checked_sub(buf.map_iova)
+            .filter(|&off| off < buf.map_len && off % 4096 == 0)
+            .ok_or_else(|| format!("page {iova:#x} is not in the buffer at {:#x}", buf.map_iova))?
+            / 4096;
+        guest
+            .fs_map(
+                &self.domain,
+                iova,
+                buf.pages[index as usize],
+                PageSize::Size4K,
+                writable,
+            )
+            .map_err(|e| format!("4 KiB map at {iova:#x}: {e}"))?;
+        stats.maps_4k.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// A free IOVA slot; when none is left, the lazy queue is flushed first (as the IOVA
     /// allocator does when it runs dry).
     fn slot(&mut self, guest: &mut Guest<Ram>, huge: bool) -> Result<u32, String> {

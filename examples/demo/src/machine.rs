@@ -38,8 +38,12 @@ pub type DevRam = GuestMemoryMmap<()>;
 pub type Unit = VtdUnit<Ram>;
 
 /// The unit's properties: QEMU's syntax, scalable mode with first-stage translation, PASID
-/// support (the demo sets the width to 8 bits below: QEMU's `x-pasid-mode` gives one bit).
-pub const UNIT_PROPS: &str = "x-scalable-mode=on,x-flts=on,x-pasid-mode=on";
+/// support (the demo sets the width to 8 bits below: QEMU's `x-pasid-mode` gives one bit),
+/// device IOTLBs and the page request queue (a PRI device's page requests need both: PRI
+/// sits on ATS, PCIe base spec 10.4, and the queue is where the unit reports them, VT-d spec
+/// 7.5).
+pub const UNIT_PROPS: &str =
+    "x-scalable-mode=on,x-flts=on,x-pasid-mode=on,device-iotlb=on,x-vtd-page-requests=on";
 /// PASID width the unit advertises (ECAP.PSS + 1).
 const PASID_BITS: u8 = 8;
 
@@ -54,6 +58,9 @@ pub const SMALL_POOL: u64 = 2 << 20;
 pub const MAX_DEVICES: usize = 32;
 /// Passthrough devices: one per simulated host IOMMU.
 pub const PASSTHROUGH_DEVICES: usize = 2;
+/// The passthrough device with ATS and PRI: its DMA to a page the guest has not mapped yet is
+/// a page request (delivered to the guest through its host's fault queue), not a fault.
+pub const PRI_DEVICE: usize = 0;
 
 /// Host-physical base of guest RAM on host IOMMU `i` (each host maps it elsewhere, as two
 /// separate machines would).
@@ -264,7 +271,14 @@ pub fn build_hosts(
         sim.ioas_map(ioas, 0, size, host_base(i), true)?;
         let (dev, parent) = sim.vfio_bind_default(ioas, binder.viommu_flags())?;
         let name = format!("0000:{:02x}:00.0", i + 1);
-        let device = HostIommuDevice::query(sim.clone(), name, dev, parent)?;
+        let mut device = HostIommuDevice::query(sim.clone(), name, dev, parent)?;
+        if i == PRI_DEVICE {
+            // The device has ATS and PRI (the host enables IOPF for it when a nested HWPT
+            // with a fault queue is attached), and the VMM says so (VFIO reports the PRI
+            // capability), so the binder gives its nested HWPT a fault queue.
+            sim.set_device_pri(dev, true);
+            device = device.with_pri(true);
+        }
         let bdf = Bdf::new(i as u8 + 1, 0, 0);
         binder.register(bdf, device.clone(), PciTopology::default())?;
         hosts.push(HostSide { sim, device, bdf });

@@ -7,12 +7,21 @@
 //! page (kind, length, data IOVA, tag, status), the device reads it by DMA, moves the data in
 //! page-sized DMA transactions (what a PCIe device does: no transaction crosses a 4 KiB
 //! boundary), and writes the status by DMA.
+//!
+//! A device with PRI (see [`PassthroughDevice::with_pri`]) does what a PCIe PRI device does
+//! when a transaction misses (PCIe base spec 10.4): the host IOMMU turns the miss into a page
+//! request on its fault queue, the device stops and waits for the page group response, and on
+//! Success retries the transaction. The wait ends when the host has no page group of it
+//! outstanding; the device then reads the code it was answered. Raising the request also
+//! "interrupts" the VMM ([`PAGE_REQUEST_IRQ`] on the device's interrupt channel): the
+//! eventfd of the host's fault queue, on which a VMM reads the host's page requests.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use vtd_accel::sim::SimHostIommu;
-use vtd_accel::{DeviceId, Pasid};
+use vtd_accel::{DeviceId, PageResponseCode, Pasid};
 use vtd_tables::GuestRam;
 
 use crate::dma::CONTROL_IOVA;
@@ -33,6 +42,11 @@ pub const STATUS_ERROR: u64 = 0xbad;
 /// writes this page, only the host IOMMU's dirty log sees it change (live migration must read
 /// that log, or the target would resume with an old status).
 const STATUS_OFFSET: u64 = 4096;
+/// What a device sends on the interrupt channel when it raised a page request (the host fault
+/// queue's eventfd); any other value is a device index (a completion).
+pub const PAGE_REQUEST_IRQ: u64 = u64::MAX;
+/// How long a device waits for a page group response before it gives the transaction up.
+const PAGE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The status word of command `tag` with `code`.
 pub fn status_word(tag: u64, code: u64) -> u64 {
@@ -49,6 +63,8 @@ pub struct PassthroughDevice {
     pasid: Option<Pasid>,
     stats: Arc<Stats>,
     buf: Vec<u8>,
+    pri: bool,
+    irq: Option<Sender<u64>>,
 }
 
 impl PassthroughDevice {
@@ -69,11 +85,21 @@ impl PassthroughDevice {
             pasid,
             stats,
             buf: vec![0; 4096],
+            pri: false,
+            irq: None,
         }
+    }
+
+    /// The same device with ATS and PRI (its host device must have them too).
+    #[must_use]
+    pub fn with_pri(mut self, pri: bool) -> Self {
+        self.pri = pri;
+        self
     }
 
     /// The device thread's loop.
     pub fn run(mut self, kicks: Receiver<Kick>, irq: Sender<u64>) {
+        self.irq = Some(irq.clone());
         while let Ok(Kick::Notify) = kicks.recv() {
             self.command();
             if irq.send(self.index).is_err() {
@@ -127,12 +153,20 @@ impl PassthroughDevice {
             match kind {
                 CMD_TO_MEMORY => {
                     fill_pattern(chunk, self.seed, self.index, tag, off);
-                    if self.sim.dma_write(self.dev, self.pasid, at, chunk).is_err() {
+                    let (sim, dev, pasid) = (&self.sim, self.dev, self.pasid);
+                    let ok = Self::with_page_requests(self.pri, sim, &self.irq, || {
+                        sim.dma_write(dev, pasid, at, chunk).is_ok()
+                    });
+                    if !ok {
                         return false;
                     }
                 }
                 CMD_FROM_MEMORY => {
-                    if self.sim.dma_read(self.dev, self.pasid, at, chunk).is_err() {
+                    let (sim, dev, pasid) = (&self.sim, self.dev, self.pasid);
+                    let ok = Self::with_page_requests(self.pri, sim, &self.irq, || {
+                        sim.dma_read(dev, pasid, at, chunk).is_ok()
+                    });
+                    if !ok {
                         return false;
                     }
                     let bad = check_pattern(chunk, self.seed ^ GUEST_SALT, self.index, tag, off);
@@ -152,6 +186,48 @@ impl PassthroughDevice {
         }
         self.stats.passthrough.add(len);
         true
+    }
+}
+
+impl PassthroughDevice {
+    /// Runs one DMA transaction `dma`; for a PRI device whose transaction raised a page
+    /// request, waits for the answer and retries after a Success (at most a few times: a guest
+    /// that answers Success without mapping the page would otherwise keep it asking). False
+    /// when the transaction failed.
+    fn with_page_requests(
+        pri: bool,
+        sim: &SimHostIommu<DevRam>,
+        irq: &Option<Sender<u64>>,
+        mut dma: impl FnMut() -> bool,
+    ) -> bool {
+        const ATTEMPTS: usize = 4;
+        for _ in 0..ATTEMPTS {
+            if dma() {
+                return true;
+            }
+            // The host is this device's alone, so any outstanding group is this device's.
+            if !pri || sim.pending_page_groups() == (0, 0) {
+                return false;
+            }
+            if irq
+                .as_ref()
+                .is_none_or(|i| i.send(PAGE_REQUEST_IRQ).is_err())
+            {
+                return false;
+            }
+            let since = Instant::now();
+            while sim.pending_page_groups() != (0, 0) {
+                if since.elapsed() > PAGE_RESPONSE_TIMEOUT {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            let answer = sim.page_responses().last().map(|r| r.code);
+            if answer != Some(PageResponseCode::Success) {
+                return false;
+            }
+        }
+        false
     }
 }
 

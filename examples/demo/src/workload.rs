@@ -11,7 +11,10 @@
 //! address and access; likewise a passthrough device is sent back to an IOVA just unmapped
 //! strictly: its DMA must fail (no stale host translation survived the forwarded
 //! invalidation) and the host must log exactly that fault (an Intel host keeps non-recoverable
-//! faults in its kernel log). Every [`REPLUG_EVERY`] rounds a passthrough device is hot-unplugged and
+//! faults in its kernel log; the PRI device's miss is a page request the guest refuses).
+//! Every [`PAGE_REQUEST_EVERY`] rounds the PRI passthrough device gets a buffer the guest
+//! has not mapped: its pages come in by page requests the guest serves while it waits for the
+//! round's completions. Every [`REPLUG_EVERY`] rounds a passthrough device is hot-unplugged and
 //! replugged. At round 200, and every [`MIGRATE_EVERY`] rounds after it, the machine is live
 //! migrated (see `migrate.rs`): pre-copy rounds run alongside the next rounds' work, then the
 //! stop-and-copy moves it to a fresh unit and RAM, and the work carries on there. The choice of
@@ -28,17 +31,18 @@ use vtd_accel::{Bdf, HostAttachment, Pasid, PciTopology};
 use vtd_core::{FaultDisposition, VtdEvent};
 use vtd_regs::fault::FaultReason;
 use vtd_regs::inv::InvDesc;
+use vtd_regs::prq::{PageRequestDescriptor, ResponseCode};
 use vtd_regs::regs::{FRCD_HI_F, Fsts, offset as reg};
 use vtd_testkit::driver::{Guest, ScalableTables};
 
 use crate::dma::{Buffer, DeviceDma, MAX_HUGE_LEN, MAX_SMALL_LEN};
 use crate::emulated::{EmulatedDevice, EmulatedDriver, GUEST_SALT, Kick, POISON, Request};
 use crate::inspect;
-use crate::machine::{Machine, MachineError, PASSTHROUGH_DEVICES, Ram, Rng, region};
+use crate::machine::{Machine, MachineError, PASSTHROUGH_DEVICES, PRI_DEVICE, Ram, Rng, region};
 use crate::migrate::{PRECOPY_ROUNDS, PreCopy, Totals};
 use crate::passthrough::{
-    CMD_FROM_MEMORY, CMD_TO_MEMORY, PassthroughDevice, STATUS_DONE, STATUS_ERROR, post_command,
-    read_status, status_word,
+    CMD_FROM_MEMORY, CMD_TO_MEMORY, PAGE_REQUEST_IRQ, PassthroughDevice, STATUS_DONE, STATUS_ERROR,
+    post_command, read_status, status_word,
 };
 use crate::stats::{Progress, RunFacts, Stats, Summary};
 
@@ -49,6 +53,10 @@ pub const REPLUG_EVERY: u64 = 64;
 /// within a second, spends little of a long run reconnecting.
 pub const MIGRATE_EVERY: u64 = 32768;
 const MIGRATE_AT: u64 = 200;
+/// Rounds between two demand-paged buffers of the PRI device.
+pub const PAGE_REQUEST_EVERY: u64 = 4;
+/// MSI data of the page request event (what the testkit's `enable_prq` programs in PEDATA).
+const PAGE_REQUEST_MSI_DATA: u32 = 0x4322;
 /// Rounds between two deliberate faults.
 const FAULT_EVERY: u64 = 8;
 /// How long a device may take to answer a notify before the run is declared hung.
@@ -101,6 +109,22 @@ struct ExpectedFault {
     page: u64,
     write: bool,
     pasid: Option<u32>,
+}
+
+/// What the guest's page request handler may be asked for in a round.
+#[derive(Debug, Default)]
+struct PageRequestPlan {
+    /// The PRI device's demand-paged buffer: its slot, the buffer, whether the device writes
+    /// it, and which of its pages were paged in.
+    demand: Option<(usize, Buffer, bool, Vec<bool>)>,
+    /// A page the PRI device is sent to after the guest unmapped it (the stale-IOVA probe):
+    /// its page request is answered Invalid Request, as Linux's IOPF handler answers a request
+    /// for an address with no mapping (drivers/iommu/io-pgfault.c `iopf_handler`).
+    refuse: Option<(u16, u64)>,
+    /// Page requests read in this round.
+    read: u64,
+    /// Page requests answered Invalid Request as the probe asked.
+    refused: u64,
 }
 
 /// One pending request of a round.
@@ -172,6 +196,9 @@ impl Workload {
         let mut tables = guest
             .enable_scalable_mode()
             .map_err(|e| format!("scalable-mode bring-up: {e}"))?;
+        // Linux enables the page request queue at boot when ECAP.PRS is set
+        // (drivers/iommu/intel/prq.c `intel_iommu_enable_prq`).
+        guest.enable_prq(0);
         let mut emulated = Vec::new();
         for i in 0..opts.devices {
             let sid = emulated_sid(i);
@@ -195,7 +222,7 @@ impl Workload {
             let pasid = if j == 1 { PASSTHROUGH_PASID } else { 0 };
             let did = 100 + j as u16;
             guest
-                .setup_device(&mut tables, sid, pasid != 0, false)
+                .setup_device(&mut tables, sid, pasid != 0, j == PRI_DEVICE)
                 .map_err(|e| format!("device {sid:#x}: {e}"))?;
             let domain = guest
                 .attach_first_stage(&tables, sid, pasid, did)
@@ -230,9 +257,7 @@ impl Workload {
             migrations: Totals::default(),
             tables,
             retired_figures: [0; 5],
-            not_run: vec![
-                "page requests: vtd-core's page request queue and vtd-accel's host page requests (SimHostIommu fault queues) landed at the end of this work and are not wired into the demo yet".into(),
-            ],
+            not_run: Vec::new(),
         };
         for i in 0..w.emulated.len() {
             w.start_emulated(i);
@@ -241,7 +266,7 @@ impl Workload {
             w.check_bound(j, "boot");
             w.start_passthrough(j);
         }
-        w.account_events(&[]);
+        w.account_events(&[], 0);
         Ok(w)
     }
 
@@ -282,7 +307,8 @@ impl Workload {
             dev_id,
             pasid,
             self.stats.clone(),
-        );
+        )
+        .with_pri(slot.host == PRI_DEVICE);
         let (tx, rx) = mpsc::channel();
         let irq = self.irq_tx.clone();
         slot.kick = Some(tx);
@@ -378,6 +404,7 @@ impl Workload {
             .then(|| ((round / FAULT_EVERY) % self.passthrough.len() as u64) as usize)
             .filter(|&j| self.passthrough[j].kick.is_some());
         let mut probe = None;
+        let mut plan = PageRequestPlan::default();
         let mem = self.machine.ram.clone();
         // Post.
         for i in 0..self.emulated.len() {
@@ -473,10 +500,16 @@ impl Workload {
             };
             let lazy = rng.below(2) == 0 && stale_probe != Some(j);
             let guest = &mut self.machine.guest;
-            let buf = match slot
-                .dma
-                .map(guest, &mut rng, len, huge, to_memory, &self.stats)
-            {
+            // Every few rounds the PRI device gets a buffer the guest has not mapped: each of
+            // its pages reaches the guest as a page request first.
+            let demand = slot.host == PRI_DEVICE && round % PAGE_REQUEST_EVERY == 1;
+            let mapped = if demand {
+                slot.dma.reserve(guest, &mut rng, len.min(MAX_SMALL_LEN))
+            } else {
+                slot.dma
+                    .map(guest, &mut rng, len, huge, to_memory, &self.stats)
+            };
+            let buf = match mapped {
                 Ok(b) => b,
                 Err(e) => {
                     self.stats
@@ -496,6 +529,10 @@ impl Workload {
                 CMD_FROM_MEMORY
             };
             post_command(&mem, slot.dma.control_gpa(0), kind, buf.iova, buf.len, tag);
+            if demand {
+                let pages = (buf.map_len / 4096) as usize;
+                plan.demand = Some((j, buf.clone(), to_memory, vec![false; pages]));
+            }
             pending.push(Pending::Passthrough {
                 slot: j,
                 to_memory,
@@ -518,13 +555,28 @@ impl Workload {
                 }
             }
         }
-        for _ in 0..waiting {
-            if self.irq_rx.recv_timeout(DEVICE_TIMEOUT).is_err() {
-                self.stats.fail(format!(
-                    "round {round}: a device did not complete within {DEVICE_TIMEOUT:?}"
-                ));
-                return false;
+        while waiting > 0 {
+            match self.irq_rx.recv_timeout(DEVICE_TIMEOUT) {
+                Ok(PAGE_REQUEST_IRQ) => {
+                    if let Err(e) = self.serve_page_requests(&mut plan) {
+                        self.stats.fail(format!("round {round}: {e}"));
+                        return false;
+                    }
+                }
+                Ok(_) => waiting -= 1,
+                Err(_) => {
+                    self.stats.fail(format!(
+                        "round {round}: a device did not complete within {DEVICE_TIMEOUT:?}"
+                    ));
+                    return false;
+                }
             }
+        }
+        if let Some((j, _, _, served)) = &plan.demand {
+            let index = self.passthrough[*j].index;
+            self.stats.check(served.iter().all(|&s| s), || {
+                format!("round {round}: passthrough device {index}: pages of its demand-paged buffer never requested: {served:?}")
+            });
         }
         // Check, then unmap.
         for p in pending {
@@ -622,13 +674,31 @@ impl Workload {
                 CMD_FROM_MEMORY
             };
             post_command(&mem, s.dma.control_gpa(0), kind, iova, len, tag | 0x80);
-            let sim = &self.machine.hosts[s.host].sim;
+            let pri = s.host == PRI_DEVICE;
+            if pri {
+                plan.refuse = Some((s.sid, iova & !0xfff));
+            }
+            let sim = self.machine.hosts[s.host].sim.clone();
             let logged_before = sim.stats().host_log_faults;
             let sent = s
                 .kick
                 .as_ref()
                 .is_some_and(|k| k.send(Kick::Notify).is_ok());
-            if !sent || self.irq_rx.recv_timeout(DEVICE_TIMEOUT).is_err() {
+            let mut answered = sent;
+            while answered {
+                match self.irq_rx.recv_timeout(DEVICE_TIMEOUT) {
+                    Ok(PAGE_REQUEST_IRQ) => {
+                        if let Err(e) = self.serve_page_requests(&mut plan) {
+                            self.stats.fail(format!("round {round}: {e}"));
+                            return false;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(_) => answered = false,
+                }
+            }
+            let s = &self.passthrough[j];
+            if !answered {
                 self.stats.fail(format!(
                     "round {round}: passthrough device {} did not answer the stale-IOVA command",
                     s.index
@@ -643,11 +713,25 @@ impl Workload {
             // kernel log only (user space never sees it; drivers/iommu/intel/dmar.c
             // `dmar_fault_do_one`), so the guest gets no fault record: exactly one entry in the
             // host's log is the fault asked for.
-            let key = "passthrough FirstStageNotPresent (host log)";
+            // A PRI device's miss is a page request instead (recoverable, PCIe base spec
+            // 10.4): the guest must see exactly that one and refuse it, and the host log
+            // nothing.
             let logged = sim.stats().host_log_faults - logged_before;
-            self.stats.fault_expected(key);
-            for _ in 0..logged {
-                self.stats.fault_seen(key);
+            if pri {
+                let key = "passthrough page request refused (unmapped IOVA)";
+                self.stats.fault_expected(key);
+                for _ in 0..plan.refused {
+                    self.stats.fault_seen(key);
+                }
+                self.stats.check(logged == 0, || {
+                    format!("round {round}: a PRI device's miss went to the host log ({logged})")
+                });
+            } else {
+                let key = "passthrough FirstStageNotPresent (host log)";
+                self.stats.fault_expected(key);
+                for _ in 0..logged {
+                    self.stats.fault_seen(key);
+                }
             }
         }
         // No host fault reaches user space here (see the probe above).
@@ -655,7 +739,7 @@ impl Workload {
         self.stats
             .check(n == 0, || format!("round {round}: {n} host faults read"));
         self.handle_faults(&expected, round);
-        self.account_events(&expected);
+        self.account_events(&expected, plan.read);
         if round % REPLUG_EVERY == REPLUG_EVERY - 1 && !self.passthrough.is_empty() {
             let j = ((round / REPLUG_EVERY) % self.passthrough.len() as u64) as usize;
             if let Err(e) = self.replug(j) {
@@ -860,8 +944,9 @@ impl Workload {
 
     /// Counts what the unit published since the last round: invalidations by descriptor type,
     /// and DMA faults (each must have been recorded, and only the asked-for ones may occur).
-    fn account_events(&mut self, expected: &[ExpectedFault]) {
+    fn account_events(&mut self, expected: &[ExpectedFault], page_requests: u64) {
         let mut faults = 0;
+        let mut queued = 0;
         for e in self.machine.guest.log.take() {
             match e {
                 VtdEvent::Invalidation { desc, .. } => self.stats.invalidation(match desc {
@@ -876,6 +961,7 @@ impl Workload {
                     InvDesc::PasidDeviceTlb(_) => "pasid-device-tlb",
                 }),
                 VtdEvent::WaitCompleted { .. } => self.stats.invalidation("wait"),
+                VtdEvent::PageRequestQueued { .. } => queued += 1,
                 VtdEvent::DmaFault { fault, disposition } => {
                     faults += 1;
                     self.stats.check(
@@ -889,9 +975,27 @@ impl Workload {
         self.stats.check(faults == expected.len(), || {
             format!("{faults} DMA fault events, {} asked for", expected.len())
         });
+        // Every page request the unit queued was one the guest's handler read (none left in
+        // the queue, none lost).
+        self.stats.check(queued == page_requests, || {
+            format!("{queued} page requests queued, {page_requests} read by the guest")
+        });
+        // Page request events (spec 7.5.1.1): at most one per request, at least one when
+        // there were any (the handler clears PRS.PPR before it reads the queue).
+        let (prq_msis, msis): (Vec<_>, Vec<_>) = self
+            .machine
+            .guest
+            .sink
+            .take()
+            .into_iter()
+            .partition(|m| m.data == PAGE_REQUEST_MSI_DATA);
+        let prq_msis = prq_msis.len() as u64;
+        self.stats.check(
+            prq_msis <= page_requests && (page_requests == 0 || prq_msis > 0),
+            || format!("{prq_msis} page request interrupts for {page_requests} page requests"),
+        );
         // Each recorded fault found PPF clear (the handler cleared the last one), so each raised
         // one fault event interrupt (spec 7.3.1); nothing else interrupts in this workload.
-        let msis = self.machine.guest.sink.take();
         self.stats.check(msis.len() == expected.len(), || {
             format!(
                 "{} interrupts for {} faults: {msis:x?}",
@@ -899,6 +1003,70 @@ impl Workload {
                 expected.len()
             )
         });
+    }
+
+    /// The guest's page request handler (Linux drivers/iommu/intel/prq.c
+    /// `prq_event_thread`, then the IOPF handler): the VMM first moves the host's page
+    /// requests into the unit's queue (it was woken by the host fault queue's eventfd), then
+    /// the guest reads its queue and answers each request that ends a group. A request for a
+    /// page of the round's demand-paged buffer maps that page (with the buffer's access) and is
+    /// answered Success; the probe's page is answered Invalid Request; anything else fails
+    /// the run (and is refused, so the device does not wait forever).
+    fn serve_page_requests(&mut self, plan: &mut PageRequestPlan) -> Result<(), String> {
+        self.machine.binder.process_host_faults();
+        let batch = self.machine.guest.read_page_requests();
+        self.stats.check(!batch.overflow_cleared, || {
+            "page request queue overflow".to_owned()
+        });
+        for req in batch.requests {
+            let req = req.map_err(|e| format!("undecodable page request: {e:?}"))?;
+            plan.read += 1;
+            let code = self.page_in(plan, &req)?;
+            if req.last_in_group {
+                self.machine.guest.respond(&req, code);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pages in what `req` asks for if the plan allows it; the answer.
+    fn page_in(
+        &mut self,
+        plan: &mut PageRequestPlan,
+        req: &PageRequestDescriptor,
+    ) -> Result<ResponseCode, String> {
+        if plan.refuse == Some((req.rid, req.address)) {
+            plan.refuse = None;
+            plan.refused += 1;
+            return Ok(ResponseCode::InvalidRequest);
+        }
+        if let Some((j, buf, device_writes, served)) = &mut plan.demand {
+            let slot = &mut self.passthrough[*j];
+            let page = req
+                .address
+                .checked_sub(buf.map_iova)
+                .filter(|&off| off < buf.map_len)
+                .map(|off| (off / 4096) as usize);
+            let ours = req.rid == slot.sid
+                && req.pasid == (slot.pasid != 0).then_some(slot.pasid)
+                && req.write == *device_writes
+                && !req.execute
+                && !req.privileged;
+            if let Some(p) = page.filter(|&p| ours && !served[p]) {
+                slot.dma.map_page(
+                    &mut self.machine.guest,
+                    buf,
+                    req.address,
+                    *device_writes,
+                    &self.stats,
+                )?;
+                served[p] = true;
+                self.stats.page_requests.fetch_add(1, Ordering::Relaxed);
+                return Ok(ResponseCode::Success);
+            }
+        }
+        self.stats.fail(format!("unexpected page request {req:x?}"));
+        Ok(ResponseCode::InvalidRequest)
     }
 
     /// Hot-unplugs passthrough device `j` and plugs it back: the guest releases it as Linux's
@@ -947,7 +1115,12 @@ impl Workload {
             .map_err(|e| format!("replug: {e}"))?;
         self.stats.bindings.fetch_add(1, Ordering::Relaxed);
         guest
-            .setup_device(&mut self.tables, slot.sid, slot.pasid != 0, false)
+            .setup_device(
+                &mut self.tables,
+                slot.sid,
+                slot.pasid != 0,
+                slot.host == PRI_DEVICE,
+            )
             .map_err(|e| format!("replug: {e}"))?;
         slot.dma.domain = guest
             .attach_first_stage_table(&self.tables, slot.sid, slot.pasid, slot.did, slot.fs_root)

@@ -55,7 +55,29 @@ fn check_summary(s: &Value, devices: u64) {
         u(expected, &["passthrough FirstStageNotPresent (host log)"]) > 0,
         "{s:#}"
     );
-    assert_eq!(expected.as_object().map(|o| o.len()), Some(3), "{s:#}");
+    // The PRI device sent back to an unmapped IOVA: a page request the guest refuses.
+    assert!(
+        u(
+            expected,
+            &["passthrough page request refused (unmapped IOVA)"]
+        ) > 0,
+        "{s:#}"
+    );
+    assert_eq!(expected.as_object().map(|o| o.len()), Some(4), "{s:#}");
+    // The PRI device's demand-paged buffers: each page came in by a page request the guest
+    // served (mapped, answered Success), and every request was answered.
+    let served = u(s, &["page_requests"]);
+    assert!(served > 0, "{s:#}");
+    assert_eq!(
+        u(s, &["invalidations", "page-group-response"]),
+        served
+            + u(
+                expected,
+                &["passthrough page request refused (unmapped IOVA)"]
+            ),
+        "{s:#}"
+    );
+    assert_eq!(s["not_run"].as_array().map(Vec::len), Some(0), "{s:#}");
     // Hot-unplug and replug happened, each replug registered the device again.
     let replugs = u(s, &["replugs"]);
     assert!(replugs > 0, "{s:#}");
