@@ -18,7 +18,7 @@
 //! [`NestedBinder::bindings`] and listens.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use vtd_core::sync::Mutex;
 
 use vtd_accel::{AccelEvent, AccelObserver, BindingInfo, BlockCause, HostAttachment, NestedBinder};
@@ -45,16 +45,18 @@ struct History {
 /// A binder seen by the inspection server: its bindings for snapshots, its events for the
 /// stream.
 pub struct BinderView<M: GuestRam + Send + Sync + 'static> {
-    binder: Arc<NestedBinder<M>>,
+    /// Weak: the binder holds this view among its observers, so a strong reference would keep
+    /// both (and the host IOMMUs behind the binder) alive after the VMM drops the binder.
+    binder: Weak<NestedBinder<M>>,
     feed: Arc<EventFeed>,
     history: Mutex<BTreeMap<Bdf, History>>,
 }
 
 impl<M: GuestRam + Send + Sync + 'static> BinderView<M> {
     /// A view of `binder` that reports its events into `feed`.
-    pub fn new(binder: Arc<NestedBinder<M>>, feed: Arc<EventFeed>) -> Self {
+    pub fn new(binder: &Arc<NestedBinder<M>>, feed: Arc<EventFeed>) -> Self {
         Self {
-            binder,
+            binder: Arc::downgrade(binder),
             feed,
             history: Mutex::new(BTreeMap::new()),
         }
@@ -74,7 +76,7 @@ pub fn attach_binder<M: GuestRam + Send + Sync + 'static>(
     server: &InspectServer,
     binder: &Arc<NestedBinder<M>>,
 ) -> Arc<BinderView<M>> {
-    let view = Arc::new(BinderView::new(binder.clone(), server.feed().clone()));
+    let view = Arc::new(BinderView::new(binder, server.feed().clone()));
     server.set_binding_source(view.clone());
     binder.subscribe(view.clone());
     view
@@ -109,7 +111,10 @@ impl<M: GuestRam + Send + Sync + 'static> BindingSource for BinderView<M> {
     fn bindings(&self) -> Vec<BindingView> {
         let history = self.history.lock().clone();
         let mut per_device: BTreeMap<Bdf, Vec<BindingInfo>> = BTreeMap::new();
-        for info in self.binder.bindings() {
+        let Some(binder) = self.binder.upgrade() else {
+            return Vec::new();
+        };
+        for info in binder.bindings() {
             per_device.entry(info.bdf).or_default().push(info);
         }
         per_device
