@@ -94,6 +94,12 @@
 // Unsafe code is confined to the ioctl boundary (`iommufd`, each block with its `// SAFETY:`);
 // `forbid` is not possible there, so the rest of the crate denies it.
 #![deny(unsafe_code)]
+// Guest-controlled values (PASID entries, descriptors) and host answers must never panic this crate: no unwrap/expect and no unchecked indexing
+// outside tests (tests may assert with them).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod backend;
 pub mod binder;

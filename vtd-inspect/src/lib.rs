@@ -20,6 +20,12 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+// Socket input and the snapshots a server reports must never panic this crate: no unwrap/expect and no unchecked indexing
+// outside tests (tests may assert with them).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod accel;
 pub mod client;

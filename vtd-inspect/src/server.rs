@@ -403,7 +403,7 @@ fn serve_client(stream: &UnixStream, shared: &Shared) -> std::io::Result<()> {
         let mut r = stream;
         match r.read(&mut buf) {
             Ok(0) => return Ok(()),
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Ok(n) => pending.extend_from_slice(buf.get(..n).unwrap_or(&buf)),
             Err(e) if matches!(e.kind(), IoErrorKind::WouldBlock | IoErrorKind::TimedOut) => {}
             Err(e) if e.kind() == IoErrorKind::Interrupted => {}
             Err(e) => return Err(e),

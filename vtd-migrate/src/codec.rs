@@ -95,32 +95,29 @@ pub(crate) fn seal(version: u32, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes()); // flags
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes()); // checksum, filled below
+    // The checksum covers the 24 header bytes so far, its own field as zero, and the payload.
+    let crc = checksum(&out, payload);
+    out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
-    let crc = checksum(&out);
-    out[24..32].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
 /// CRC over the header with its checksum field as zero, then the payload.
-fn checksum(bytes: &[u8]) -> u64 {
+fn checksum(header: &[u8], payload: &[u8]) -> u64 {
     let mut digest = CRC.digest();
-    digest.update(&bytes[..24]);
+    digest.update(header.get(..24).unwrap_or(header));
     digest.update(&[0; 8]);
-    digest.update(&bytes[HEADER_SIZE..]);
+    digest.update(payload);
     digest.finalize()
 }
 
-fn le_u32(b: &[u8]) -> u32 {
-    let mut a = [0; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8]) -> u64 {
-    let mut a = [0; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
+/// The little-endian field of `N` bytes at `at` in the header.
+fn field<const N: usize>(header: &[u8; HEADER_SIZE], at: usize) -> [u8; N] {
+    let mut a = [0; N];
+    if let Some(src) = header.get(at..at + N) {
+        a.copy_from_slice(src);
+    }
+    a
 }
 
 /// Checks the header and checksum; returns the header and the payload. `versions` is the
@@ -129,30 +126,29 @@ pub(crate) fn open(
     bytes: &[u8],
     versions: std::ops::RangeInclusive<u32>,
 ) -> Result<(Header, &[u8]), FormatError> {
-    if bytes.len() < HEADER_SIZE {
+    let Some((header, payload)) = bytes.split_first_chunk::<HEADER_SIZE>() else {
         return Err(FormatError::Truncated(bytes.len()));
-    }
-    let mut magic = [0; 8];
-    magic.copy_from_slice(&bytes[..8]);
+    };
+    let magic: [u8; 8] = field(header, 0);
     if magic != MAGIC {
         return Err(FormatError::Magic(magic));
     }
-    let version = le_u32(&bytes[8..]);
-    let flags = le_u32(&bytes[12..]);
-    let payload_len = le_u64(&bytes[16..]);
-    let stored = le_u64(&bytes[24..]);
+    let version = u32::from_le_bytes(field(header, 8));
+    let flags = u32::from_le_bytes(field(header, 12));
+    let payload_len = u64::from_le_bytes(field(header, 16));
+    let stored = u64::from_le_bytes(field(header, 24));
     // Length before checksum: a length that lies is named as such, not as corruption.
     if payload_len > MAX_PAYLOAD {
         return Err(FormatError::Oversized(payload_len));
     }
-    let present = bytes.len() - HEADER_SIZE;
+    let present = payload.len();
     if payload_len != present as u64 {
         return Err(FormatError::PayloadLength {
             announced: payload_len,
             present,
         });
     }
-    let computed = checksum(bytes);
+    let computed = checksum(header, payload);
     if computed != stored {
         return Err(FormatError::Checksum { stored, computed });
     }
@@ -173,7 +169,7 @@ pub(crate) fn open(
             version,
             payload_len,
         },
-        &bytes[HEADER_SIZE..],
+        payload,
     ))
 }
 
@@ -188,7 +184,9 @@ fn options() -> impl bincode::Options {
 pub(crate) fn encode_payload<T: Serialize>(value: &T) -> Vec<u8> {
     use bincode::Options;
     // Serializing plain structs into a Vec cannot fail (no maps with non-string keys, no
-    // unsized sequences); an error here would be a bug in the format types.
+    // unsized sequences); an error here would be a bug in the format types, never a reaction
+    // to input.
+    #[allow(clippy::expect_used)]
     options()
         .serialize(value)
         .expect("snapshot format types always serialize")

@@ -143,6 +143,12 @@
 //! levels"): a VMM migrating such devices reads that log per device. tests/dirty.rs pins this
 //! behaviour so a change in vm-memory shows up.
 #![forbid(unsafe_code)]
+// Snapshots and dirty bitmaps come from outside must never panic this crate: no unwrap/expect and no unchecked indexing
+// outside tests (tests may assert with them).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 mod codec;
 mod passthrough;

@@ -144,8 +144,11 @@ impl PreCopy {
     /// Starts every tracker. If one fails, those already started are stopped again.
     pub fn start(mut trackers: Vec<Box<dyn DirtyTracker>>) -> Result<Self, DirtyError> {
         for i in 0..trackers.len() {
-            if let Err(e) = trackers[i].start() {
-                for t in &mut trackers[..i] {
+            let Some(tracker) = trackers.get_mut(i) else {
+                break;
+            };
+            if let Err(e) = tracker.start() {
+                for t in trackers.iter_mut().take(i) {
                     let _ = t.stop();
                 }
                 return Err(e);

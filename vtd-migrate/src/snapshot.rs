@@ -167,13 +167,18 @@ impl Snapshot {
             })
         };
         for (i, d) in self.devices.iter().enumerate() {
-            if i > 0 && self.devices[i - 1].bdf.sid() >= d.bdf.sid() {
+            let previous = i.checked_sub(1).and_then(|p| self.devices.get(p));
+            if previous.is_some_and(|p| p.bdf.sid() >= d.bdf.sid()) {
                 return bad(d.bdf, "devices are not sorted by BDF or a BDF repeats");
             }
             if d.name.len() > NAME_LIMIT {
                 return bad(d.bdf, "host device name is longer than 256 bytes");
             }
-            if d.pasids.windows(2).any(|w| w[0] >= w[1]) {
+            if d.pasids
+                .iter()
+                .zip(d.pasids.iter().skip(1))
+                .any(|(a, b)| a >= b)
+            {
                 return bad(d.bdf, "PASIDs are not sorted or repeat");
             }
             if d.pasids.iter().any(|&p| p >= PASID_LIMIT) {

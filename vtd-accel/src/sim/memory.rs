@@ -153,7 +153,9 @@ impl<M: GuestRam> GuestRam for Stage2View<'_, M> {
         let len = buf.len();
         for (at, off, n) in Self::chunks(gpa, len) {
             let hpa = self.hpa(at, false, len)?;
-            self.mem.read(hpa, &mut buf[off..off + n])?;
+            if let Some(part) = buf.get_mut(off..off + n) {
+                self.mem.read(hpa, part)?;
+            }
         }
         Ok(())
     }
@@ -161,7 +163,9 @@ impl<M: GuestRam> GuestRam for Stage2View<'_, M> {
     fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
         for (at, off, n) in Self::chunks(gpa, buf.len()) {
             let hpa = self.hpa(at, true, buf.len())?;
-            self.mem.write(hpa, &buf[off..off + n])?;
+            if let Some(part) = buf.get(off..off + n) {
+                self.mem.write(hpa, part)?;
+            }
             self.written.borrow_mut().push(at);
         }
         Ok(())

@@ -1403,7 +1403,10 @@ impl<M: GuestRam + Send + Sync> HostIommuBackend for SimHostIommu<M> {
         for gpa in hits {
             dirty.remove(&gpa);
             let bit = (gpa - iova) / page_size;
-            bitmap[(bit / 64) as usize] |= 1 << (bit % 64);
+            // The range check above sized the bitmap for every page of the range.
+            if let Some(word) = bitmap.get_mut((bit / 64) as usize) {
+                *word |= 1 << (bit % 64);
+            }
         }
         Ok(())
     }

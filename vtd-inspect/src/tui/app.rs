@@ -50,6 +50,11 @@ impl Tab {
     fn index(self) -> usize {
         Tab::ALL.iter().position(|t| *t == self).unwrap_or(0)
     }
+    /// The tab `steps` places after this one, wrapping around.
+    fn after(self, steps: usize) -> Tab {
+        let at = (self.index() + steps) % Tab::ALL.len();
+        Tab::ALL.get(at).copied().unwrap_or(self)
+    }
 }
 
 /// How deep the Devices tab is drilled.
@@ -372,11 +377,11 @@ impl App {
         match key.code {
             KeyCode::Char('q') => return Action::Quit,
             KeyCode::Char('r') => return Action::Reconnect,
-            KeyCode::Tab => self.tab = Tab::ALL[(self.tab.index() + 1) % Tab::ALL.len()],
-            KeyCode::BackTab => {
-                self.tab = Tab::ALL[(self.tab.index() + Tab::ALL.len() - 1) % Tab::ALL.len()]
+            KeyCode::Tab => self.tab = self.tab.after(1),
+            KeyCode::BackTab => self.tab = self.tab.after(Tab::ALL.len() - 1),
+            KeyCode::Char(c @ '1'..='5') => {
+                self.tab = Tab::Overview.after(c as usize - '1' as usize)
             }
-            KeyCode::Char(c @ '1'..='5') => self.tab = Tab::ALL[c as usize - '1' as usize],
             _ => match self.tab {
                 Tab::Devices => self.devices_key(key.code),
                 Tab::Invalidations => self.log_key(key.code),

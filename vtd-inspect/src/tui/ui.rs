@@ -297,7 +297,9 @@ fn device_summary(d: &DeviceView) -> (String, String, String) {
 }
 
 fn devices(app: &App, s: &Snapshot, frame: &mut Frame, area: Rect) {
-    if s.devices.is_empty() {
+    // The selection may point past a list that shrank since the last key press.
+    let selected = s.devices.get(app.device).or(s.devices.last());
+    let Some(dev) = selected else {
         let why = match &s.unit.root {
             None => "No root table latched yet (SRTP not done).",
             Some(_) => "No present context entries.",
@@ -307,8 +309,7 @@ fn devices(app: &App, s: &Snapshot, frame: &mut Frame, area: Rect) {
             area,
         );
         return;
-    }
-    let dev = &s.devices[app.device.min(s.devices.len() - 1)];
+    };
     match app.drill {
         Drill::List => {
             let [list, detail] =
@@ -611,7 +612,7 @@ fn invalidations(app: &App, frame: &mut Frame, area: Rect) {
     let visible = log.height.saturating_sub(3) as usize;
     let end = lines.len().saturating_sub(app.scroll);
     let start = end.saturating_sub(visible);
-    let rows = lines[start..end].iter().map(|r| {
+    let rows = lines.get(start..end).unwrap_or_default().iter().map(|r| {
         let time = format!("{:>9.3}", r.time_us as f64 / 1e6);
         match &r.event {
             Event::Invalidation(i) => {
