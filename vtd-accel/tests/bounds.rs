@@ -1,0 +1,105 @@
+//! The binder's bound on guest-controlled work that the README's "Bounds" table states: one
+//! PASID scan of a device (`present_pasids`, run when a passthrough device is synced) reads at
+//! most `MAX_SCAN_READS` words of the guest's PASID directory and tables, whatever the guest
+//! put there, and says that it stopped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vtd_accel::binder::desired::{MAX_SCAN_READS, present_pasids};
+use vtd_accel::{Bdf, GuestRemapping};
+use vtd_regs::VtdConfig;
+use vtd_regs::regs::TranslationTableMode;
+use vtd_tables::builder::*;
+use vtd_tables::entries::*;
+use vtd_tables::walk::RootTable;
+use vtd_tables::{GuestRam, MemError};
+
+const BDF: Bdf = Bdf::new(1, 0, 0);
+
+/// Guest RAM that counts 8-byte words read.
+struct CountingRam {
+    inner: GuestMemoryMmap<()>,
+    words_read: AtomicU64,
+}
+
+impl GuestRam for CountingRam {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.words_read
+            .fetch_add(buf.len().div_ceil(8) as u64, Ordering::Relaxed);
+        self.inner.read(gpa, buf)
+    }
+
+    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
+        self.inner.write(gpa, buf)
+    }
+
+    fn compare_exchange_u64(
+        &self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        self.inner.compare_exchange_u64(gpa, current, new)
+    }
+}
+
+/// A guest whose PASID directory has all 2^14 entries present, each pointing to one PASID
+/// table whose 64 entries are all present: 2^20 present PASIDs in a few pages, a scan of
+/// 2^14 + 2^20 reads if nothing stopped it.
+#[test]
+fn a_pasid_scan_reads_at_most_max_scan_reads_words() {
+    assert_eq!(MAX_SCAN_READS, 8192, "the README's Bounds table states 8192");
+    let mem = CountingRam {
+        inner: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap(),
+        words_read: AtomicU64::new(0),
+    };
+    let config = VtdConfig {
+        pasid_bits: 20,
+        ..VtdConfig::from_qemu_props("x-scalable-mode=on,x-flts=on").unwrap()
+    };
+    let mut frames = FrameAllocator::new(0x10_0000, 0x80_0000);
+    // PDTS 7: a directory of 2^14 entries (spec 9.4), the whole 20-bit PASID space.
+    let pasids = PasidTablesBuilder::new(&mem, &mut frames, 7).unwrap();
+    let table = frames.alloc(&mem, 1).unwrap();
+    let entry = PasidEntry::first_stage(0x40_0000, false, 1, 2);
+    for slot in 0..64 {
+        mem.write_words(table + slot * 64, &entry.0).unwrap();
+    }
+    for d in 0..1u64 << 14 {
+        mem.write_u64(pasids.dir() + d * 8, table | 1).unwrap();
+    }
+    let mut ctx = ContextTablesBuilder::new(&mem, &mut frames, true).unwrap();
+    ctx.set_scalable_context(
+        &mut frames,
+        BDF.sid(),
+        pasids.context_entry().with_paside(true),
+    )
+    .unwrap();
+    let guest = GuestRemapping {
+        config: &config,
+        mem: &mem,
+        translation_enabled: true,
+        root: RootTable {
+            addr: ctx.root(),
+            mode: TranslationTableMode::Scalable,
+        },
+    };
+
+    let before = mem.words_read.load(Ordering::Relaxed);
+    let scan = present_pasids(&guest, BDF, 20);
+    let read = mem.words_read.load(Ordering::Relaxed) - before;
+    assert!(scan.truncated, "the scan says it stopped");
+    // The context lookup (a root entry and a scalable context entry: 6 words), then the scan.
+    assert!(
+        read <= 6 + MAX_SCAN_READS as u64,
+        "{read} words read for one scan"
+    );
+    assert!(!scan.found.is_empty() && scan.found.len() < MAX_SCAN_READS as usize);
+
+    // A host with 10-bit PASIDs bounds the scan first: 16 directory entries, 1023 PASIDs
+    // (RID_PASID 0 is not one the scan reports), nothing truncated.
+    let scan = present_pasids(&guest, BDF, 10);
+    assert!(!scan.truncated);
+    assert_eq!(scan.found.len(), 1023);
+}
