@@ -1,7 +1,10 @@
 //! The binder's bound on guest-controlled work that the README's "Bounds" table states: one
 //! PASID scan of a device (`present_pasids`, run when a passthrough device is synced) reads at
 //! most `MAX_SCAN_READS` words of the guest's PASID directory and tables, whatever the guest
-//! put there, and says that it stopped.
+//! put there, and says that it stopped; a device's PASIDs the binder follows are at most
+//! `MAX_TRACKED_PASIDS` (1024, binder/registry.rs), however many the guest makes present.
+
+mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -102,4 +105,30 @@ fn a_pasid_scan_reads_at_most_max_scan_reads_words() {
     let scan = present_pasids(&guest, BDF, 10);
     assert!(!scan.truncated);
     assert_eq!(scan.found.len(), 1023);
+}
+
+/// A guest that makes 2047 PASIDs of its passthrough device present: the binder follows (and
+/// binds on the host) at most 1024 of them besides requests without PASID.
+#[test]
+fn the_binder_follows_at_most_1024_pasids_of_a_device() {
+    const MAX_TRACKED_PASIDS: usize = 1024;
+    let cfg = VtdConfig {
+        pasid_bits: 20,
+        ..VtdConfig::from_qemu_props("x-scalable-mode=on,x-flts=on").unwrap()
+    };
+    let mut rig = common::Rig::with_config(cfg);
+    let entry = PasidEntry::first_stage(rig.fs_root, false, common::DID, 2);
+    for pasid in 1..2048 {
+        rig.write_pasid_entry(pasid, entry);
+    }
+    rig.binder.resync_all();
+    let bindings = rig.binder.bindings();
+    let with_pasid = bindings
+        .iter()
+        .filter(|b| b.bdf == common::BDF && b.pasid.is_some())
+        .count();
+    assert_eq!(
+        with_pasid, MAX_TRACKED_PASIDS,
+        "PASIDs followed of 2047 present"
+    );
 }
