@@ -6,7 +6,9 @@
 //! - a client that stops reading holds no queue of its own: it is disconnected once a write
 //!   has waited `write_timeout`;
 //! - the event feed keeps at most `DEFAULT_CAPACITY` (4096) events, dropping the oldest and
-//!   counting them, whatever the unit produces.
+//!   counting them, whatever the unit produces;
+//! - a snapshot reads at most `Limits::read_budget` (2^19) words of guest memory, whatever the
+//!   guest's tables hold, and its encoded line stays below `MAX_SERVER_LINE`.
 //!
 //! A request line's bound (`MAX_CLIENT_LINE`) is checked in tests/end_to_end.rs
 //! (`the_server_refuses_bad_clients_with_a_reason`), a response line's (`MAX_SERVER_LINE`)
@@ -147,4 +149,107 @@ fn the_feed_keeps_at_most_its_capacity_and_counts_what_it_dropped() {
             break;
         }
     }
+}
+
+/// Guest RAM that counts 8-byte words read.
+#[derive(Clone)]
+struct CountingRam {
+    inner: vm_memory::GuestMemoryMmap<()>,
+    words_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl vtd_tables::GuestRam for CountingRam {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), vtd_tables::MemError> {
+        self.words_read.fetch_add(
+            buf.len().div_ceil(8) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.inner.read(gpa, buf)
+    }
+
+    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), vtd_tables::MemError> {
+        self.inner.write(gpa, buf)
+    }
+
+    fn compare_exchange_u64(
+        &self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, vtd_tables::MemError> {
+        self.inner.compare_exchange_u64(gpa, current, new)
+    }
+}
+
+/// A guest whose tables alias everywhere: every bus's root entry names one context table,
+/// every device in it is present with a full PASID directory, every directory entry names one
+/// PASID table of 64 first-stage entries, and the first-stage table maps itself at every
+/// index. Listing it all would be 2^16 devices x 2^20 PASIDs x an endless table; a snapshot
+/// reads at most `Limits::read_budget` words (2^19 by default) and says it stopped, and its
+/// encoded line stays far below `MAX_SERVER_LINE`.
+#[test]
+fn a_snapshot_of_aliasing_tables_reads_at_most_its_budget() {
+    use std::sync::atomic::Ordering;
+    use vtd_inspect::collect::{Limits, snapshot};
+    use vtd_inspect::protocol::MAX_SERVER_LINE;
+    use vtd_tables::GuestRam;
+    use vtd_tables::entries::{PasidEntry, ScalableContextEntry, ScalableRootEntry};
+
+    let limits = Limits::default();
+    assert_eq!(limits.read_budget, 1 << 19, "the README's Bounds table states 2^19");
+    let ram = CountingRam {
+        inner: vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 20)])
+            .unwrap(),
+        words_read: Default::default(),
+    };
+    let (root, ctx, dir, pasids, fs) = (0x10_0000u64, 0x11_0000, 0x20_0000, 0x12_0000, 0x13_0000);
+    let root_entry = ScalableRootEntry::new(Some(ctx), Some(ctx));
+    for bus in 0..256 {
+        ram.write_words(root + bus * 16, &root_entry.0).unwrap();
+    }
+    // PDTS 7: 2^14 directory entries (spec 9.4).
+    let context = ScalableContextEntry::new(dir, 7).with_paside(true);
+    for devfn in 0..128 {
+        ram.write_words(ctx + devfn * 32, &context.0).unwrap();
+    }
+    for d in 0..1u64 << 14 {
+        ram.write_u64(dir + d * 8, pasids | 1).unwrap();
+    }
+    let entry = PasidEntry::first_stage(fs, false, 1, 2);
+    for slot in 0..64 {
+        ram.write_words(pasids + slot * 64, &entry.0).unwrap();
+    }
+    // Present, writable, user, accessed: every entry points back at the table.
+    for i in 0..512 {
+        ram.write_u64(fs + i * 8, fs | 0b10_0111).unwrap();
+    }
+    let cfg = vtd_core::VtdConfig::from_qemu_props("x-scalable-mode=on,x-flts=on").unwrap();
+    let unit = vtd_core::VtdUnit::new(
+        cfg,
+        ram.clone(),
+        std::sync::Arc::new(vtd_core::RecordingSink::default()),
+    )
+    .unwrap();
+    unit.write(0x20, 8, root | 1 << 10); // RTADDR, TTM = scalable
+    unit.write(0x18, 4, 1 << 30); // GCMD.SRTP
+    assert!(unit.root_table().is_some());
+
+    let before = ram.words_read.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let snap = snapshot(&unit, &limits);
+    let took = start.elapsed();
+    let read = ram.words_read.load(Ordering::Relaxed) - before;
+    let line = serde_json::to_vec(&snap).unwrap();
+    eprintln!(
+        "{read} words read, {} devices, {} bytes encoded, {took:?}",
+        snap.devices.len(),
+        line.len()
+    );
+    assert!(snap.enumeration.budget_exhausted);
+    assert!(
+        read <= u64::from(limits.read_budget),
+        "{read} words read for one snapshot"
+    );
+    assert!(u64::from(snap.enumeration.entries_read) <= u64::from(limits.read_budget));
+    assert!(line.len() < MAX_SERVER_LINE, "{} bytes", line.len());
 }
