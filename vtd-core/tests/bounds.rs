@@ -21,7 +21,7 @@ use vtd_regs::inv::{ContextCacheGranularity, DescWidth};
 use vtd_regs::regs::{Iqa, offset as reg};
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
-use vtd_tables::walk::{AccessKind, DmaRequest};
+use vtd_tables::walk::{AccessKind, DeviceContext, DmaRequest};
 use vtd_tables::{GuestRam, MemError};
 use vtd_testkit::driver::{Guest, Mem, context_cache};
 
@@ -156,6 +156,9 @@ fn the_context_cache_and_the_iotlb_hold_at_most_their_capacity() {
         (16_384, 256, 1024),
         "the README's Bounds table states these"
     );
+    // What one entry of each map cache holds (key and value), as the README states it.
+    assert_eq!(std::mem::size_of::<(u16, DeviceContext)>(), 48);
+    assert_eq!(std::mem::size_of::<((u16, u32), PasidEntry)>(), 72);
     let mut g = Guest::new("", 64);
     let pages = default.iotlb as u64 + default.iotlb as u64 / 4;
     let table = second_stage(&mut g, pages);
