@@ -253,3 +253,62 @@ fn a_snapshot_of_aliasing_tables_reads_at_most_its_budget() {
     assert!(u64::from(snap.enumeration.entries_read) <= u64::from(limits.read_budget));
     assert!(line.len() < MAX_SERVER_LINE, "{} bytes", line.len());
 }
+
+/// The TUI keeps what it lists bounded whatever the server streams: 5,000 log lines (and
+/// 5,000 held while paused), 500 fault events, the newest kept.
+#[test]
+fn the_tui_keeps_at_most_5000_log_lines_and_500_fault_events() {
+    use vtd_inspect::protocol::{Event, EventBatch, EventRecord};
+    use vtd_inspect::tui::app::{App, Tab};
+    const LOG: usize = 5000;
+    const FAULTS: usize = 500;
+    let request = |seq: u64| EventRecord {
+        seq,
+        time_us: seq,
+        event: Event::PageRequest {
+            sid: 3,
+            pasid: Some(4),
+            address: 0x5000,
+            prg_index: 6,
+            last_in_group: true,
+            access: "rw".into(),
+            slot: 2,
+        },
+    };
+    let fault = |seq: u64| EventRecord {
+        seq,
+        time_us: seq,
+        event: Event::InterruptFault {
+            sid: 1,
+            index: 2,
+            reason_code: 0x22,
+            reason: "r".into(),
+            disposition: "d".into(),
+        },
+    };
+    let mut app = App::new("/tmp/vtd.sock");
+    let events: Vec<EventRecord> = (0..3 * LOG as u64)
+        .map(|s| if s % 10 == 0 { fault(s) } else { request(s) })
+        .collect();
+    app.on_events(EventBatch { events, dropped: 0 });
+    assert_eq!(app.log.len(), LOG);
+    assert_eq!(app.fault_events.len(), FAULTS);
+    assert_eq!(app.log.back().map(|r| r.seq), Some(3 * LOG as u64 - 1));
+
+    // Paused: new lines are held, as many as the log keeps; resuming keeps the newest.
+    app.tab = Tab::Invalidations;
+    app.on_key(ratatui::crossterm::event::KeyEvent::from(
+        ratatui::crossterm::event::KeyCode::Char('p'),
+    ));
+    assert!(app.paused);
+    let events: Vec<EventRecord> = (3 * LOG as u64..6 * LOG as u64).map(request).collect();
+    app.on_events(EventBatch { events, dropped: 0 });
+    assert_eq!(app.held.len(), LOG);
+    app.on_key(ratatui::crossterm::event::KeyEvent::from(
+        ratatui::crossterm::event::KeyCode::Char('p'),
+    ));
+    assert!(!app.paused);
+    assert!(app.held.is_empty());
+    assert_eq!(app.log.len(), LOG);
+    assert_eq!(app.log.back().map(|r| r.seq), Some(6 * LOG as u64 - 1));
+}
