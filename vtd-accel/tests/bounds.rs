@@ -2,7 +2,11 @@
 //! PASID scan of a device (`present_pasids`, run when a passthrough device is synced) reads at
 //! most `MAX_SCAN_READS` words of the guest's PASID directory and tables, whatever the guest
 //! put there, and says that it stopped; a device's PASIDs the binder follows are at most
-//! `MAX_TRACKED_PASIDS` (1024, binder/registry.rs), however many the guest makes present.
+//! `MAX_TRACKED_PASIDS` (1024, binder/registry.rs), however many the guest makes present; one
+//! poll of the host's fault queue handles at most `MAX_FAULTS_PER_POLL` (256) faults and
+//! `MAX_REQUESTS_PER_POLL` (256) page requests; a batch of invalidations forwarded to one
+//! host HWPT holds at most `MAX_BATCH_ENTRIES` (64) ranges, beyond which it becomes one
+//! invalidation of everything.
 
 mod common;
 
@@ -131,4 +135,78 @@ fn the_binder_follows_at_most_1024_pasids_of_a_device() {
         with_pasid, MAX_TRACKED_PASIDS,
         "PASIDs followed of 2047 present"
     );
+}
+
+/// A host that queued 400 faults: one `process_host_faults` call handles 256 of them
+/// (`MAX_FAULTS_PER_POLL`, binder/host_faults.rs), the next the rest.
+#[test]
+fn one_poll_handles_at_most_256_host_faults() {
+    use vtd_accel::HostFault;
+    use vtd_regs::fault::FaultReason;
+    use vtd_tables::walk::AccessKind;
+    const MAX_FAULTS_PER_POLL: usize = 256;
+    let rig = common::Rig::new("x-scalable-mode=on,x-flts=on");
+    rig.sim.report_unrecoverable_faults(true);
+    for page in 0..400u64 {
+        rig.sim.raise_fault(HostFault {
+            dev_id: rig.dev,
+            pasid: None,
+            addr: common::IOVA + (page << 12),
+            reason: FaultReason::FirstStageNotPresent,
+            access: AccessKind::Read,
+            privileged: false,
+            hwpt: None,
+        });
+    }
+    assert_eq!(rig.binder.process_host_faults(), MAX_FAULTS_PER_POLL);
+    assert_eq!(rig.binder.process_host_faults(), 400 - MAX_FAULTS_PER_POLL);
+    assert_eq!(rig.binder.process_host_faults(), 0);
+}
+
+/// A PRI device that raised 300 page request groups: one poll delivers 256 requests
+/// (`MAX_REQUESTS_PER_POLL`, binder/page_requests.rs), the next the rest.
+#[test]
+fn one_poll_delivers_at_most_256_page_requests() {
+    const MAX_REQUESTS_PER_POLL: usize = 256;
+    let mut rig = common::Rig::new("x-scalable-mode=on,x-flts=on,device-iotlb=on,x-vtd-page-requests=on");
+    rig.g.enable_prq(3);
+    rig.sim.set_device_pri(rig.dev, true);
+    let host = rig.binder.unregister(common::BDF).unwrap();
+    rig.binder
+        .register(common::BDF, host.with_pri(true), vtd_accel::PciTopology::default())
+        .unwrap();
+    for i in 0..300u64 {
+        rig.sim
+            .raise_page_group(rig.dev, None, &[0x4000_0000 + i * 0x1000], false)
+            .unwrap();
+    }
+    assert_eq!(rig.binder.process_host_faults(), MAX_REQUESTS_PER_POLL);
+    assert_eq!(rig.binder.process_host_faults(), 300 - MAX_REQUESTS_PER_POLL);
+    assert_eq!(rig.binder.process_host_faults(), 0);
+}
+
+/// 64 page invalidations in one batch reach the host as 64 ranges; 65 as one invalidation of
+/// everything (`MAX_BATCH_ENTRIES`, binder/forward.rs): what the binder holds per HWPT
+/// between two waits stays bounded whatever the guest queues.
+#[test]
+fn a_forwarded_batch_holds_at_most_64_ranges() {
+    use vtd_accel::VtdS1Invalidation;
+    const MAX_BATCH_ENTRIES: usize = 64;
+    let mut rig = common::Rig::new("x-scalable-mode=on,x-flts=on");
+    rig.sim.take_invalidation_log();
+    let pages = |n: u64| -> Vec<_> {
+        (0..n)
+            .map(|i| common::pasid_iotlb_page(common::DID, 0, common::IOVA + (i << 12), 0, true))
+            .collect()
+    };
+    rig.g.submit(&pages(MAX_BATCH_ENTRIES as u64));
+    let log = rig.sim.take_invalidation_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].1.len(), MAX_BATCH_ENTRIES);
+    assert!(!log[0].1.contains(&VtdS1Invalidation::ALL));
+
+    rig.g.submit(&pages(MAX_BATCH_ENTRIES as u64 + 1));
+    let log = rig.sim.take_invalidation_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].1, vec![VtdS1Invalidation::ALL]);
 }
