@@ -56,7 +56,10 @@ impl GuestRam for CountingRam {
 /// 2^14 + 2^20 reads if nothing stopped it.
 #[test]
 fn a_pasid_scan_reads_at_most_max_scan_reads_words() {
-    assert_eq!(MAX_SCAN_READS, 8192, "the README's Bounds table states 8192");
+    assert_eq!(
+        MAX_SCAN_READS, 8192,
+        "the README's Bounds table states 8192"
+    );
     let mem = CountingRam {
         inner: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap(),
         words_read: AtomicU64::new(0),
@@ -168,12 +171,17 @@ fn one_poll_handles_at_most_256_host_faults() {
 #[test]
 fn one_poll_delivers_at_most_256_page_requests() {
     const MAX_REQUESTS_PER_POLL: usize = 256;
-    let mut rig = common::Rig::new("x-scalable-mode=on,x-flts=on,device-iotlb=on,x-vtd-page-requests=on");
+    let mut rig =
+        common::Rig::new("x-scalable-mode=on,x-flts=on,device-iotlb=on,x-vtd-page-requests=on");
     rig.g.enable_prq(3);
     rig.sim.set_device_pri(rig.dev, true);
     let host = rig.binder.unregister(common::BDF).unwrap();
     rig.binder
-        .register(common::BDF, host.with_pri(true), vtd_accel::PciTopology::default())
+        .register(
+            common::BDF,
+            host.with_pri(true),
+            vtd_accel::PciTopology::default(),
+        )
         .unwrap();
     for i in 0..300u64 {
         rig.sim
@@ -181,7 +189,10 @@ fn one_poll_delivers_at_most_256_page_requests() {
             .unwrap();
     }
     assert_eq!(rig.binder.process_host_faults(), MAX_REQUESTS_PER_POLL);
-    assert_eq!(rig.binder.process_host_faults(), 300 - MAX_REQUESTS_PER_POLL);
+    assert_eq!(
+        rig.binder.process_host_faults(),
+        300 - MAX_REQUESTS_PER_POLL
+    );
     assert_eq!(rig.binder.process_host_faults(), 0);
 }
 

@@ -38,8 +38,7 @@ struct CountingRam {
 impl CountingRam {
     fn new(mb: u64) -> Self {
         Self {
-            inner: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (mb << 20) as usize)])
-                .unwrap(),
+            inner: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (mb << 20) as usize)]).unwrap(),
             words_read: Arc::default(),
         }
     }
@@ -111,7 +110,11 @@ fn one_tail_write_costs_at_most_the_queue_and_one_read_per_descriptor_word() {
         let before = ram.read_so_far();
         g.w64(reg::IQT, queued as u64 * size);
         let read = ram.read_so_far() - before;
-        assert_eq!(g.r64(reg::IQH), g.r64(reg::IQT), "the whole queue in one write");
+        assert_eq!(
+            g.r64(reg::IQH),
+            g.r64(reg::IQT),
+            "the whole queue in one write"
+        );
         assert!(!g.fsts().iqe());
         assert_eq!(
             read,
@@ -142,8 +145,15 @@ fn second_stage(g: &mut Guest, pages: u64) -> u64 {
     )
     .unwrap();
     for page in 0..pages {
-        pt.map(&mut g.frames, page << 12, data, PageSize::Size4K, true, true)
-            .unwrap();
+        pt.map(
+            &mut g.frames,
+            page << 12,
+            data,
+            PageSize::Size4K,
+            true,
+            true,
+        )
+        .unwrap();
     }
     pt.root()
 }

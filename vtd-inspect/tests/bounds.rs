@@ -26,7 +26,8 @@ use vtd_inspect::feed::DEFAULT_CAPACITY;
 use vtd_inspect::protocol::{ClientMessage, ServerMessage};
 use vtd_inspect::server::{InspectServer, ServerOptions};
 
-const HELLO: &[u8] = b"{\"msg\":\"hello\",\"magic\":\"vtd-inspect\",\"version\":1,\"software\":\"x\"}\n";
+const HELLO: &[u8] =
+    b"{\"msg\":\"hello\",\"magic\":\"vtd-inspect\",\"version\":1,\"software\":\"x\"}\n";
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -42,7 +43,10 @@ fn at_most_sixteen_clients_by_default_and_a_freed_slot_is_reused() {
     let path = dir.path().join("vtd.sock");
     let guest = Guest::new();
     let options = ServerOptions::default();
-    assert_eq!(options.max_clients, 16, "the README's Bounds table states 16");
+    assert_eq!(
+        options.max_clients, 16,
+        "the README's Bounds table states 16"
+    );
     let server = InspectServer::start(guest.unit.clone(), &path, options).unwrap();
     let mut clients: Vec<Client> = (0..16).map(|_| Client::connect(&path).unwrap()).collect();
     wait_for("16 clients", || server.clients() == 16);
@@ -115,7 +119,10 @@ fn the_feed_keeps_at_most_its_capacity_and_counts_what_it_dropped() {
     let path = dir.path().join("vtd.sock");
     let mut guest = Guest::new();
     let server = InspectServer::start(guest.unit.clone(), &path, ServerOptions::default()).unwrap();
-    assert_eq!(DEFAULT_CAPACITY, 4096, "the README's Bounds table states 4096");
+    assert_eq!(
+        DEFAULT_CAPACITY, 4096,
+        "the README's Bounds table states 4096"
+    );
     guest.program();
     // Three times what the feed keeps, with nobody reading.
     while server.feed().next_seq() < 3 * DEFAULT_CAPACITY as u64 {
@@ -196,7 +203,11 @@ fn a_snapshot_of_aliasing_tables_reads_at_most_its_budget() {
     use vtd_tables::entries::{PasidEntry, ScalableContextEntry, ScalableRootEntry};
 
     let limits = Limits::default();
-    assert_eq!(limits.read_budget, 1 << 19, "the README's Bounds table states 2^19");
+    assert_eq!(
+        limits.read_budget,
+        1 << 19,
+        "the README's Bounds table states 2^19"
+    );
     let ram = CountingRam {
         inner: vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 20)])
             .unwrap(),

@@ -248,12 +248,9 @@ fn a_first_stage_translation_costs_at_most_45_accesses() {
     let mem = CountingRam::new(true);
     let cfg = config();
     let mut frames = FrameAllocator::new(TABLES.0, TABLES.1);
-    let mut fs = PageTableBuilder::new(
-        &mem,
-        &mut frames,
-        PageTableFormat::FirstStage { levels: 5 },
-    )
-    .unwrap();
+    let mut fs =
+        PageTableBuilder::new(&mem, &mut frames, PageTableFormat::FirstStage { levels: 5 })
+            .unwrap();
     fs.map(&mut frames, 0x1000, DATA, PageSize::Size4K, true, true)
         .unwrap();
     clear_first_stage_ad(&mem, fs.root(), 5, 0x1000);
@@ -268,12 +265,9 @@ fn a_first_stage_translation_costs_at_most_45_accesses() {
         "{used} accesses (A/D raced on every level)"
     );
 
-    let mut fs = PageTableBuilder::new(
-        &mem,
-        &mut frames,
-        PageTableFormat::FirstStage { levels: 5 },
-    )
-    .unwrap();
+    let mut fs =
+        PageTableBuilder::new(&mem, &mut frames, PageTableFormat::FirstStage { levels: 5 })
+            .unwrap();
     fs.map(&mut frames, 0x1000, DATA, PageSize::Size4K, true, true)
         .unwrap();
     clear_first_stage_ad(&mem, fs.root(), 5, 0x1000);
