@@ -6,6 +6,11 @@
 //! pair of checks: the field faults (or is not obeyed) without the capability and is honoured
 //! with it. The QEMU differential corpus (conformance/) cannot cover these: QEMU 10.0.2 has no
 //! SLADS, SRS with first stage, EAFS, ERS, nesting, 5-level first stage or PASIDs beyond 0.
+//!
+//! The later sections hold the walker to the rules every walk depends on, each of which a
+//! wrong line in `walk.rs` would break without any other test noticing: the legacy root and
+//! context lookups, RID_PASID, FPD suppression, accessed/dirty updates on every entry used,
+//! the rights each stage grants, and the interrupt-range checks.
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd_regs::fault::FaultReason;
