@@ -662,7 +662,11 @@ pub fn walk_second_stage(
             }
             let mut entry = raw;
             if set_ad {
-                let want = raw | 1 << 8 | if access.is_write() { 1 << 9 } else { 0 };
+                // A, and D for a write; a D already set stays set.
+                let want = pte
+                    .with_accessed(true)
+                    .with_dirty(pte.dirty() || access.is_write())
+                    .into_bits();
                 entry =
                     set_bits(mem, entry_addr, raw, want).map_err(|_| StepFault::new(read_fail))?;
             }
@@ -675,7 +679,8 @@ pub fn walk_second_stage(
             });
         }
         if set_ad {
-            set_bits(mem, entry_addr, raw, raw | 1 << 8).map_err(|_| StepFault::new(read_fail))?;
+            let want = pte.with_accessed(true).into_bits();
+            set_bits(mem, entry_addr, raw, want).map_err(|_| StepFault::new(read_fail))?;
         }
         table = pte.addr();
     }
@@ -817,7 +822,10 @@ pub fn walk_first_stage(
         if access == AccessKind::Execute && !perms.execute {
             return Err(StepFault::new(fr::FS_EXECUTE));
         }
-        let want = raw | accessed | if access.is_write() { 1 << 6 } else { 0 };
+        // A (and EA), and D for a write; a D already set stays set.
+        let want = FirstStagePte::from_bits(raw | accessed)
+            .with_dirty(pte.dirty() || access.is_write())
+            .into_bits();
         let mut entry = raw;
         if want != raw {
             let at = through_ss(
