@@ -1198,6 +1198,8 @@ mod tests {
 
     #[test]
     fn set_bits_writes_the_wanted_entry_when_memory_still_holds_the_seen_one() {
+        // Spec 3.6.2: the locked update lands when the entry is unchanged; nothing to set
+        // means no write at all.
         let mem = Racing::new();
         let seen = DATA | 0b111;
         mem.ram.write_u64(0x2000, seen).unwrap();
