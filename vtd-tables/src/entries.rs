@@ -18,6 +18,36 @@ pub const fn bits_above(width: u8) -> u64 {
     }
 }
 
+/// `word` with bit `n` set to `value`: the builders set one field at a time.
+const fn with_bit(word: u64, n: u32, value: bool) -> u64 {
+    if value {
+        word | 1 << n
+    } else {
+        word & !(1 << n)
+    }
+}
+
+/// `word` with the bits of `field` (a mask, in place) taken from `value` (already shifted into
+/// place) and every other bit kept: a masked merge, so `value`'s bits outside the field are
+/// dropped the way the entry formats require (an address is cut to bits 51:12, a width to
+/// its field).
+const fn with_field(word: u64, field: u64, value: u64) -> u64 {
+    word ^ ((word ^ value) & field)
+}
+
+/// A present entry word pointing at `table` (P = bit 0, address in 51:12).
+const fn present_pointer(table: u64) -> u64 {
+    with_bit(with_field(0, ADDR_MASK, table), 0, true)
+}
+
+/// A scalable root entry half: present and pointing at `table`, or not present.
+const fn half_pointer(table: Option<u64>) -> u64 {
+    match table {
+        Some(a) => present_pointer(a),
+        None => 0,
+    }
+}
+
 /// Legacy root entry (spec 9.1): one per bus, 128 bits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RootEntry(pub [u64; 2]);
@@ -25,7 +55,7 @@ pub struct RootEntry(pub [u64; 2]);
 impl RootEntry {
     /// A present entry pointing at the context table of its bus.
     pub const fn new(context_table: u64) -> Self {
-        Self([(context_table & ADDR_MASK) | 1, 0])
+        Self([present_pointer(context_table), 0])
     }
     /// P.
     pub const fn present(&self) -> bool {
@@ -45,15 +75,7 @@ pub struct ScalableRootEntry(pub [u64; 2]);
 impl ScalableRootEntry {
     /// An entry with either half present.
     pub const fn new(lower: Option<u64>, upper: Option<u64>) -> Self {
-        let lo = match lower {
-            Some(a) => (a & ADDR_MASK) | 1,
-            None => 0,
-        };
-        let hi = match upper {
-            Some(a) => (a & ADDR_MASK) | 1,
-            None => 0,
-        };
-        Self([lo, hi])
+        Self([half_pointer(lower), half_pointer(upper)])
     }
     /// The context-table pointer for `devfn`, if that half is present.
     pub const fn context_table_for(&self, devfn: u8) -> Option<u64> {
@@ -90,22 +112,22 @@ impl ContextEntry {
     /// 2 = 4-level, 3 = 5-level), domain `did`.
     pub const fn new(sl_table: u64, aw: u8, did: u16) -> Self {
         Self([
-            (sl_table & ADDR_MASK) | 1,
-            (aw as u64 & 7) | (did as u64) << 8,
+            present_pointer(sl_table),
+            with_field(with_field(0, 7, aw as u64), 0xff_ff00, (did as u64) << 8),
         ])
     }
     /// A present pass-through entry (TT = 10).
     pub const fn pass_through(aw: u8, did: u16) -> Self {
-        Self([0b1001, (aw as u64 & 7) | (did as u64) << 8])
+        Self::new(0, aw, did).with_translation_type(LegacyTranslationType::PassThrough)
     }
     /// Sets FPD (fault processing disable).
     pub const fn with_fpd(mut self, fpd: bool) -> Self {
-        self.0[0] = (self.0[0] & !2) | (fpd as u64) << 1;
+        self.0[0] = with_bit(self.0[0], 1, fpd);
         self
     }
     /// Sets TT.
     pub const fn with_translation_type(mut self, tt: LegacyTranslationType) -> Self {
-        self.0[0] = (self.0[0] & !0xc) | (tt as u64) << 2;
+        self.0[0] = with_field(self.0[0], 0xc, (tt as u64) << 2);
         self
     }
     /// P.
@@ -147,7 +169,7 @@ impl ScalableContextEntry {
     /// A present entry with a PASID directory at `pasid_dir` of 2^(`pdts` + 7) entries.
     pub const fn new(pasid_dir: u64, pdts: u8) -> Self {
         Self([
-            (pasid_dir & ADDR_MASK) | ((pdts as u64 & 7) << 9) | 1,
+            with_field(present_pointer(pasid_dir), 7 << 9, (pdts as u64) << 9),
             0,
             0,
             0,
@@ -155,27 +177,27 @@ impl ScalableContextEntry {
     }
     /// Sets FPD.
     pub const fn with_fpd(mut self, v: bool) -> Self {
-        self.0[0] = (self.0[0] & !2) | (v as u64) << 1;
+        self.0[0] = with_bit(self.0[0], 1, v);
         self
     }
     /// Sets DTE (device-TLB enable).
     pub const fn with_dte(mut self, v: bool) -> Self {
-        self.0[0] = (self.0[0] & !4) | (v as u64) << 2;
+        self.0[0] = with_bit(self.0[0], 2, v);
         self
     }
     /// Sets PASIDE (requests with PASID allowed).
     pub const fn with_paside(mut self, v: bool) -> Self {
-        self.0[0] = (self.0[0] & !8) | (v as u64) << 3;
+        self.0[0] = with_bit(self.0[0], 3, v);
         self
     }
     /// Sets PRE (page requests allowed).
     pub const fn with_pre(mut self, v: bool) -> Self {
-        self.0[0] = (self.0[0] & !0x10) | (v as u64) << 4;
+        self.0[0] = with_bit(self.0[0], 4, v);
         self
     }
     /// Sets RID_PASID (the PASID used for requests without PASID, with ECAP.RPS).
     pub const fn with_rid_pasid(mut self, pasid: u32) -> Self {
-        self.0[1] = (self.0[1] & !0xf_ffff) | (pasid as u64 & 0xf_ffff);
+        self.0[1] = with_field(self.0[1], 0xf_ffff, pasid as u64);
         self
     }
     /// P.
@@ -234,7 +256,7 @@ pub struct PasidDirEntry {
 impl PasidDirEntry {
     /// A present entry pointing at a PASID table.
     pub const fn to_table(table: u64) -> Self {
-        Self::from_bits((table & !0xfff) | 1)
+        Self::from_bits(present_pointer(table))
     }
     /// PASID table address.
     pub const fn table(&self) -> u64 {
@@ -289,81 +311,85 @@ impl PasidEntry {
     /// (intel_pasid_setup_first_level): FSPTPTR, FSPM (0 = 4-level, 1 = 5-level), DID, AW,
     /// PGTT = 1.
     pub const fn first_stage(fs_table: u64, five_level: bool, did: u16, aw: u8) -> Self {
-        let mut e = Self([0; 8]);
-        e.0[0] = 1 | (aw as u64 & 7) << 2 | (Pgtt::FirstStage.into_bits() as u64) << 6;
-        e.0[1] = did as u64;
-        e.0[2] = (fs_table & ADDR_MASK) | (five_level as u64) << 2;
-        e
+        Self::present_with(Pgtt::FirstStage, aw, did).with_fs_table(fs_table, five_level)
     }
     /// A present second-stage entry: SSPTPTR, AW (1/2/3), DID, PGTT = 2.
     pub const fn second_stage(ss_table: u64, aw: u8, did: u16) -> Self {
-        let mut e = Self([0; 8]);
-        e.0[0] = 1
-            | (aw as u64 & 7) << 2
-            | (Pgtt::SecondStage.into_bits() as u64) << 6
-            | (ss_table & ADDR_MASK);
-        e.0[1] = did as u64;
-        e
+        Self::present_with(Pgtt::SecondStage, aw, did).with_ss_table(ss_table)
     }
     /// A present nested entry: first stage at `fs_table` (a guest-physical address translated
     /// by the second stage at `ss_table`).
     pub const fn nested(fs_table: u64, five_level: bool, ss_table: u64, aw: u8, did: u16) -> Self {
-        let mut e = Self::second_stage(ss_table, aw, did);
-        e.0[0] = (e.0[0] & !(7 << 6)) | (Pgtt::Nested.into_bits() as u64) << 6;
-        e.0[2] = (fs_table & ADDR_MASK) | (five_level as u64) << 2;
-        e
+        Self::present_with(Pgtt::Nested, aw, did)
+            .with_ss_table(ss_table)
+            .with_fs_table(fs_table, five_level)
     }
     /// A present pass-through entry (PGTT = 4); Linux uses DID 1 (FLPT_DEFAULT_DID).
     pub const fn pass_through(did: u16, aw: u8) -> Self {
-        let mut e = Self([0; 8]);
-        e.0[0] = 1 | (aw as u64 & 7) << 2 | (Pgtt::PassThrough.into_bits() as u64) << 6;
+        Self::present_with(Pgtt::PassThrough, aw, did)
+    }
+    /// A present entry with PGTT, AW and DID set and every other field zero.
+    const fn present_with(pgtt: Pgtt, aw: u8, did: u16) -> Self {
+        let mut e = Self([0; 8]).with_pgtt(pgtt);
+        e.0[0] = with_bit(with_field(e.0[0], 7 << 2, (aw as u64) << 2), 0, true);
         e.0[1] = did as u64;
         e
     }
+    /// Sets SSPTPTR.
+    const fn with_ss_table(mut self, ss_table: u64) -> Self {
+        self.0[0] = with_field(self.0[0], ADDR_MASK, ss_table);
+        self
+    }
+    /// Sets FSPTPTR and FSPM (0 = 4-level, 1 = 5-level).
+    const fn with_fs_table(mut self, fs_table: u64, five_level: bool) -> Self {
+        let word = with_field(self.0[2], ADDR_MASK, fs_table);
+        self.0[2] = with_field(word, 3 << 2, (five_level as u64) << 2);
+        self
+    }
     /// Sets FPD.
     pub const fn with_fpd(mut self, v: bool) -> Self {
-        self.0[0] = (self.0[0] & !2) | (v as u64) << 1;
+        self.0[0] = with_bit(self.0[0], 1, v);
         self
     }
     /// Sets SRE (supervisor requests allowed in first stage).
     pub const fn with_sre(mut self, v: bool) -> Self {
-        self.0[2] = (self.0[2] & !1) | v as u64;
+        self.0[2] = with_bit(self.0[2], 0, v);
         self
     }
     /// Sets ERE (execute requests allowed).
     pub const fn with_ere(mut self, v: bool) -> Self {
-        self.0[2] = (self.0[2] & !2) | (v as u64) << 1;
+        self.0[2] = with_bit(self.0[2], 1, v);
         self
     }
     /// Sets WPE (write protect: supervisor writes honour R/W).
     pub const fn with_wpe(mut self, v: bool) -> Self {
-        self.0[2] = (self.0[2] & !0x10) | (v as u64) << 4;
+        self.0[2] = with_bit(self.0[2], 4, v);
         self
     }
     /// Sets EAFE (extended accessed flag, bit 10 of first-stage entries).
     pub const fn with_eafe(mut self, v: bool) -> Self {
-        self.0[2] = (self.0[2] & !0x80) | (v as u64) << 7;
+        self.0[2] = with_bit(self.0[2], 7, v);
         self
     }
     /// Sets PWSNP (page-walk snoop), as Linux does when ECAP.SMPWC.
     pub const fn with_pwsnp(mut self, v: bool) -> Self {
-        self.0[1] = (self.0[1] & !(1 << 23)) | (v as u64) << 23;
+        self.0[1] = with_bit(self.0[1], 23, v);
         self
     }
     /// Sets SSADE (second-stage accessed/dirty, needs ECAP.SLADS).
     pub const fn with_ssade(mut self, v: bool) -> Self {
-        self.0[0] = (self.0[0] & !(1 << 9)) | (v as u64) << 9;
+        self.0[0] = with_bit(self.0[0], 9, v);
         self
     }
     /// Sets PGSNP (page snoop, needs ECAP.SC), as Linux does for a domain with
     /// force_snooping.
     pub const fn with_pgsnp(mut self, v: bool) -> Self {
-        self.0[1] = (self.0[1] & !(1 << 24)) | (v as u64) << 24;
+        self.0[1] = with_bit(self.0[1], 24, v);
         self
     }
     /// Sets PGTT to any value (tests of reserved values).
     pub const fn with_pgtt(mut self, pgtt: Pgtt) -> Self {
-        self.0[0] = (self.0[0] & !(7 << 6)) | (pgtt.into_bits() as u64) << 6;
+        self.0[0] = with_field(self.0[0], 7 << 6, (pgtt.into_bits() as u64) << 6);
         self
     }
     /// P.
@@ -467,13 +493,14 @@ pub struct SecondStagePte {
 impl SecondStagePte {
     /// A non-leaf entry the way Linux writes it: R|W pointing at the next table.
     pub const fn table(next: u64) -> Self {
-        Self::from_bits((next & ADDR_MASK) | 0b11)
+        Self::from_bits(with_field(0b11, ADDR_MASK, next))
     }
     /// A leaf mapping `addr` with `read`/`write`; `large` sets PS (for level 2 or 3 leaves).
     pub const fn leaf(addr: u64, read: bool, write: bool, large: bool) -> Self {
-        Self::from_bits(
-            (addr & ADDR_MASK) | read as u64 | (write as u64) << 1 | (large as u64) << 7,
-        )
+        Self::from_bits(with_field(0, ADDR_MASK, addr))
+            .with_read(read)
+            .with_write(write)
+            .with_ps(large)
     }
     /// Address field.
     pub const fn addr(&self) -> u64 {
@@ -525,13 +552,13 @@ pub struct FirstStagePte {
 impl FirstStagePte {
     /// A non-leaf entry the way Linux writes it: P|RW|US|A.
     pub const fn table(next: u64) -> Self {
-        Self::from_bits((next & ADDR_MASK) | 0b10_0111)
+        Self::from_bits(with_field(0b10_0111, ADDR_MASK, next))
     }
     /// A leaf the way Linux writes it (P|US|A|D, RW when `writable`, PS when `large`).
     pub const fn leaf(addr: u64, writable: bool, large: bool) -> Self {
-        Self::from_bits(
-            (addr & ADDR_MASK) | 0b110_0101 | (writable as u64) << 1 | (large as u64) << 7,
-        )
+        Self::from_bits(with_field(0b110_0101, ADDR_MASK, addr))
+            .with_writable(writable)
+            .with_ps(large)
     }
     /// Address field.
     pub const fn addr(&self) -> u64 {
@@ -569,8 +596,258 @@ mod tests {
         assert_eq!(PasidDirEntry::to_table(0x9000).table(), 0x9000);
     }
 
+    /// One single-bit flag of a multi-word entry: name, word, bit, setter and getter.
+    type Flag<E> = (&'static str, usize, u32, fn(E, bool) -> E, fn(&E) -> bool);
+
+    /// Each flag's setter sets or clears exactly its bit (spec layout) and leaves every other
+    /// bit as it was; its getter reads exactly that bit.
+    fn check_flags<const N: usize, E: Copy>(
+        flags: &[Flag<E>],
+        make: fn([u64; N]) -> E,
+        words: fn(&E) -> [u64; N],
+    ) {
+        for &(name, word, bit, set, get) in flags {
+            let mut only = [0u64; N];
+            only[word] = 1 << bit;
+            let mut all_but = [!0u64; N];
+            all_but[word] = !(1 << bit);
+            for (start, v, want) in [
+                ([0; N], true, only),
+                ([0; N], false, [0; N]),
+                ([!0; N], false, all_but),
+                ([!0; N], true, [!0; N]),
+                (only, true, only),
+                (all_but, false, all_but),
+            ] {
+                assert_eq!(words(&set(make(start), v)), want, "{name} <- {v}");
+            }
+            assert!(get(&make(only)), "{name} reads its bit");
+            assert!(!get(&make(all_but)), "{name} reads only its bit");
+        }
+    }
+
+    #[test]
+    fn context_entry_flags_sit_where_spec_9_3_and_9_4_put_them() {
+        check_flags::<2, ContextEntry>(
+            &[("FPD", 0, 1, ContextEntry::with_fpd, ContextEntry::fpd)],
+            ContextEntry,
+            |e| e.0,
+        );
+        assert!(ContextEntry([1, 0]).present() && !ContextEntry([!1, !0]).present());
+        check_flags::<4, ScalableContextEntry>(
+            &[
+                (
+                    "FPD",
+                    0,
+                    1,
+                    ScalableContextEntry::with_fpd,
+                    ScalableContextEntry::fpd,
+                ),
+                (
+                    "DTE",
+                    0,
+                    2,
+                    ScalableContextEntry::with_dte,
+                    ScalableContextEntry::dte,
+                ),
+                (
+                    "PASIDE",
+                    0,
+                    3,
+                    ScalableContextEntry::with_paside,
+                    ScalableContextEntry::paside,
+                ),
+                (
+                    "PRE",
+                    0,
+                    4,
+                    ScalableContextEntry::with_pre,
+                    ScalableContextEntry::pre,
+                ),
+            ],
+            ScalableContextEntry,
+            |e| e.0,
+        );
+        let sc = |w| ScalableContextEntry([w, 0, 0, 0]);
+        assert!(sc(1).present() && !sc(!1).present());
+    }
+
+    #[test]
+    fn pasid_entry_flags_sit_where_spec_9_6_puts_them() {
+        check_flags::<8, PasidEntry>(
+            &[
+                ("FPD", 0, 1, PasidEntry::with_fpd, PasidEntry::fpd),
+                ("SSADE", 0, 9, PasidEntry::with_ssade, PasidEntry::ssade),
+                ("PWSNP", 1, 23, PasidEntry::with_pwsnp, PasidEntry::pwsnp),
+                ("PGSNP", 1, 24, PasidEntry::with_pgsnp, PasidEntry::pgsnp),
+                ("SRE", 2, 0, PasidEntry::with_sre, PasidEntry::sre),
+                ("ERE", 2, 1, PasidEntry::with_ere, PasidEntry::ere),
+                ("WPE", 2, 4, PasidEntry::with_wpe, PasidEntry::wpe),
+                ("EAFE", 2, 7, PasidEntry::with_eafe, PasidEntry::eafe),
+            ],
+            PasidEntry,
+            |e| e.0,
+        );
+        let pe = |w| PasidEntry([w, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(pe(1).present() && !pe(!1).present());
+    }
+
+    #[test]
+    fn multi_bit_fields_decode_exactly_their_bits() {
+        // 9.3: TT 3:2, AW 66:64, DID 87:72, SSPTPTR 63:12.
+        for (tt, want) in [
+            (0, LegacyTranslationType::MultiLevel),
+            (1, LegacyTranslationType::MultiLevelWithDeviceTlb),
+            (2, LegacyTranslationType::PassThrough),
+            (3, LegacyTranslationType::Reserved),
+        ] {
+            let ce = ContextEntry([!0xc | tt << 2, 0]);
+            assert_eq!(ce.translation_type(), want);
+            assert_eq!(
+                ContextEntry::default().with_translation_type(want).0,
+                [tt << 2, 0]
+            );
+            assert_eq!(
+                ContextEntry([!0, !0]).with_translation_type(want).0,
+                [!0xc | tt << 2, !0]
+            );
+        }
+        let ce = ContextEntry([!0, 0x00ab_cd05 | !0xff_ffff]);
+        assert_eq!((ce.sl_table(), ce.aw(), ce.did()), (ADDR_MASK, 5, 0xabcd));
+        // 9.4: PDTS 11:9, PASIDDIRPTR 63:12, RID_PASID 83:64.
+        let sc = ScalableContextEntry([!(7 << 9) | 5 << 9, !0, 0, 0]);
+        assert_eq!(
+            (sc.pdts(), sc.pasid_dir(), sc.rid_pasid()),
+            (5, ADDR_MASK, 0xf_ffff)
+        );
+        for pdts in 0..8u8 {
+            let sc = ScalableContextEntry::new(0x7000, pdts);
+            assert_eq!(sc.pasid_limit(), 1 << (pdts as u32 + 13), "PDTS {pdts}");
+        }
+        assert_eq!(
+            ScalableContextEntry([0; 4]).with_rid_pasid(0x12_3456).0,
+            [0, 0x2_3456, 0, 0],
+            "RID_PASID is 20 bits"
+        );
+        assert_eq!(
+            ScalableContextEntry([!0; 4]).with_rid_pasid(5).0,
+            [!0, !0xf_ffff | 5, !0, !0]
+        );
+        // 9.6: AW 4:2, PGTT 8:6, SSPTPTR 63:12, DID 79:64, FSPM 131:130, FSPTPTR 191:140.
+        let pe = PasidEntry([
+            !0x1fc | 3 << 2 | 4 << 6,
+            0xffff_0000_1234,
+            1 | 2 << 2 | 1 << 4,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        assert_eq!(
+            (pe.aw(), pe.pgtt(), pe.ss_table()),
+            (3, Pgtt::PassThrough, ADDR_MASK)
+        );
+        assert_eq!((pe.did(), pe.fspm(), pe.fs_table()), (0x1234, 2, 0));
+        let pe = PasidEntry([0, 0, !0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            (pe.fspm(), pe.fs_table(), pe.aw(), pe.ss_table()),
+            (3, ADDR_MASK, 0, 0)
+        );
+        for v in 0..8u8 {
+            let pgtt = Pgtt::from_bits(v);
+            assert_eq!(pgtt.into_bits(), v);
+            assert_eq!(Pgtt::from_bits(v | 0xf8), pgtt, "only 3 bits count");
+            let with = PasidEntry([!0; 8]).with_pgtt(pgtt);
+            assert_eq!(with.0[0], !(7 << 6) | (v as u64) << 6);
+            assert_eq!(with.pgtt(), pgtt);
+            assert_eq!(PasidEntry([0; 8]).with_pgtt(pgtt).0[0], (v as u64) << 6);
+        }
+        assert_eq!(Pgtt::Reserved(0xff).into_bits(), 7);
+    }
+
+    #[test]
+    fn constructors_build_present_entries_with_the_spec_layout() {
+        let addr = 0x0000_0abc_def1_2000u64;
+        let unaligned = addr | 0xfff | 0xfff0_0000_0000_0000;
+        // 9.1 root entry: P 0, CTP 63:12.
+        let re = RootEntry::new(unaligned);
+        assert_eq!(re.0, [addr | 1, 0]);
+        assert!(re.present() && !RootEntry([!1, 0]).present());
+        assert_eq!(RootEntry([!0, 0]).context_table(), ADDR_MASK);
+        // 9.2 scalable root entry: lower half for devfn 0-127, upper for 128-255.
+        let sr = ScalableRootEntry::new(Some(unaligned), Some(0x5000));
+        assert_eq!(sr.0, [addr | 1, 0x5001]);
+        assert_eq!(sr.context_table_for(0x7f), Some(addr));
+        assert_eq!(sr.context_table_for(0x80), Some(0x5000));
+        assert_eq!(sr.context_table_for(0xff), Some(0x5000));
+        let lower_only = ScalableRootEntry::new(Some(0x5000), None);
+        assert_eq!(lower_only.0, [0x5001, 0]);
+        assert_eq!(lower_only.context_table_for(0x80), None);
+        assert_eq!(ScalableRootEntry([!1, 1]).context_table_for(0), None);
+        assert_eq!(ScalableRootEntry([!1, 1]).context_table_for(0x80), Some(0));
+        // 9.3 context entries.
+        assert_eq!(
+            ContextEntry::new(unaligned, 9, 0xabcd).0,
+            [addr | 1, 0xab_cd01]
+        );
+        assert_eq!(ContextEntry::pass_through(2, 0xabcd).0, [0b1001, 0xab_cd02]);
+        // 9.4 scalable context entry.
+        assert_eq!(
+            ScalableContextEntry::new(unaligned, 0xd).0,
+            [addr | 5 << 9 | 1, 0, 0, 0]
+        );
+        // 9.5 PASID directory entry: P 0, PASIDPTR 63:12.
+        let de = PasidDirEntry::to_table(addr | 0xfff);
+        assert_eq!(de.into_bits(), addr | 1);
+        assert_eq!(de.table(), addr);
+        // 9.6 PASID entries: P, AW 4:2, PGTT 8:6, SSPTPTR, DID, FSPM 131:130, FSPTPTR.
+        let fs = PasidEntry::first_stage(unaligned, true, 0xabcd, 0xa);
+        assert_eq!(
+            fs.0,
+            [1 | 2 << 2 | 1 << 6, 0xabcd, addr | 1 << 2, 0, 0, 0, 0, 0]
+        );
+        let ss = PasidEntry::second_stage(unaligned, 3, 7);
+        assert_eq!(ss.0, [addr | 1 | 3 << 2 | 2 << 6, 7, 0, 0, 0, 0, 0, 0]);
+        let nested = PasidEntry::nested(0x5000, false, unaligned, 2, 9);
+        assert_eq!(
+            nested.0,
+            [addr | 1 | 2 << 2 | 3 << 6, 9, 0x5000, 0, 0, 0, 0, 0]
+        );
+        let pt = PasidEntry::pass_through(1, 2);
+        assert_eq!(pt.0, [1 | 2 << 2 | 4 << 6, 1, 0, 0, 0, 0, 0, 0]);
+        // 9.8 second-stage entries: R 0, W 1, PS 7, ADDR 51:12; present = R or W.
+        assert_eq!(SecondStagePte::table(unaligned).into_bits(), addr | 0b11);
+        for (r, w, large, bits) in [
+            (true, false, false, 0b1),
+            (false, true, false, 0b10),
+            (true, true, true, 0b1000_0011),
+        ] {
+            let leaf = SecondStagePte::leaf(unaligned, r, w, large);
+            assert_eq!(leaf.into_bits(), addr | bits);
+            assert!(leaf.present());
+            assert_eq!(leaf.addr(), addr);
+        }
+        assert!(!SecondStagePte::from_bits(!0b11).present());
+        // 9.7 first-stage entries: P 0, R/W 1, U/S 2, A 5, D 6, PS 7, ADDR 51:12.
+        assert_eq!(
+            FirstStagePte::table(unaligned).into_bits(),
+            addr | 0b10_0111
+        );
+        assert_eq!(
+            FirstStagePte::leaf(unaligned, false, true).into_bits(),
+            addr | 0b1110_0101
+        );
+        let leaf = FirstStagePte::leaf(unaligned, true, false);
+        assert_eq!((leaf.into_bits(), leaf.addr()), (addr | 0b110_0111, addr));
+    }
+
     #[test]
     fn bits_above_a_width() {
+        assert_eq!(bits_above(0), !0);
+        assert_eq!(bits_above(1), !1);
+        assert_eq!(bits_above(63), 1 << 63);
+        assert_eq!(bits_above(65), 0);
         assert_eq!(bits_above(64), 0);
         assert_eq!(bits_above(48), 0xffff_0000_0000_0000);
     }

@@ -521,6 +521,14 @@ pub struct Leaf {
     pub entry: u64,
 }
 
+impl Leaf {
+    /// The output address of `input`: the page base plus `input`'s offset within the page
+    /// (the offset bits pass through untranslated, spec 3.6 and 3.7).
+    pub const fn output_of(&self, input: u64) -> u64 {
+        self.page_base + (input & (self.page_size - 1))
+    }
+}
+
 /// Which fault codes a second-stage walk reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecondStageMode {
@@ -654,7 +662,11 @@ pub fn walk_second_stage(
             }
             let mut entry = raw;
             if set_ad {
-                let want = raw | 1 << 8 | if access.is_write() { 1 << 9 } else { 0 };
+                // A, and D for a write; a D already set stays set.
+                let want = pte
+                    .with_accessed(true)
+                    .with_dirty(pte.dirty() || access.is_write())
+                    .into_bits();
                 entry =
                     set_bits(mem, entry_addr, raw, want).map_err(|_| StepFault::new(read_fail))?;
             }
@@ -667,7 +679,8 @@ pub fn walk_second_stage(
             });
         }
         if set_ad {
-            set_bits(mem, entry_addr, raw, raw | 1 << 8).map_err(|_| StepFault::new(read_fail))?;
+            let want = pte.with_accessed(true).into_bits();
+            set_bits(mem, entry_addr, raw, want).map_err(|_| StepFault::new(read_fail))?;
         }
         table = pte.addr();
     }
@@ -742,16 +755,15 @@ pub fn walk_first_stage(
             set_ad: rules.second_stage_ad(pe),
         };
         let leaf = walk_second_stage(mem, cfg, &ss, gpa, acc)?;
-        Ok(leaf.page_base | (gpa & (leaf.page_size - 1)))
+        Ok(leaf.output_of(gpa))
     };
     let mut table = pe.fs_table();
     let mut perms = Perms::ALL;
-    let accessed = 1u64 << 5
-        | if rules.extended_accessed(pe) {
-            1 << 10
-        } else {
-            0
-        };
+    // A (bit 5), and EA (bit 10) where the entry enables it (spec 3.6.2, 9.7).
+    let accessed = FirstStagePte::new()
+        .with_accessed(true)
+        .with_extended_accessed(rules.extended_accessed(pe))
+        .into_bits();
     for level in (1..=levels).rev() {
         let shift = 12 + 9 * (level as u32 - 1);
         let entry_gpa = table + ((iova >> shift) & 0x1ff) * 8;
@@ -810,7 +822,10 @@ pub fn walk_first_stage(
         if access == AccessKind::Execute && !perms.execute {
             return Err(StepFault::new(fr::FS_EXECUTE));
         }
-        let want = raw | accessed | if access.is_write() { 1 << 6 } else { 0 };
+        // A (and EA), and D for a write; a D already set stays set.
+        let want = FirstStagePte::from_bits(raw | accessed)
+            .with_dirty(pte.dirty() || access.is_write())
+            .into_bits();
         let mut entry = raw;
         if want != raw {
             let at = through_ss(
@@ -839,7 +854,7 @@ pub fn walk_first_stage(
             });
         }
         // The output goes through the second stage; the resulting page is the smaller one.
-        let out_gpa = page_gpa | (iova & (page_size - 1));
+        let out_gpa = page_gpa + (iova & (page_size - 1));
         let ss = walk_second_stage(
             mem,
             cfg,
@@ -853,7 +868,7 @@ pub fn walk_first_stage(
             access,
         )?;
         let size = page_size.min(ss.page_size);
-        let out = ss.page_base | (out_gpa & (ss.page_size - 1));
+        let out = ss.output_of(out_gpa);
         return Ok(Leaf {
             page_base: out & !(size - 1),
             page_size: size,
@@ -939,7 +954,7 @@ fn translate_legacy(
         )
     })?;
     Ok(Translation {
-        output: leaf.page_base | (req.iova & (leaf.page_size - 1)),
+        output: leaf.output_of(req.iova),
         page_size: leaf.page_size,
         perms: leaf.perms,
         did: ce.did(),
@@ -1014,7 +1029,7 @@ fn translate_pasid_entry(
         Pgtt::Reserved(_) => return Err(StepFault::new(fr::SM_PASID_INVALID)),
     };
     Ok(Translation {
-        output: leaf.page_base | (req.iova & (leaf.page_size - 1)),
+        output: leaf.output_of(req.iova),
         page_size: leaf.page_size,
         perms: leaf.perms,
         did: pe.did(),
@@ -1036,5 +1051,204 @@ fn retry_once(mut walk: impl FnMut() -> Result<Leaf, StepFault>) -> Result<Leaf,
             walk()
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vtd_regs::VtdConfig;
+
+    use super::*;
+    use crate::builder::{FrameAllocator, PageSize, PageTableBuilder, PageTableFormat};
+    use crate::mem::MemError;
+
+    const DATA: u64 = 0x40_0000;
+    const OTHER: u64 = 0x60_0000;
+    const A: u64 = 1 << 5;
+    const D: u64 = 1 << 6;
+
+    /// Guest RAM in which the guest (or another walker) rewrites one entry at a chosen moment
+    /// of a walk: just after the walk's first read of it, or just before the walk's first
+    /// compare-exchange on it. This is the race spec 3.6.2 / 3.7.2 leave to software: the
+    /// hardware must set A/D only in the entry it used.
+    struct Racing {
+        ram: GuestMemoryMmap<()>,
+        after_read: Cell<Option<(u64, u64)>>,
+        before_cas: Cell<Option<(u64, u64)>>,
+    }
+
+    impl Racing {
+        fn new() -> Self {
+            Self {
+                ram: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap(),
+                after_read: Cell::new(None),
+                before_cas: Cell::new(None),
+            }
+        }
+    }
+
+    impl GuestRam for Racing {
+        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+            let r = GuestRam::read(&self.ram, gpa, buf);
+            if let Some((at, value)) = self.after_read.get()
+                && at == gpa
+            {
+                self.after_read.set(None);
+                self.ram.write_u64(at, value).unwrap();
+            }
+            r
+        }
+        fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
+            GuestRam::write(&self.ram, gpa, buf)
+        }
+        fn compare_exchange_u64(
+            &self,
+            gpa: u64,
+            current: u64,
+            new: u64,
+        ) -> Result<Result<u64, u64>, MemError> {
+            if let Some((at, value)) = self.before_cas.get()
+                && at == gpa
+            {
+                self.before_cas.set(None);
+                self.ram.write_u64(at, value).unwrap();
+            }
+            self.ram.compare_exchange_u64(gpa, current, new)
+        }
+    }
+
+    fn unit(ecap: impl FnOnce(vtd_regs::Ecap) -> vtd_regs::Ecap) -> WalkConfig {
+        let cfg = VtdConfig {
+            scalable_mode: true,
+            first_stage: true,
+            second_stage: true,
+            ..VtdConfig::default()
+        };
+        WalkConfig::new(cfg.cap(), ecap(cfg.ecap()))
+    }
+
+    /// A 4-level table of `format` with one 4 KiB leaf `leaf` for IOVA 0x1000; returns the
+    /// root and the leaf's slot.
+    fn one_leaf(mem: &Racing, format: PageTableFormat, leaf: u64) -> (u64, u64) {
+        let mut frames = FrameAllocator::new(0x10_0000, 0x30_0000);
+        let mut pt = PageTableBuilder::new(mem, &mut frames, format).unwrap();
+        pt.set_leaf(&mut frames, 0x1000, PageSize::Size4K, leaf)
+            .unwrap();
+        let slot = pt.leaf_slot(0x1000, PageSize::Size4K).unwrap().unwrap();
+        (pt.root(), slot)
+    }
+
+    fn read_at(iova: u64) -> DmaRequest {
+        DmaRequest::new(0x10, iova, AccessKind::Read)
+    }
+
+    #[test]
+    fn a_walk_that_lost_the_accessed_race_to_a_remap_walks_again_and_uses_the_new_entry() {
+        // Spec 3.6.2: A is set in the entry the translation used. The guest remaps the leaf
+        // between the walk's read and its locked A update: the update must fail rather than
+        // set A in (and translate through) the new entry, and the walk is done again.
+        let mem = Racing::new();
+        let clean = FirstStagePte::leaf(DATA, true, false).into_bits() & !(A | D);
+        let (root, slot) = one_leaf(&mem, PageTableFormat::FirstStage { levels: 4 }, clean);
+        let remapped = FirstStagePte::leaf(OTHER, true, false).into_bits();
+        mem.before_cas.set(Some((slot, remapped)));
+        let pe = PasidEntry::first_stage(root, false, 1, 2);
+        let t = translate_with_pasid_entry(&mem, &unit(|e| e), &pe, 0, &read_at(0x1008)).unwrap();
+        assert_eq!(t.output, OTHER + 8);
+        assert_eq!(mem.ram.read_u64(slot).unwrap(), remapped);
+    }
+
+    #[test]
+    fn a_second_stage_walk_that_lost_the_ad_race_walks_again() {
+        // Spec 3.7.2 with SSADE: the same race in a second-stage table (access error 0x78
+        // internally, retried once).
+        let mem = Racing::new();
+        let clean = SecondStagePte::leaf(DATA, true, true, false).into_bits();
+        let (root, slot) = one_leaf(&mem, PageTableFormat::SecondStage { levels: 4 }, clean);
+        let remapped = SecondStagePte::leaf(OTHER, true, true, false).into_bits();
+        mem.before_cas.set(Some((slot, remapped)));
+        let pe = PasidEntry::second_stage(root, 2, 1).with_ssade(true);
+        let cfg = unit(|e| e.with_slads(true));
+        let t = translate_with_pasid_entry(&mem, &cfg, &pe, 0, &read_at(0x1010)).unwrap();
+        assert_eq!(t.output, OTHER + 0x10);
+        assert_eq!(mem.ram.read_u64(slot).unwrap(), remapped | 1 << 8);
+    }
+
+    #[test]
+    fn a_not_present_fault_is_reported_for_the_entry_the_walk_saw() {
+        // Only a lost A/D race repeats a walk: an entry the guest makes present after the
+        // walk read it as not present still faults (0x71, spec 7.1.3 SFL.2), as hardware
+        // reports the fault of the walk it did.
+        let mem = Racing::new();
+        let (root, slot) = one_leaf(&mem, PageTableFormat::FirstStage { levels: 4 }, 0);
+        let present = FirstStagePte::leaf(DATA, true, false).into_bits();
+        mem.after_read.set(Some((slot, present)));
+        let pe = PasidEntry::first_stage(root, false, 1, 2);
+        let f = translate_with_pasid_entry(&mem, &unit(|e| e), &pe, 0, &read_at(0x1000));
+        assert_eq!(f.unwrap_err().reason, FaultReason::FirstStageNotPresent);
+        assert_eq!(
+            mem.ram.read_u64(slot).unwrap(),
+            present,
+            "the guest's write"
+        );
+    }
+
+    #[test]
+    fn set_bits_writes_the_wanted_entry_when_memory_still_holds_the_seen_one() {
+        // Spec 3.6.2: the locked update lands when the entry is unchanged; nothing to set
+        // means no write at all.
+        let mem = Racing::new();
+        let seen = DATA | 0b111;
+        mem.ram.write_u64(0x2000, seen).unwrap();
+        assert_eq!(set_bits(&mem, 0x2000, seen, seen), Ok(seen));
+        assert_eq!(set_bits(&mem, 0x2000, seen, seen | A | D), Ok(seen | A | D));
+        assert_eq!(mem.ram.read_u64(0x2000).unwrap(), seen | A | D);
+    }
+
+    #[test]
+    fn set_bits_merges_with_accessed_dirty_bits_set_concurrently() {
+        // Another walker set A in the entry meanwhile: only the bits being set differ, so the
+        // entry is still the one used and D is added to it (spec 3.6.2 locked update).
+        let mem = Racing::new();
+        let seen = DATA | 0b111;
+        mem.ram.write_u64(0x2000, seen | A).unwrap();
+        assert_eq!(set_bits(&mem, 0x2000, seen, seen | A | D), Ok(seen | A | D));
+        assert_eq!(mem.ram.read_u64(0x2000).unwrap(), seen | A | D);
+    }
+
+    #[test]
+    fn set_bits_refuses_an_entry_the_guest_rewrote() {
+        // The guest changed the address (or permissions): the walk used a stale entry, no bit
+        // is set in the new one.
+        let mem = Racing::new();
+        let seen = DATA | 0b111;
+        let rewritten = OTHER | 0b111;
+        mem.ram.write_u64(0x2000, rewritten).unwrap();
+        assert_eq!(set_bits(&mem, 0x2000, seen, seen | A), Err(()));
+        assert_eq!(mem.ram.read_u64(0x2000).unwrap(), rewritten);
+        // Bits outside RAM cannot be set either.
+        assert_eq!(set_bits(&mem, 16 << 20, seen, seen | A), Err(()));
+    }
+
+    #[test]
+    fn an_execute_request_needs_read_and_execute_rights() {
+        // Spec 3.6.2, 3.7.2: an execute request is a read with ER set: it needs both rights.
+        let x_only = Perms {
+            read: false,
+            write: false,
+            execute: true,
+        };
+        let r_only = Perms {
+            read: true,
+            write: false,
+            execute: false,
+        };
+        assert!(!x_only.allows(AccessKind::Execute));
+        assert!(!r_only.allows(AccessKind::Execute));
+        assert!(Perms::ALL.allows(AccessKind::Execute));
+        assert!(r_only.allows(AccessKind::Read) && !r_only.allows(AccessKind::Write));
     }
 }
