@@ -921,6 +921,38 @@ fn restore_replays_the_bindings() {
         HOST_BASE + GPA
     );
     check_host_matches_binder(&sim, &binder, &[(BDF, dev, parent)]);
+    // What a migration records of the source: the device, its host objects, its nested
+    // bindings (requests without PASID here).
+    let src = rig.binder.registered_devices();
+    assert_eq!(src.len(), 1);
+    let d = &src[0];
+    assert_eq!(
+        (d.bdf, d.name.as_str(), d.dev_id, d.parent, d.nested.clone()),
+        (BDF, "0000:01:00.0", rig.dev, rig.parent, vec![None])
+    );
+    let debug = format!("{d:?}");
+    assert!(debug.contains("0000:01:00.0") && debug.contains("nested"), "{debug}");
+    // The target's replay returns the bindings it re-derived.
+    assert_eq!(binder.replay_after_restore(), binder.bindings());
+    assert_eq!(binder.registered_devices()[0].nested, vec![None]);
+}
+
+/// `resync_all` re-reads the guest's tables even when no event said they changed (what a VMM
+/// calls after importing state behind the unit's back): a PASID entry rewritten without an
+/// invalidation is bound.
+#[test]
+fn resync_all_rereads_the_guest_tables() {
+    let mut rig = Rig::new(FLTS);
+    let root = rig.new_fs_table(IOVA, 0x90_0000, true);
+    rig.write_pasid_entry(0, PasidEntry::first_stage(root, false, DID, 2));
+    assert_ne!(rig.binding(0).unwrap().s1.unwrap().pgtbl_addr, root);
+    rig.binder.resync_all();
+    assert_eq!(rig.binding(0).unwrap().s1.unwrap().pgtbl_addr, root);
+    assert_eq!(
+        rig.dma(IOVA, AccessKind::Read).unwrap().hpa,
+        HOST_BASE + 0x90_0000
+    );
+    rig.check_host_matches_binder();
 }
 
 #[test]
