@@ -641,3 +641,54 @@ fn groups_are_answered_once_and_pending_ones_die_with_their_hwpt() {
     assert_eq!(rig.sim.page_responses().len(), responses);
     assert_eq!(rig.binder.stats().host_errors, 0);
 }
+
+/// The binder's map from the guest's names of page groups (requester, PASID, group index) to
+/// the host's cookies is emptied by the answers: a device cycling through its 512 group
+/// indices many times over (PCIe PRI reuses an index once its group was answered) gets every
+/// group answered with its own cookie, the first one a group of two requests that must be
+/// remembered once, not once per request.
+#[test]
+fn answered_groups_free_their_names_for_reuse() {
+    let mut rig = pri_rig();
+    let groups = 8200u64;
+    for i in 0..groups {
+        let pages: &[u64] = if i == 0 {
+            &[0x5000_0000, 0x5000_1000]
+        } else {
+            &[0x5000_0000 + (i % 64) * 0x1000]
+        };
+        let prg = rig
+            .sim
+            .raise_page_group(rig.dev, None, pages, false)
+            .unwrap();
+        assert_eq!(prg, (i % 512) as u16);
+        rig.binder.process_host_faults();
+        let reqs: Vec<_> = rig
+            .g
+            .read_page_requests()
+            .requests
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(reqs.len(), pages.len(), "group {i}");
+        rig.g.respond(reqs.last().unwrap(), ResponseCode::Success);
+        assert_eq!(
+            rig.sim.pending_page_groups(),
+            (0, 0),
+            "group {i} answered"
+        );
+    }
+    // The simulator keeps the latest responses only; each group was answered (above).
+    assert!(
+        rig.sim
+            .page_responses()
+            .iter()
+            .all(|r| r.code == PageResponseCode::Success && !r.auto)
+    );
+    let s = rig.binder.stats();
+    assert_eq!(
+        (s.page_responses, s.page_requests_refused, s.host_errors),
+        (groups, 0, 0)
+    );
+    assert_eq!(s.page_requests, groups + 1, "every request read counted");
+}
