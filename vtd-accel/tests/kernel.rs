@@ -692,3 +692,103 @@ fn answered_groups_free_their_names_for_reuse() {
     );
     assert_eq!(s.page_requests, groups + 1, "every request read counted");
 }
+
+/// Pending page groups die with their binding's HWPT and with nothing else: when one device
+/// moves to a new table (the kernel answers its pending group itself, Linux
+/// `drivers/iommu/iommufd/fault.c`, `iommufd_auto_response_faults()`) or is unplugged, another
+/// device's pending group still gets the guest's answer, and the late answer to a dead group
+/// writes nothing to the host.
+#[test]
+fn pending_groups_of_other_devices_survive_a_rebind_and_an_unplug() {
+    let mut rig = pri_rig();
+    // A second PRI device, 03:00.0, probed by the guest with its own first-stage domain.
+    let bdf_c = Bdf::new(3, 0, 0);
+    let (dev_c, parent_c) = rig
+        .sim
+        .vfio_bind_default(rig.ioas, rig.binder.viommu_flags())
+        .unwrap();
+    rig.sim.set_device_pri(dev_c, true);
+    let hd = HostIommuDevice::query(rig.sim.clone(), "0000:03:00.0", dev_c, parent_c).unwrap();
+    rig.binder
+        .register(bdf_c, hd.with_pri(true), PciTopology::default())
+        .unwrap();
+    let root_c = rig.new_fs_table(IOVA, GPA, true);
+    rig.program_device(
+        bdf_c,
+        &[(
+            0,
+            vtd_tables::entries::PasidEntry::first_stage(root_c, false, 11, 2),
+        )],
+    );
+    rig.g.submit(&[context_cache(
+        vtd_regs::inv::ContextCacheGranularity::Global,
+    )]);
+    let pending = |rig: &mut Rig| -> Vec<vtd_regs::prq::PageRequestDescriptor> {
+        rig.binder.process_host_faults();
+        rig.g
+            .read_page_requests()
+            .requests
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let answers = |rig: &Rig, dev: DeviceId| {
+        rig.sim
+            .page_responses()
+            .iter()
+            .filter(|r| r.dev == dev && !r.auto)
+            .count()
+    };
+
+    // One group pending on each device; the first device moves to a new table.
+    rig.sim
+        .raise_page_group(rig.dev, None, &[0x5000_0000], false)
+        .unwrap();
+    rig.sim
+        .raise_page_group(dev_c, None, &[0x6000_0000], false)
+        .unwrap();
+    let reqs = pending(&mut rig);
+    assert_eq!(reqs.len(), 2);
+    let of = |sid: u16| *reqs.iter().find(|r| r.rid == sid).unwrap();
+    let (req_a, req_c) = (of(SID), of(bdf_c.sid()));
+    let new_root = rig.new_fs_table(IOVA, GPA, true);
+    rig.write_pasid_entry(
+        0,
+        vtd_tables::entries::PasidEntry::first_stage(new_root, false, DID, 2),
+    );
+    rig.g.submit(&[pasid_cache(
+        DID,
+        vtd_regs::inv::PasidCacheGranularity::Pasid { pasid: 0 },
+    )]);
+    assert!(
+        rig.sim
+            .page_responses()
+            .iter()
+            .any(|r| r.dev == rig.dev && r.auto),
+        "the kernel answered the replaced HWPT's group"
+    );
+    // The other device's group still reaches its device; the dead group's answer does not.
+    rig.g.respond(&req_c, ResponseCode::Success);
+    assert_eq!(answers(&rig, dev_c), 1, "the other device's answer");
+    rig.g.respond(&req_a, ResponseCode::Success);
+    assert_eq!(answers(&rig, rig.dev), 0, "the dead group's answer");
+
+    // One group pending on each device again; the second device is unplugged.
+    rig.sim
+        .raise_page_group(rig.dev, None, &[0x5000_1000], false)
+        .unwrap();
+    rig.sim
+        .raise_page_group(dev_c, None, &[0x6000_1000], false)
+        .unwrap();
+    let reqs = pending(&mut rig);
+    assert_eq!(reqs.len(), 2);
+    let of = |sid: u16| *reqs.iter().find(|r| r.rid == sid).unwrap();
+    let (req_a, req_c) = (of(SID), of(bdf_c.sid()));
+    rig.binder.unregister(bdf_c).unwrap();
+    rig.g.respond(&req_a, ResponseCode::Success);
+    assert_eq!(answers(&rig, rig.dev), 1, "the remaining device's answer");
+    rig.g.respond(&req_c, ResponseCode::Success);
+    assert_eq!(answers(&rig, dev_c), 1, "nothing for the unplugged device");
+    assert_eq!(rig.binder.stats().host_errors, 0);
+    assert_eq!(rig.sim.pending_page_groups(), (0, 0));
+}
