@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use vtd_accel::sim::{SimOp, SimStats};
 use vtd_accel::*;
+use vtd_regs::VtdConfig;
 use vtd_regs::fault::FaultReason;
 use vtd_regs::inv::PasidCacheGranularity;
 use vtd_tables::builder::{PageSize, PageTableBuilder, PageTableFormat};
@@ -236,4 +237,44 @@ fn host_fault_counters() {
         (3, 1, 0, 2)
     );
     assert_eq!(rig.binder.process_host_faults(), 0, "the queue is drained");
+}
+
+/// PASID-cache invalidations re-evaluate bindings; PASID-IOTLB invalidations only forward,
+/// except for a PASID the binder does not follow yet, whose entry the guest may have written
+/// without a PASID-cache invalidation (CM = 0): it is bound first. `syncs` counts each
+/// re-evaluation.
+#[test]
+fn pasid_iotlb_invalidations_bind_unseen_pasids_and_re_evaluate_nothing_else() {
+    let cfg = VtdConfig {
+        pasid_bits: 8,
+        ..VtdConfig::from_qemu_props(FLTS).unwrap()
+    };
+    let mut rig = Rig::with_config(cfg);
+    let syncs = |rig: &Rig| rig.binder.stats().syncs;
+    let root5 = rig.new_fs_table(IOVA, 0xb0_0000, true);
+    rig.write_pasid_entry(5, PasidEntry::first_stage(root5, false, 7, 2));
+    let before = syncs(&rig);
+    rig.g.submit(&[pasid_iotlb_all(7, 5)]);
+    let b5 = rig.binding(5).expect("PASID 5 bound by its first invalidation");
+    assert_eq!(b5.s1.unwrap().pgtbl_addr, root5);
+    assert_eq!(syncs(&rig), before + 1);
+    // Followed now: forwarded only.
+    rig.g.submit(&[pasid_iotlb_all(7, 5), pasid_iotlb_all(DID, 0)]);
+    assert_eq!(syncs(&rig), before + 1, "nothing re-evaluated");
+}
+
+/// On a unit without PASIDs the binder follows requests without PASID only: invalidations
+/// naming another PASID re-evaluate nothing and leave no binding.
+#[test]
+fn a_unit_without_pasids_follows_no_pasid() {
+    let mut rig = Rig::new(FLTS);
+    assert_eq!(rig.g.unit.config().pasid_bits, 0);
+    let before = rig.binder.stats().syncs;
+    rig.g.submit(&[
+        pasid_cache(DID, PasidCacheGranularity::Pasid { pasid: 5 }),
+        pasid_iotlb_all(DID, 5),
+    ]);
+    assert_eq!(rig.binder.stats().syncs, before);
+    assert!(rig.binding(5).is_none());
+    assert_eq!(rig.binder.bindings().len(), 1);
 }

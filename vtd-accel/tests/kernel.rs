@@ -44,8 +44,15 @@ fn bare_sim(info: HostHwInfo) -> (Arc<SimHostIommu<Mem>>, IoasId) {
 /// The rig's device re-registered as having ATS and PRI, the guest's page request queue on
 /// (one page: 128 descriptors, of which the unit fills at most 127).
 fn pri_rig() -> Rig {
-    let mut rig = Rig::new(FLTS_PRQ);
+    let mut rig = pri_device_rig();
     rig.g.enable_prq(0);
+    rig
+}
+
+/// The rig's device re-registered as having ATS and PRI; the guest's page request queue not
+/// set up yet.
+fn pri_device_rig() -> Rig {
+    let rig = Rig::new(FLTS_PRQ);
     rig.sim.set_device_pri(rig.dev, true);
     let host = rig.binder.unregister(BDF).unwrap();
     rig.binder
@@ -791,4 +798,108 @@ fn pending_groups_of_other_devices_survive_a_rebind_and_an_unplug() {
     assert_eq!(answers(&rig, dev_c), 1, "nothing for the unplugged device");
     assert_eq!(rig.binder.stats().host_errors, 0);
     assert_eq!(rig.sim.pending_page_groups(), (0, 0));
+}
+
+/// Devices sharing one iommufd share its fault queue: every fault and page request is matched
+/// to its device by the iommufd device ID, whichever device registered first, and the queue
+/// is read for page requests as soon as any of its devices has PRI (here the second one only).
+#[test]
+fn one_iommufd_two_devices_faults_and_page_requests_reach_their_own_device() {
+    let mut rig = Rig::new(FLTS_PRQ);
+    rig.g.enable_prq(0);
+    rig.sim.report_unrecoverable_faults(true);
+    // 01:00.0 (the rig's, no PRI) and 03:00.0 with PRI, on the same host IOMMU.
+    let bdf_c = Bdf::new(3, 0, 0);
+    let (dev_c, parent_c) = rig
+        .sim
+        .vfio_bind_default(rig.ioas, rig.binder.viommu_flags())
+        .unwrap();
+    rig.sim.set_device_pri(dev_c, true);
+    let hd = HostIommuDevice::query(rig.sim.clone(), "0000:03:00.0", dev_c, parent_c).unwrap();
+    rig.binder
+        .register(bdf_c, hd.with_pri(true), PciTopology::default())
+        .unwrap();
+    let root_c = rig.new_fs_table(IOVA, GPA, true);
+    rig.program_device(
+        bdf_c,
+        &[(
+            0,
+            vtd_tables::entries::PasidEntry::first_stage(root_c, false, 11, 2),
+        )],
+    );
+    rig.g.submit(&[context_cache(
+        vtd_regs::inv::ContextCacheGranularity::Global,
+    )]);
+    rig.events.take();
+    // A page request of the second device reaches the guest under its requester ID.
+    rig.sim
+        .raise_page_group(dev_c, None, &[0x6000_0000], false)
+        .unwrap();
+    assert_eq!(rig.binder.process_host_faults(), 1);
+    let reqs: Vec<_> = rig
+        .g
+        .read_page_requests()
+        .requests
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        reqs.iter().map(|r| r.rid).collect::<Vec<_>>(),
+        vec![bdf_c.sid()]
+    );
+    // A first-stage fault of each device is reported at its own BDF.
+    for dev in [dev_c, rig.dev] {
+        rig.sim.raise_fault(HostFault {
+            dev_id: dev,
+            pasid: None,
+            addr: IOVA,
+            reason: vtd_regs::fault::FaultReason::FirstStageNotPresent,
+            access: AccessKind::Read,
+            privileged: false,
+            hwpt: None,
+        });
+    }
+    assert_eq!(rig.binder.process_host_faults(), 2);
+    let bdfs: Vec<Option<Bdf>> = rig
+        .events
+        .take()
+        .iter()
+        .filter_map(|e| match e {
+            AccelEvent::HostFault { bdf, .. } => Some(*bdf),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bdfs, vec![Some(bdf_c), Some(BDF)]);
+}
+
+/// A guest whose page request queue lies outside its RAM cannot be given the request (the
+/// unit drops it): the host group is answered "invalid" at once, at its last request (PCIe
+/// PRI: a device waits for the response of every group it sent), and counted as refused.
+#[test]
+fn page_requests_the_guest_cannot_receive_are_answered_invalid_at_once() {
+    let rig = pri_device_rig();
+    // PQA at 1 TiB, far outside the guest's 64 MiB.
+    let pqa = vtd_regs::prq::Pqa::new().with_pqa(0x100_0000_0000 >> 12);
+    rig.g.w64(vtd_regs::regs::offset::PQA, pqa.into_bits());
+    let prg = rig
+        .sim
+        .raise_page_group(rig.dev, None, &[0x5000_0000, 0x5000_1000], false)
+        .unwrap();
+    assert_eq!(rig.binder.process_host_faults(), 2);
+    assert_eq!(
+        rig.sim.page_responses(),
+        vec![SimPageResponse {
+            dev: rig.dev,
+            pasid: None,
+            prg_index: prg,
+            code: PageResponseCode::Invalid,
+            auto: false
+        }]
+    );
+    assert_eq!(rig.sim.pending_page_groups(), (0, 0));
+    let s = rig.binder.stats();
+    assert_eq!(
+        (s.page_requests, s.page_requests_refused, s.host_errors),
+        (2, 1, 0)
+    );
 }
