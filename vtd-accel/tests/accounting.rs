@@ -211,8 +211,15 @@ fn host_fault_counters() {
     let mem = rig.g.mem.clone();
     let mut fs = PageTableBuilder::at(&mem, rig.fs_root, PageTableFormat::FirstStage { levels: 4 });
     for page in [outside, outside + 0x1000] {
-        fs.map(&mut rig.g.frames, page, 0x1_0000_0000, PageSize::Size4K, true, true)
-            .unwrap();
+        fs.map(
+            &mut rig.g.frames,
+            page,
+            0x1_0000_0000,
+            PageSize::Size4K,
+            true,
+            true,
+        )
+        .unwrap();
     }
     // Unmapped IOVA: the guest's first-stage fault. A GPA outside guest RAM: second stage.
     assert_eq!(
@@ -255,11 +262,14 @@ fn pasid_iotlb_invalidations_bind_unseen_pasids_and_re_evaluate_nothing_else() {
     rig.write_pasid_entry(5, PasidEntry::first_stage(root5, false, 7, 2));
     let before = syncs(&rig);
     rig.g.submit(&[pasid_iotlb_all(7, 5)]);
-    let b5 = rig.binding(5).expect("PASID 5 bound by its first invalidation");
+    let b5 = rig
+        .binding(5)
+        .expect("PASID 5 bound by its first invalidation");
     assert_eq!(b5.s1.unwrap().pgtbl_addr, root5);
     assert_eq!(syncs(&rig), before + 1);
     // Followed now: forwarded only.
-    rig.g.submit(&[pasid_iotlb_all(7, 5), pasid_iotlb_all(DID, 0)]);
+    rig.g
+        .submit(&[pasid_iotlb_all(7, 5), pasid_iotlb_all(DID, 0)]);
     assert_eq!(syncs(&rig), before + 1, "nothing re-evaluated");
 }
 

@@ -931,7 +931,10 @@ fn restore_replays_the_bindings() {
         (BDF, "0000:01:00.0", rig.dev, rig.parent, vec![None])
     );
     let debug = format!("{d:?}");
-    assert!(debug.contains("0000:01:00.0") && debug.contains("nested"), "{debug}");
+    assert!(
+        debug.contains("0000:01:00.0") && debug.contains("nested"),
+        "{debug}"
+    );
     // The target's replay returns the bindings it re-derived.
     assert_eq!(binder.replay_after_restore(), binder.bindings());
     assert_eq!(binder.registered_devices()[0].nested, vec![None]);
@@ -1158,40 +1161,32 @@ fn an_open_batch_is_sent_at_whatever_ends_it() {
             "held until the batch ends"
         );
     };
-    let enders: Vec<(&str, Box<dyn Fn()>)> = vec![
-        (
-            "WaitCompleted",
-            Box::new(|| {
-                rig.binder.on_event(&VtdEvent::WaitCompleted {
-                    status_addr: None,
-                    interrupt: false,
-                })
-            }),
-        ),
-        (
-            "QueueError",
-            Box::new(|| {
-                rig.binder
-                    .on_event(&VtdEvent::QueueError { head: 1, iqei: 1 })
-            }),
-        ),
-        (
-            "RegisterWrite",
-            Box::new(|| {
-                rig.binder.on_event(&VtdEvent::RegisterWrite {
-                    offset: reg::IQT,
-                    size: 8,
-                    value: 0,
-                })
-            }),
-        ),
-        ("flush_pending", Box::new(|| rig.binder.flush_pending())),
+    let end = |what: &str| match what {
+        "WaitCompleted" => rig.binder.on_event(&VtdEvent::WaitCompleted {
+            status_addr: None,
+            interrupt: false,
+        }),
+        "QueueError" => rig
+            .binder
+            .on_event(&VtdEvent::QueueError { head: 1, iqei: 1 }),
+        "RegisterWrite" => rig.binder.on_event(&VtdEvent::RegisterWrite {
+            offset: reg::IQT,
+            size: 8,
+            value: 0,
+        }),
+        _ => rig.binder.flush_pending(),
+    };
+    let enders = [
+        "WaitCompleted",
+        "QueueError",
+        "RegisterWrite",
+        "flush_pending",
     ];
-    for (i, (what, end)) in enders.iter().enumerate() {
+    for (i, what) in enders.into_iter().enumerate() {
         let addr = IOVA + i as u64 * 0x1000;
         open(addr);
         open(addr + 0x10_0000);
-        end();
+        end(what);
         assert_eq!(
             rig.sim.take_invalidation_log(),
             vec![(
@@ -1204,7 +1199,7 @@ fn an_open_batch_is_sent_at_whatever_ends_it() {
             "{what}"
         );
         // Nothing is left to send twice.
-        end();
+        end(what);
         assert!(rig.sim.take_invalidation_log().is_empty(), "{what}");
     }
     // A register-based invalidation is a batch of its own.
@@ -1228,6 +1223,7 @@ fn debug_output_counts_the_registered_devices() {
         "{text}"
     );
     rig.binder.unregister(BDF).unwrap();
+    assert!(!rig.binder.is_registered(BDF));
     assert!(format!("{:?}", rig.binder).contains("devices: 0"));
 }
 

@@ -679,11 +679,7 @@ fn answered_groups_free_their_names_for_reuse() {
             .collect();
         assert_eq!(reqs.len(), pages.len(), "group {i}");
         rig.g.respond(reqs.last().unwrap(), ResponseCode::Success);
-        assert_eq!(
-            rig.sim.pending_page_groups(),
-            (0, 0),
-            "group {i} answered"
-        );
+        assert_eq!(rig.sim.pending_page_groups(), (0, 0), "group {i} answered");
     }
     // The simulator keeps the latest responses only; each group was answered (above).
     assert!(
