@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use common::*;
 use vm_memory::{Bytes, GuestAddress};
@@ -52,7 +52,18 @@ fn pri_rig() -> Rig {
 /// The rig's device re-registered as having ATS and PRI; the guest's page request queue not
 /// set up yet.
 fn pri_device_rig() -> Rig {
-    let rig = Rig::new(FLTS_PRQ);
+    pri_device_rig_on(|sim, _| sim)
+}
+
+/// As [`pri_device_rig`], the device's host calls going through `backend` (which may wrap the
+/// simulator).
+fn pri_device_rig_on(
+    backend: impl FnOnce(Arc<SimHostIommu<Mem>>, &Guest) -> Arc<dyn HostIommuBackend>,
+) -> Rig {
+    let cfg = VtdConfig::from_qemu_props(FLTS_PRQ).unwrap();
+    let info = host_info_for(&cfg);
+    let mut rig = Rig::build(cfg, info, None, backend);
+    rig.g.set_translation(true);
     rig.sim.set_device_pri(rig.dev, true);
     let host = rig.binder.unregister(BDF).unwrap();
     rig.binder
@@ -897,5 +908,180 @@ fn page_requests_the_guest_cannot_receive_are_answered_invalid_at_once() {
     assert_eq!(
         (s.page_requests, s.page_requests_refused, s.host_errors),
         (2, 1, 0)
+    );
+}
+
+/// A backend wrapping the simulator whose fault queue holds the page requests a test puts
+/// there, and which records the answers it gets.
+struct Flood {
+    sim: Arc<SimHostIommu<Mem>>,
+    queue: Mutex<Vec<HostPageRequest>>,
+    answers: Mutex<Vec<(u32, PageResponseCode)>>,
+}
+impl HostIommuBackend for Flood {
+    fn name(&self) -> &'static str {
+        "flood"
+    }
+    fn get_hw_info(&self, dev: DeviceId) -> Result<HostHwInfo, BackendError> {
+        self.sim.get_hw_info(dev)
+    }
+    fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError> {
+        self.sim.alloc_hwpt(dev, req)
+    }
+    fn attach(
+        &self,
+        dev: DeviceId,
+        pasid: Option<Pasid>,
+        hwpt: HwptId,
+    ) -> Result<(), BackendError> {
+        self.sim.attach(dev, pasid, hwpt)
+    }
+    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
+        self.sim.detach(dev, pasid)
+    }
+    fn invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32, BackendError> {
+        self.sim.invalidate(hwpt, entries)
+    }
+    fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError> {
+        self.sim.destroy(hwpt)
+    }
+    fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError> {
+        self.sim.read_faults(max)
+    }
+    fn caps(&self) -> BackendCaps {
+        self.sim.caps()
+    }
+    fn read_page_requests(&self, max: usize) -> Result<Vec<HostPageRequest>, BackendError> {
+        let mut q = self.queue.lock().unwrap();
+        let n = q.len().min(max);
+        Ok(q.drain(..n).collect())
+    }
+    fn respond_page_request(
+        &self,
+        cookie: u32,
+        code: PageResponseCode,
+    ) -> Result<(), BackendError> {
+        self.answers.lock().unwrap().push((cookie, code));
+        Ok(())
+    }
+}
+
+/// A PRI rig (guest page request queue on) whose device's backend is a [`Flood`].
+fn flood_rig() -> (Rig, Arc<Flood>) {
+    let flood = Mutex::new(None);
+    let mut rig = pri_device_rig_on(|sim, _| {
+        let f = Arc::new(Flood {
+            sim,
+            queue: Mutex::default(),
+            answers: Mutex::default(),
+        });
+        *flood.lock().unwrap() = Some(f.clone());
+        f
+    });
+    rig.g.enable_prq(0);
+    let flood = flood.into_inner().unwrap().unwrap();
+    (rig, flood)
+}
+
+/// A single-page read request of `dev` (cookie: its group's).
+fn page_request(
+    dev: DeviceId,
+    pasid: Option<Pasid>,
+    prg_index: u16,
+    last: bool,
+    cookie: u32,
+) -> HostPageRequest {
+    HostPageRequest {
+        dev_id: dev,
+        pasid,
+        addr: 0x5000_0000,
+        prg_index,
+        last_in_group: last,
+        read: true,
+        write: false,
+        execute: false,
+        privileged: false,
+        cookie,
+    }
+}
+
+/// A device may flood page requests and the guest may never answer (both are untrusted): the
+/// binder remembers at most `vtd_core::MAX_OUTSTANDING_GROUPS` unanswered host groups, and
+/// answers the next group "invalid" at once instead of handing it to the guest. The flood
+/// comes from a backend wrapping the simulator: 8192 groups whose last request never comes
+/// (distinct names: 16 PASIDs, 512 group indices each), then one whole group. Unplugging the
+/// device forgets its groups (the kernel answers them itself).
+#[test]
+fn unanswered_page_groups_are_bounded() {
+    let (rig, flood) = flood_rig();
+    let request =
+        |pasid, prg_index, last, cookie| page_request(rig.dev, pasid, prg_index, last, cookie);
+    let limit = vtd_core::MAX_OUTSTANDING_GROUPS;
+    let names = (1..=16)
+        .map(Pasid::new)
+        .flat_map(|p| (0..512u16).map(move |prg| (p, prg)));
+    let mut flooded: Vec<HostPageRequest> = names
+        .take(limit)
+        .zip(1u32..)
+        .map(|((p, prg), cookie)| request(p, prg, false, cookie))
+        .collect();
+    // One more group, whole, under a name not used yet.
+    let last = request(Pasid::new(17), 0, true, 99_999);
+    flooded.push(last);
+    *flood.queue.lock().unwrap() = flooded;
+    let mut read = 0;
+    while !flood.queue.lock().unwrap().is_empty() {
+        read += rig.binder.process_host_faults();
+    }
+    assert_eq!(read, limit + 1);
+    assert_eq!(
+        *flood.answers.lock().unwrap(),
+        vec![(99_999, PageResponseCode::Invalid)],
+        "the group beyond the bound is refused, the others still wait for the guest"
+    );
+    assert_eq!(rig.binder.stats().page_requests_refused, 1);
+    // Unplugged and plugged again, the device's next group is handed to the guest, whose full
+    // queue makes the unit answer Success (VT-d spec 7.5.1), instead of being refused.
+    let host = rig.binder.unregister(BDF).unwrap();
+    rig.binder
+        .register(BDF, host, PciTopology::default())
+        .unwrap();
+    *flood.queue.lock().unwrap() = vec![request(Pasid::new(17), 1, true, 100_000)];
+    assert_eq!(rig.binder.process_host_faults(), 1);
+    assert_eq!(
+        flood.answers.lock().unwrap().last(),
+        Some(&(100_000, PageResponseCode::Success))
+    );
+    assert_eq!(rig.binder.stats().page_requests_refused, 1);
+}
+
+/// The binder keeps every host group waiting under one guest name (requester, PASID, group
+/// index), oldest first: a device that sends a second group under the index of one not yet
+/// answered gets both answered, in order, one per guest answer.
+#[test]
+fn two_groups_under_one_name_are_answered_in_turn() {
+    let (mut rig, flood) = flood_rig();
+    *flood.queue.lock().unwrap() = vec![
+        page_request(rig.dev, None, 5, true, 1),
+        page_request(rig.dev, None, 5, true, 2),
+    ];
+    assert_eq!(rig.binder.process_host_faults(), 2);
+    let reqs: Vec<_> = rig
+        .g
+        .read_page_requests()
+        .requests
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(reqs.len(), 2);
+    for r in &reqs {
+        rig.g.respond(r, ResponseCode::Success);
+    }
+    assert_eq!(
+        *flood.answers.lock().unwrap(),
+        vec![
+            (1, PageResponseCode::Success),
+            (2, PageResponseCode::Success)
+        ]
     );
 }
