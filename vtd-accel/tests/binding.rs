@@ -314,6 +314,16 @@ fn domain_global_iotlb_and_device_tlb_invalidations_are_forwarded() {
             }),
             Some(VtdS1Invalidation::for_range(IOVA, IOVA + 0x1fff, true)),
         ),
+        // Page-selective for another domain: not this device's pages.
+        (
+            iotlb(IotlbGranularity::Page {
+                did: DID + 1,
+                addr: IOVA,
+                am: 1,
+                ih: true,
+            }),
+            None,
+        ),
         (
             InvDesc::DeviceTlb(DeviceTlbInv {
                 sid: SID,
@@ -484,6 +494,40 @@ fn replay_on_every_context_invalidation_granularity() {
                 did: 0,
                 sid: SID | 5,
                 fm: 0,
+            },
+            false,
+        ),
+        // Function mask 1 ignores bit 2 only: 01:00.4 covers 01:00.0, 01:00.1 does not.
+        (
+            ContextCacheGranularity::Device {
+                did: 0,
+                sid: SID | 4,
+                fm: 1,
+            },
+            true,
+        ),
+        (
+            ContextCacheGranularity::Device {
+                did: 0,
+                sid: SID | 1,
+                fm: 1,
+            },
+            false,
+        ),
+        // Function mask 2 ignores bits 2:1: 01:00.6 covers 01:00.0, 01:00.1 does not.
+        (
+            ContextCacheGranularity::Device {
+                did: 0,
+                sid: SID | 6,
+                fm: 2,
+            },
+            true,
+        ),
+        (
+            ContextCacheGranularity::Device {
+                did: 0,
+                sid: SID | 1,
+                fm: 2,
             },
             false,
         ),
@@ -877,6 +921,41 @@ fn restore_replays_the_bindings() {
         HOST_BASE + GPA
     );
     check_host_matches_binder(&sim, &binder, &[(BDF, dev, parent)]);
+    // What a migration records of the source: the device, its host objects, its nested
+    // bindings (requests without PASID here).
+    let src = rig.binder.registered_devices();
+    assert_eq!(src.len(), 1);
+    let d = &src[0];
+    assert_eq!(
+        (d.bdf, d.name.as_str(), d.dev_id, d.parent, d.nested.clone()),
+        (BDF, "0000:01:00.0", rig.dev, rig.parent, vec![None])
+    );
+    let debug = format!("{d:?}");
+    assert!(
+        debug.contains("0000:01:00.0") && debug.contains("nested"),
+        "{debug}"
+    );
+    // The target's replay returns the bindings it re-derived.
+    assert_eq!(binder.replay_after_restore(), binder.bindings());
+    assert_eq!(binder.registered_devices()[0].nested, vec![None]);
+}
+
+/// `resync_all` re-reads the guest's tables even when no event said they changed (what a VMM
+/// calls after importing state behind the unit's back): a PASID entry rewritten without an
+/// invalidation is bound.
+#[test]
+fn resync_all_rereads_the_guest_tables() {
+    let mut rig = Rig::new(FLTS);
+    let root = rig.new_fs_table(IOVA, 0x90_0000, true);
+    rig.write_pasid_entry(0, PasidEntry::first_stage(root, false, DID, 2));
+    assert_ne!(rig.binding(0).unwrap().s1.unwrap().pgtbl_addr, root);
+    rig.binder.resync_all();
+    assert_eq!(rig.binding(0).unwrap().s1.unwrap().pgtbl_addr, root);
+    assert_eq!(
+        rig.dma(IOVA, AccessKind::Read).unwrap().hpa,
+        HOST_BASE + 0x90_0000
+    );
+    rig.check_host_matches_binder();
 }
 
 #[test]
@@ -1054,5 +1133,148 @@ fn resync_after_platform_reset() {
     rig.g.unit.reset();
     assert_eq!(rig.binding(0).unwrap().host, HostAttachment::Parent);
     assert!(rig.sim.hwpts().iter().all(|h| h.id == rig.parent));
+    rig.check_host_matches_binder();
+}
+
+/// A batch of forwarded invalidations is held until its end and then sent as one
+/// `IOMMU_HWPT_INVALIDATE`. vtd-core marks the batch's last invalidation, and the binder also
+/// ends a batch at whatever the unit does next (module doc of the binder's forwarding: a
+/// `WaitCompleted`, a queue error, the next MMIO write), or when the VMM asks
+/// (`flush_pending`). The events are published to the binder as the unit would, one
+/// invalidation that does not end its batch followed by each way the batch can end.
+#[test]
+fn an_open_batch_is_sent_at_whatever_ends_it() {
+    use vtd_core::{InvalidationSource, VtdEvent, VtdObserver};
+    let rig = Rig::new(FLTS);
+    let hwpt = rig.nested_hwpt().unwrap();
+    rig.sim.take_invalidation_log();
+    let open = |addr: u64| {
+        rig.binder.on_event(&VtdEvent::Invalidation {
+            source: InvalidationSource::Queue {
+                index: 0,
+                ends_batch: false,
+            },
+            desc: pasid_iotlb_page(DID, 0, addr, 0, true),
+        });
+        assert!(
+            rig.sim.take_invalidation_log().is_empty(),
+            "held until the batch ends"
+        );
+    };
+    let end = |what: &str| match what {
+        "WaitCompleted" => rig.binder.on_event(&VtdEvent::WaitCompleted {
+            status_addr: None,
+            interrupt: false,
+        }),
+        "QueueError" => rig
+            .binder
+            .on_event(&VtdEvent::QueueError { head: 1, iqei: 1 }),
+        "RegisterWrite" => rig.binder.on_event(&VtdEvent::RegisterWrite {
+            offset: reg::IQT,
+            size: 8,
+            value: 0,
+        }),
+        _ => rig.binder.flush_pending(),
+    };
+    let enders = [
+        "WaitCompleted",
+        "QueueError",
+        "RegisterWrite",
+        "flush_pending",
+    ];
+    for (i, what) in enders.into_iter().enumerate() {
+        let addr = IOVA + i as u64 * 0x1000;
+        open(addr);
+        open(addr + 0x10_0000);
+        end(what);
+        assert_eq!(
+            rig.sim.take_invalidation_log(),
+            vec![(
+                hwpt,
+                vec![
+                    VtdS1Invalidation::for_range(addr, addr + 0xfff, true),
+                    VtdS1Invalidation::for_range(addr + 0x10_0000, addr + 0x10_0fff, true),
+                ]
+            )],
+            "{what}"
+        );
+        // Nothing is left to send twice.
+        end(what);
+        assert!(rig.sim.take_invalidation_log().is_empty(), "{what}");
+    }
+    // A register-based invalidation is a batch of its own.
+    rig.binder.on_event(&VtdEvent::Invalidation {
+        source: InvalidationSource::Register,
+        desc: pasid_iotlb_all(DID, 0),
+    });
+    assert_eq!(
+        rig.sim.take_invalidation_log(),
+        vec![(hwpt, vec![VtdS1Invalidation::ALL])]
+    );
+}
+
+/// The binder's `Debug` output (what a VMM logs) says how many devices it binds.
+#[test]
+fn debug_output_counts_the_registered_devices() {
+    let rig = Rig::new(FLTS);
+    let text = format!("{:?}", rig.binder);
+    assert!(
+        text.starts_with("NestedBinder") && text.contains("devices: 1"),
+        "{text}"
+    );
+    rig.binder.unregister(BDF).unwrap();
+    assert!(!rig.binder.is_registered(BDF));
+    assert!(format!("{:?}", rig.binder).contains("devices: 0"));
+}
+
+/// A guest configuration the host cannot run is reported to the VMM once when the binding
+/// becomes unsupported, not again on every re-evaluation of the same programming, and again
+/// when the guest comes back to it from another blocked state.
+#[test]
+fn unsupported_programming_is_reported_once_per_change() {
+    let cfg = VtdConfig {
+        scalable_mode: true,
+        first_stage: true,
+        second_stage: true,
+        nesting: true,
+        ..VtdConfig::default()
+    };
+    let info = host_info_for(&cfg);
+    let mut rig = Rig::unbound(cfg, info);
+    rig.g.set_translation(true);
+    let reports = |rig: &Rig| {
+        rig.events
+            .take()
+            .iter()
+            .filter(|e| matches!(e, AccelEvent::GuestConfigUnsupported { .. }))
+            .count()
+    };
+    reports(&rig);
+    let ss = rig.new_fs_table(0, 0, false);
+    let flush = |rig: &mut Rig| {
+        rig.g
+            .submit(&[pasid_cache(DID, PasidCacheGranularity::Pasid { pasid: 0 })])
+    };
+    rig.write_pasid_entry(0, PasidEntry::second_stage(ss, 2, DID));
+    flush(&mut rig);
+    assert_eq!(reports(&rig), 1, "unsupported");
+    flush(&mut rig);
+    rig.g
+        .submit(&[context_cache(ContextCacheGranularity::Global)]);
+    assert_eq!(reports(&rig), 0, "the same programming again");
+    // Not present (the guest's own fault, nothing for the VMM), then second stage again.
+    rig.write_pasid_entry(0, PasidEntry::default());
+    flush(&mut rig);
+    assert_eq!(
+        rig.binding(0).unwrap().blocked,
+        Some(BlockCause::Guest {
+            reason: FaultReason::PasidEntryNotPresent
+        })
+    );
+    assert_eq!(reports(&rig), 0, "not present");
+    rig.write_pasid_entry(0, PasidEntry::second_stage(ss, 2, DID));
+    flush(&mut rig);
+    assert_eq!(reports(&rig), 1, "unsupported again");
+    assert_eq!(rig.binder.stats().guest_config_errors, 2);
     rig.check_host_matches_binder();
 }

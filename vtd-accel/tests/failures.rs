@@ -284,3 +284,34 @@ fn unregister_with_a_failing_host_keeps_the_device_registered() {
     assert!(rig.sim.hwpts().iter().all(|h| h.id == rig.parent));
     assert_all_reported(&rig);
 }
+
+/// A binding the host already blocked (fenced after a failed allocation) whose retry fails at
+/// attach stays blocked: the one failure is reported, and neither a detach (nothing is
+/// attached) nor a second "blocked" event follows.
+#[test]
+fn failed_attach_of_a_fenced_binding_reports_only_the_failure() {
+    let mut rig = Rig::new(FLTS);
+    rig.sim.fail_next(SimOp::AllocHwpt, 1);
+    rebind(&mut rig, 0x90_0000);
+    assert_eq!(rig.binding(0).unwrap().host, HostAttachment::Blocked);
+    rig.events.take();
+    let detaches = rig.sim.stats().calls(SimOp::Detach);
+    rig.sim.fail_next(SimOp::Attach, 1);
+    rig.binder.retry_failed();
+    let ev = rig.events.take();
+    assert_eq!(
+        host_errors(&ev),
+        vec![(BackendOp::Attach, Recovery::Blocked)]
+    );
+    assert!(
+        !ev.iter().any(|e| matches!(e, AccelEvent::Blocked { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(rig.sim.stats().calls(SimOp::Detach), detaches);
+    let b = rig.binding(0).unwrap();
+    assert_eq!((b.host, b.dirty), (HostAttachment::Blocked, true));
+    rig.check_host_matches_binder();
+    rig.binder.retry_failed();
+    assert!(rig.nested_hwpt().is_some());
+    assert_all_reported(&rig);
+}

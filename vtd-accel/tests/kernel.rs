@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use common::*;
 use vm_memory::{Bytes, GuestAddress};
@@ -44,8 +44,26 @@ fn bare_sim(info: HostHwInfo) -> (Arc<SimHostIommu<Mem>>, IoasId) {
 /// The rig's device re-registered as having ATS and PRI, the guest's page request queue on
 /// (one page: 128 descriptors, of which the unit fills at most 127).
 fn pri_rig() -> Rig {
-    let mut rig = Rig::new(FLTS_PRQ);
+    let mut rig = pri_device_rig();
     rig.g.enable_prq(0);
+    rig
+}
+
+/// The rig's device re-registered as having ATS and PRI; the guest's page request queue not
+/// set up yet.
+fn pri_device_rig() -> Rig {
+    pri_device_rig_on(|sim, _| sim)
+}
+
+/// As [`pri_device_rig`], the device's host calls going through `backend` (which may wrap the
+/// simulator).
+fn pri_device_rig_on(
+    backend: impl FnOnce(Arc<SimHostIommu<Mem>>, &Guest) -> Arc<dyn HostIommuBackend>,
+) -> Rig {
+    let cfg = VtdConfig::from_qemu_props(FLTS_PRQ).unwrap();
+    let info = host_info_for(&cfg);
+    let mut rig = Rig::build(cfg, info, None, backend);
+    rig.g.set_translation(true);
     rig.sim.set_device_pri(rig.dev, true);
     let host = rig.binder.unregister(BDF).unwrap();
     rig.binder
@@ -640,4 +658,431 @@ fn groups_are_answered_once_and_pending_ones_die_with_their_hwpt() {
     rig.g.respond(&pending[0], ResponseCode::Success);
     assert_eq!(rig.sim.page_responses().len(), responses);
     assert_eq!(rig.binder.stats().host_errors, 0);
+}
+
+/// The binder's map from the guest's names of page groups (requester, PASID, group index) to
+/// the host's cookies is emptied by the answers: a device cycling through its 512 group
+/// indices many times over (PCIe PRI reuses an index once its group was answered) gets every
+/// group answered with its own cookie, the first one a group of two requests that must be
+/// remembered once, not once per request.
+#[test]
+fn answered_groups_free_their_names_for_reuse() {
+    let mut rig = pri_rig();
+    let groups = 8200u64;
+    for i in 0..groups {
+        let pages: &[u64] = if i == 0 {
+            &[0x5000_0000, 0x5000_1000]
+        } else {
+            &[0x5000_0000 + (i % 64) * 0x1000]
+        };
+        let prg = rig
+            .sim
+            .raise_page_group(rig.dev, None, pages, false)
+            .unwrap();
+        assert_eq!(prg, (i % 512) as u16);
+        rig.binder.process_host_faults();
+        let reqs: Vec<_> = rig
+            .g
+            .read_page_requests()
+            .requests
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(reqs.len(), pages.len(), "group {i}");
+        rig.g.respond(reqs.last().unwrap(), ResponseCode::Success);
+        assert_eq!(rig.sim.pending_page_groups(), (0, 0), "group {i} answered");
+    }
+    // The simulator keeps the latest responses only; each group was answered (above).
+    assert!(
+        rig.sim
+            .page_responses()
+            .iter()
+            .all(|r| r.code == PageResponseCode::Success && !r.auto)
+    );
+    let s = rig.binder.stats();
+    assert_eq!(
+        (s.page_responses, s.page_requests_refused, s.host_errors),
+        (groups, 0, 0)
+    );
+    assert_eq!(s.page_requests, groups + 1, "every request read counted");
+}
+
+/// Pending page groups die with their binding's HWPT and with nothing else: when one device
+/// moves to a new table (the kernel answers its pending group itself, Linux
+/// `drivers/iommu/iommufd/fault.c`, `iommufd_auto_response_faults()`) or is unplugged, another
+/// device's pending group still gets the guest's answer, and the late answer to a dead group
+/// writes nothing to the host.
+#[test]
+fn pending_groups_of_other_devices_survive_a_rebind_and_an_unplug() {
+    let mut rig = pri_rig();
+    // A second PRI device, 03:00.0, probed by the guest with its own first-stage domain.
+    let bdf_c = Bdf::new(3, 0, 0);
+    let (dev_c, parent_c) = rig
+        .sim
+        .vfio_bind_default(rig.ioas, rig.binder.viommu_flags())
+        .unwrap();
+    rig.sim.set_device_pri(dev_c, true);
+    let hd = HostIommuDevice::query(rig.sim.clone(), "0000:03:00.0", dev_c, parent_c).unwrap();
+    rig.binder
+        .register(bdf_c, hd.with_pri(true), PciTopology::default())
+        .unwrap();
+    let root_c = rig.new_fs_table(IOVA, GPA, true);
+    rig.program_device(
+        bdf_c,
+        &[(
+            0,
+            vtd_tables::entries::PasidEntry::first_stage(root_c, false, 11, 2),
+        )],
+    );
+    rig.g.submit(&[context_cache(
+        vtd_regs::inv::ContextCacheGranularity::Global,
+    )]);
+    let pending = |rig: &mut Rig| -> Vec<vtd_regs::prq::PageRequestDescriptor> {
+        rig.binder.process_host_faults();
+        rig.g
+            .read_page_requests()
+            .requests
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let answers = |rig: &Rig, dev: DeviceId| {
+        rig.sim
+            .page_responses()
+            .iter()
+            .filter(|r| r.dev == dev && !r.auto)
+            .count()
+    };
+
+    // One group pending on each device; the first device moves to a new table.
+    rig.sim
+        .raise_page_group(rig.dev, None, &[0x5000_0000], false)
+        .unwrap();
+    rig.sim
+        .raise_page_group(dev_c, None, &[0x6000_0000], false)
+        .unwrap();
+    let reqs = pending(&mut rig);
+    assert_eq!(reqs.len(), 2);
+    let of = |sid: u16| *reqs.iter().find(|r| r.rid == sid).unwrap();
+    let (req_a, req_c) = (of(SID), of(bdf_c.sid()));
+    let new_root = rig.new_fs_table(IOVA, GPA, true);
+    rig.write_pasid_entry(
+        0,
+        vtd_tables::entries::PasidEntry::first_stage(new_root, false, DID, 2),
+    );
+    rig.g.submit(&[pasid_cache(
+        DID,
+        vtd_regs::inv::PasidCacheGranularity::Pasid { pasid: 0 },
+    )]);
+    assert!(
+        rig.sim
+            .page_responses()
+            .iter()
+            .any(|r| r.dev == rig.dev && r.auto),
+        "the kernel answered the replaced HWPT's group"
+    );
+    // The other device's group still reaches its device; the dead group's answer does not.
+    rig.g.respond(&req_c, ResponseCode::Success);
+    assert_eq!(answers(&rig, dev_c), 1, "the other device's answer");
+    rig.g.respond(&req_a, ResponseCode::Success);
+    assert_eq!(answers(&rig, rig.dev), 0, "the dead group's answer");
+
+    // One group pending on each device again; the second device is unplugged.
+    rig.sim
+        .raise_page_group(rig.dev, None, &[0x5000_1000], false)
+        .unwrap();
+    rig.sim
+        .raise_page_group(dev_c, None, &[0x6000_1000], false)
+        .unwrap();
+    let reqs = pending(&mut rig);
+    assert_eq!(reqs.len(), 2);
+    let of = |sid: u16| *reqs.iter().find(|r| r.rid == sid).unwrap();
+    let (req_a, req_c) = (of(SID), of(bdf_c.sid()));
+    rig.binder.unregister(bdf_c).unwrap();
+    rig.g.respond(&req_a, ResponseCode::Success);
+    assert_eq!(answers(&rig, rig.dev), 1, "the remaining device's answer");
+    rig.g.respond(&req_c, ResponseCode::Success);
+    assert_eq!(answers(&rig, dev_c), 1, "nothing for the unplugged device");
+    assert_eq!(rig.binder.stats().host_errors, 0);
+    assert_eq!(rig.sim.pending_page_groups(), (0, 0));
+}
+
+/// Devices sharing one iommufd share its fault queue: every fault and page request is matched
+/// to its device by the iommufd device ID, whichever device registered first, and the queue
+/// is read for page requests as soon as any of its devices has PRI (here the second one only).
+#[test]
+fn one_iommufd_two_devices_faults_and_page_requests_reach_their_own_device() {
+    let mut rig = Rig::new(FLTS_PRQ);
+    rig.g.enable_prq(0);
+    rig.sim.report_unrecoverable_faults(true);
+    // 01:00.0 (the rig's, no PRI) and 03:00.0 with PRI, on the same host IOMMU.
+    let bdf_c = Bdf::new(3, 0, 0);
+    let (dev_c, parent_c) = rig
+        .sim
+        .vfio_bind_default(rig.ioas, rig.binder.viommu_flags())
+        .unwrap();
+    rig.sim.set_device_pri(dev_c, true);
+    let hd = HostIommuDevice::query(rig.sim.clone(), "0000:03:00.0", dev_c, parent_c).unwrap();
+    rig.binder
+        .register(bdf_c, hd.with_pri(true), PciTopology::default())
+        .unwrap();
+    let root_c = rig.new_fs_table(IOVA, GPA, true);
+    rig.program_device(
+        bdf_c,
+        &[(
+            0,
+            vtd_tables::entries::PasidEntry::first_stage(root_c, false, 11, 2),
+        )],
+    );
+    rig.g.submit(&[context_cache(
+        vtd_regs::inv::ContextCacheGranularity::Global,
+    )]);
+    rig.events.take();
+    // A page request of the second device reaches the guest under its requester ID.
+    rig.sim
+        .raise_page_group(dev_c, None, &[0x6000_0000], false)
+        .unwrap();
+    assert_eq!(rig.binder.process_host_faults(), 1);
+    let reqs: Vec<_> = rig
+        .g
+        .read_page_requests()
+        .requests
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        reqs.iter().map(|r| r.rid).collect::<Vec<_>>(),
+        vec![bdf_c.sid()]
+    );
+    // A first-stage fault of each device is reported at its own BDF.
+    for dev in [dev_c, rig.dev] {
+        rig.sim.raise_fault(HostFault {
+            dev_id: dev,
+            pasid: None,
+            addr: IOVA,
+            reason: vtd_regs::fault::FaultReason::FirstStageNotPresent,
+            access: AccessKind::Read,
+            privileged: false,
+            hwpt: None,
+        });
+    }
+    assert_eq!(rig.binder.process_host_faults(), 2);
+    let bdfs: Vec<Option<Bdf>> = rig
+        .events
+        .take()
+        .iter()
+        .filter_map(|e| match e {
+            AccelEvent::HostFault { bdf, .. } => Some(*bdf),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bdfs, vec![Some(bdf_c), Some(BDF)]);
+}
+
+/// A guest whose page request queue lies outside its RAM cannot be given the request (the
+/// unit drops it): the host group is answered "invalid" at once, at its last request (PCIe
+/// PRI: a device waits for the response of every group it sent), and counted as refused.
+#[test]
+fn page_requests_the_guest_cannot_receive_are_answered_invalid_at_once() {
+    let rig = pri_device_rig();
+    // PQA at 1 TiB, far outside the guest's 64 MiB.
+    let pqa = vtd_regs::prq::Pqa::new().with_pqa(0x100_0000_0000 >> 12);
+    rig.g.w64(vtd_regs::regs::offset::PQA, pqa.into_bits());
+    let prg = rig
+        .sim
+        .raise_page_group(rig.dev, None, &[0x5000_0000, 0x5000_1000], false)
+        .unwrap();
+    assert_eq!(rig.binder.process_host_faults(), 2);
+    assert_eq!(
+        rig.sim.page_responses(),
+        vec![SimPageResponse {
+            dev: rig.dev,
+            pasid: None,
+            prg_index: prg,
+            code: PageResponseCode::Invalid,
+            auto: false
+        }]
+    );
+    assert_eq!(rig.sim.pending_page_groups(), (0, 0));
+    let s = rig.binder.stats();
+    assert_eq!(
+        (s.page_requests, s.page_requests_refused, s.host_errors),
+        (2, 1, 0)
+    );
+}
+
+/// A backend wrapping the simulator whose fault queue holds the page requests a test puts
+/// there, and which records the answers it gets.
+struct Flood {
+    sim: Arc<SimHostIommu<Mem>>,
+    queue: Mutex<Vec<HostPageRequest>>,
+    answers: Mutex<Vec<(u32, PageResponseCode)>>,
+}
+impl HostIommuBackend for Flood {
+    fn name(&self) -> &'static str {
+        "flood"
+    }
+    fn get_hw_info(&self, dev: DeviceId) -> Result<HostHwInfo, BackendError> {
+        self.sim.get_hw_info(dev)
+    }
+    fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError> {
+        self.sim.alloc_hwpt(dev, req)
+    }
+    fn attach(
+        &self,
+        dev: DeviceId,
+        pasid: Option<Pasid>,
+        hwpt: HwptId,
+    ) -> Result<(), BackendError> {
+        self.sim.attach(dev, pasid, hwpt)
+    }
+    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
+        self.sim.detach(dev, pasid)
+    }
+    fn invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32, BackendError> {
+        self.sim.invalidate(hwpt, entries)
+    }
+    fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError> {
+        self.sim.destroy(hwpt)
+    }
+    fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError> {
+        self.sim.read_faults(max)
+    }
+    fn caps(&self) -> BackendCaps {
+        self.sim.caps()
+    }
+    fn read_page_requests(&self, max: usize) -> Result<Vec<HostPageRequest>, BackendError> {
+        let mut q = self.queue.lock().unwrap();
+        let n = q.len().min(max);
+        Ok(q.drain(..n).collect())
+    }
+    fn respond_page_request(
+        &self,
+        cookie: u32,
+        code: PageResponseCode,
+    ) -> Result<(), BackendError> {
+        self.answers.lock().unwrap().push((cookie, code));
+        Ok(())
+    }
+}
+
+/// A PRI rig (guest page request queue on) whose device's backend is a [`Flood`].
+fn flood_rig() -> (Rig, Arc<Flood>) {
+    let flood = Mutex::new(None);
+    let mut rig = pri_device_rig_on(|sim, _| {
+        let f = Arc::new(Flood {
+            sim,
+            queue: Mutex::default(),
+            answers: Mutex::default(),
+        });
+        *flood.lock().unwrap() = Some(f.clone());
+        f
+    });
+    rig.g.enable_prq(0);
+    let flood = flood.into_inner().unwrap().unwrap();
+    (rig, flood)
+}
+
+/// A single-page read request of `dev` (cookie: its group's).
+fn page_request(
+    dev: DeviceId,
+    pasid: Option<Pasid>,
+    prg_index: u16,
+    last: bool,
+    cookie: u32,
+) -> HostPageRequest {
+    HostPageRequest {
+        dev_id: dev,
+        pasid,
+        addr: 0x5000_0000,
+        prg_index,
+        last_in_group: last,
+        read: true,
+        write: false,
+        execute: false,
+        privileged: false,
+        cookie,
+    }
+}
+
+/// A device may flood page requests and the guest may never answer (both are untrusted): the
+/// binder remembers at most `vtd_core::MAX_OUTSTANDING_GROUPS` unanswered host groups, and
+/// answers the next group "invalid" at once instead of handing it to the guest. The flood
+/// comes from a backend wrapping the simulator: 8192 groups whose last request never comes
+/// (distinct names: 16 PASIDs, 512 group indices each), then one whole group. Unplugging the
+/// device forgets its groups (the kernel answers them itself).
+#[test]
+fn unanswered_page_groups_are_bounded() {
+    let (rig, flood) = flood_rig();
+    let request =
+        |pasid, prg_index, last, cookie| page_request(rig.dev, pasid, prg_index, last, cookie);
+    let limit = vtd_core::MAX_OUTSTANDING_GROUPS;
+    let names = (1..=16)
+        .map(Pasid::new)
+        .flat_map(|p| (0..512u16).map(move |prg| (p, prg)));
+    let mut flooded: Vec<HostPageRequest> = names
+        .take(limit)
+        .zip(1u32..)
+        .map(|((p, prg), cookie)| request(p, prg, false, cookie))
+        .collect();
+    // One more group, whole, under a name not used yet.
+    let last = request(Pasid::new(17), 0, true, 99_999);
+    flooded.push(last);
+    *flood.queue.lock().unwrap() = flooded;
+    // 256 requests per poll: the polls needed, a bounded loop.
+    let read: usize = (0..(limit + 1).div_ceil(256))
+        .map(|_| rig.binder.process_host_faults())
+        .sum();
+    assert!(flood.queue.lock().unwrap().is_empty(), "every request read");
+    assert_eq!(read, limit + 1);
+    assert_eq!(
+        *flood.answers.lock().unwrap(),
+        vec![(99_999, PageResponseCode::Invalid)],
+        "the group beyond the bound is refused, the others still wait for the guest"
+    );
+    assert_eq!(rig.binder.stats().page_requests_refused, 1);
+    // Unplugged and plugged again, the device's next group is handed to the guest, whose full
+    // queue makes the unit answer Success (VT-d spec 7.5.1), instead of being refused.
+    let host = rig.binder.unregister(BDF).unwrap();
+    rig.binder
+        .register(BDF, host, PciTopology::default())
+        .unwrap();
+    *flood.queue.lock().unwrap() = vec![request(Pasid::new(17), 1, true, 100_000)];
+    assert_eq!(rig.binder.process_host_faults(), 1);
+    assert_eq!(
+        flood.answers.lock().unwrap().last(),
+        Some(&(100_000, PageResponseCode::Success))
+    );
+    assert_eq!(rig.binder.stats().page_requests_refused, 1);
+}
+
+/// The binder keeps every host group waiting under one guest name (requester, PASID, group
+/// index), oldest first: a device that sends a second group under the index of one not yet
+/// answered gets both answered, in order, one per guest answer.
+#[test]
+fn two_groups_under_one_name_are_answered_in_turn() {
+    let (mut rig, flood) = flood_rig();
+    *flood.queue.lock().unwrap() = vec![
+        page_request(rig.dev, None, 5, true, 1),
+        page_request(rig.dev, None, 5, true, 2),
+    ];
+    assert_eq!(rig.binder.process_host_faults(), 2);
+    let reqs: Vec<_> = rig
+        .g
+        .read_page_requests()
+        .requests
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(reqs.len(), 2);
+    for r in &reqs {
+        rig.g.respond(r, ResponseCode::Success);
+    }
+    assert_eq!(
+        *flood.answers.lock().unwrap(),
+        vec![
+            (1, PageResponseCode::Success),
+            (2, PageResponseCode::Success)
+        ]
+    );
 }

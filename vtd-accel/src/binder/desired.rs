@@ -327,14 +327,34 @@ mod tests {
 
     /// Guest memory with scalable tables for BDF (PASID entries as given), and the root.
     fn guest_tables(cfg: &VtdConfig, entries: &[(u32, PasidEntry)]) -> (Mem, RootTable) {
+        let t = scalable_tables(cfg, 0, false, entries);
+        (t.mem, t.root)
+    }
+
+    /// Tables built by [`scalable_tables`].
+    struct Tables {
+        mem: Mem,
+        root: RootTable,
+        /// The PASID directory of BDF.
+        dir: u64,
+    }
+
+    /// Guest memory with scalable tables for BDF: a PASID directory of 2^(`pdts` + 7)
+    /// entries holding `entries`, the context entry's FPD as `context_fpd`.
+    fn scalable_tables(
+        cfg: &VtdConfig,
+        pdts: u8,
+        context_fpd: bool,
+        entries: &[(u32, PasidEntry)],
+    ) -> Tables {
         let mem: Mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 24)]).unwrap();
         let mut frames = FrameAllocator::new(0x10_0000, 0x20_0000);
         let mut ctx = ContextTablesBuilder::new(&mem, &mut frames, true).unwrap();
-        let mut pasids = PasidTablesBuilder::new(&mem, &mut frames, 0).unwrap();
+        let mut pasids = PasidTablesBuilder::new(&mem, &mut frames, pdts).unwrap();
         for &(index, pe) in entries {
             pasids.set_entry(&mut frames, index, pe).unwrap();
         }
-        let mut ce: ScalableContextEntry = pasids.context_entry();
+        let mut ce: ScalableContextEntry = pasids.context_entry().with_fpd(context_fpd);
         if cfg.pasid_bits > 0 {
             ce = ce.with_paside(true);
         }
@@ -344,7 +364,8 @@ mod tests {
             addr: ctx.root(),
             mode: TranslationTableMode::Scalable,
         };
-        (mem, root)
+        let dir = pasids.dir();
+        Tables { mem, root, dir }
     }
 
     fn flts(pasid_bits: u8) -> VtdConfig {
@@ -546,5 +567,140 @@ mod tests {
             ..on
         };
         assert_eq!(present_pasids(&garbage, BDF, 20), PasidScan::default());
+    }
+
+    /// The VTD_S1 data is the PASID entry's (QEMU `vtd_pe_get_fs_flags`, Linux
+    /// `include/uapi/linux/iommufd.h` `struct iommu_hwpt_vtd_s1`): each of SRE, EAFE and WPE
+    /// sets its own `IOMMU_VTD_S1_*` bit and nothing else, and the address width is 48 bits
+    /// for 4-level paging, 57 for 5-level (FSPM = 1, spec 9.6).
+    #[test]
+    fn s1_of_hands_each_flag_and_the_paging_width_to_the_host() {
+        let fs = PasidEntry::first_stage(FS_ROOT, false, 5, 2);
+        let cases = [
+            (fs, 0),
+            (fs.with_sre(true), VtdS1Flags::SRE),
+            (fs.with_eafe(true), VtdS1Flags::EAFE),
+            (fs.with_wpe(true), VtdS1Flags::WPE),
+            (
+                fs.with_sre(true).with_eafe(true).with_wpe(true),
+                VtdS1Flags::SRE | VtdS1Flags::EAFE | VtdS1Flags::WPE,
+            ),
+        ];
+        for (pe, flags) in cases {
+            assert_eq!(
+                s1_of(&pe),
+                VtdS1 {
+                    flags: VtdS1Flags(flags),
+                    pgtbl_addr: FS_ROOT,
+                    addr_width: 48,
+                },
+                "{pe:?}"
+            );
+        }
+        let five = s1_of(&PasidEntry::first_stage(FS_ROOT, true, 5, 2).with_wpe(true));
+        assert_eq!(
+            (five.addr_width, five.flags, five.pgtbl_addr),
+            (57, VtdS1Flags(VtdS1Flags::WPE), FS_ROOT)
+        );
+    }
+
+    /// FPD set in the context entry (spec 9.4), in the PASID-directory entry covering the
+    /// PASID (spec 9.5: entry PASID >> 6) or in the PASID entry (spec 9.6) suppresses the
+    /// binding's faults; FPD of one directory entry says nothing about the PASIDs of another.
+    #[test]
+    fn fpd_of_the_context_the_directory_entry_or_the_pasid_entry() {
+        let cfg = flts(8);
+        let fs = PasidEntry::first_stage(FS_ROOT, false, 5, 2);
+        let fpd_of = |t: &Tables, pasid: u32| {
+            let on = GuestRemapping {
+                config: &cfg,
+                mem: &t.mem,
+                translation_enabled: true,
+                root: t.root,
+            };
+            let p = Pasid::from_table_index(pasid);
+            match desired_binding(&on, BDF, p, true) {
+                DesiredBinding::Nested(n) => n.fpd,
+                other => panic!("PASID {pasid}: {other:?}"),
+            }
+        };
+        let entries = [(0, fs), (70, fs), (130, fs), (200, fs.with_fpd(true))];
+        let t = scalable_tables(&cfg, 0, false, &entries);
+        // Directory entry 1 (PASIDs 64-127) gets FPD.
+        let de1 = t.dir + 8;
+        let raw = t.mem.read_u64(de1).unwrap();
+        t.mem.write_u64(de1, raw | 2).unwrap();
+        assert_eq!(
+            [0, 70, 130, 200].map(|p| fpd_of(&t, p)),
+            [false, true, false, true]
+        );
+        // FPD in the context entry covers every PASID of the device.
+        let t = scalable_tables(&cfg, 0, true, &entries);
+        assert_eq!(
+            [0, 70, 130, 200].map(|p| fpd_of(&t, p)),
+            [true, true, true, true]
+        );
+    }
+
+    /// The scan reads at most MAX_SCAN_READS entries: a directory that fits (2^13 entries
+    /// with nothing present: exactly MAX_SCAN_READS reads) is scanned whole, a larger one
+    /// (2^14 entries, PDTS 7) is cut short and says so.
+    #[test]
+    fn the_scan_of_an_empty_directory_is_bounded() {
+        let cfg = flts(20);
+        for (pdts, truncated) in [(6, false), (7, true)] {
+            let t = scalable_tables(&cfg, pdts, false, &[]);
+            let on = GuestRemapping {
+                config: &cfg,
+                mem: &t.mem,
+                translation_enabled: true,
+                root: t.root,
+            };
+            assert_eq!(
+                present_pasids(&on, BDF, 20),
+                PasidScan {
+                    found: Vec::new(),
+                    truncated
+                },
+                "PDTS {pdts}"
+            );
+        }
+    }
+
+    /// PASID-table reads count towards MAX_SCAN_READS as directory reads do: 4096 directory
+    /// entries (PDTS 5) of which the last 64 are present cost 4096 + 64 * 64 = MAX_SCAN_READS
+    /// reads and the scan completes, finding the present PASID in each of those tables; one
+    /// more present directory entry is one table too many.
+    #[test]
+    fn the_scan_counts_pasid_table_reads() {
+        let cfg = flts(20);
+        let fs = PasidEntry::first_stage(FS_ROOT, false, 5, 2);
+        let t = scalable_tables(&cfg, 5, false, &[]);
+        // One PASID table, slot 63 present, shared by directory entries 4032..=4095.
+        let table = 0x30_0000;
+        t.mem.write_words(table + 63 * 64, &fs.0).unwrap();
+        let present = |d: u64| t.mem.write_u64(t.dir + d * 8, table | 1).unwrap();
+        for d in 4032..4096 {
+            present(d);
+        }
+        let on = GuestRemapping {
+            config: &cfg,
+            mem: &t.mem,
+            translation_enabled: true,
+            root: t.root,
+        };
+        let scan = present_pasids(&on, BDF, 20);
+        let want: Vec<Pasid> = (4032..4096u32)
+            .map(|d| Pasid::new(d * 64 + 63).unwrap())
+            .collect();
+        assert_eq!(
+            scan,
+            PasidScan {
+                found: want,
+                truncated: false
+            }
+        );
+        present(4031);
+        assert!(present_pasids(&on, BDF, 20).truncated);
     }
 }

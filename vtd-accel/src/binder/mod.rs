@@ -274,15 +274,19 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         inner.stats.syncs += 1;
         self.apply(inner, key, desired, true);
         // A PASID that is blocked for the guest's reasons needs no host state: stop following
-        // it until the guest names it again.
+        // it until the guest names it again. (Detached, clean and blocked for the guest: one
+        // state, matched as one pattern.)
         if let (Some(pasid), Some(dev)) = (key.pasid, inner.devices.get_mut(&key.bdf)) {
             let idle = dev.bindings.get(&key.pasid).is_some_and(|b| {
-                b.host == registry::HostAttachment::Blocked
-                    && !b.dirty
-                    && matches!(
-                        b.blocked,
-                        Some((BlockCause::Guest { .. } | BlockCause::TranslationOff, _))
-                    )
+                matches!(
+                    b,
+                    registry::Binding {
+                        host: registry::HostAttachment::Blocked,
+                        dirty: false,
+                        blocked: Some((BlockCause::Guest { .. } | BlockCause::TranslationOff, _)),
+                        ..
+                    }
+                )
             });
             if idle {
                 dev.bindings.remove(&key.pasid);

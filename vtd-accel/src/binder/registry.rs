@@ -290,7 +290,7 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
         // PASIDs first, then requests without PASID (`None` sorts first).
         let mut pasids: Vec<Option<Pasid>> = dev.bindings.keys().copied().collect();
         pasids.sort_by_key(|p| (p.is_none(), *p));
-        let errors_before = inner.stats.host_errors;
+        let events_before = inner.events.len();
         for pasid in pasids {
             let desired = match pasid {
                 None => DesiredBinding::Parent,
@@ -298,25 +298,42 @@ impl<M: GuestRam + Send + Sync + 'static> NestedBinder<M> {
             };
             self.apply(&mut inner, BindingKey::new(bdf, pasid), desired, false);
         }
-        let released = |p: &Option<Pasid>| match p {
-            None => HostAttachment::Parent,
-            Some(_) => HostAttachment::Blocked,
-        };
+        // Released: requests without PASID on the default HWPT, PASIDs blocked, nothing left
+        // to retry.
         let clean = inner.devices.get(&bdf).is_some_and(|d| {
-            d.bindings
-                .iter()
-                .all(|(p, b)| !b.dirty && b.host == released(p))
+            d.bindings.iter().all(|binding| {
+                matches!(
+                    binding,
+                    (
+                        None,
+                        Binding {
+                            host: HostAttachment::Parent,
+                            dirty: false,
+                            ..
+                        }
+                    ) | (
+                        Some(_),
+                        Binding {
+                            host: HostAttachment::Blocked,
+                            dirty: false,
+                            ..
+                        }
+                    )
+                )
+            })
         });
         if !clean {
+            // The last host error of this unregistration (a binding stays unreleased only
+            // when a host call failed, and every failure is reported).
             let error = inner
                 .events
                 .iter()
+                .skip(events_before)
                 .rev()
                 .find_map(|e| match e {
                     AccelEvent::HostError { error, .. } => Some(error.clone()),
                     _ => None,
                 })
-                .filter(|_| inner.stats.host_errors > errors_before)
                 .unwrap_or_else(|| BackendError::new(BackendOp::Attach, "device not released"));
             self.finish(inner);
             return Err(UnregisterError::Host { bdf, error });

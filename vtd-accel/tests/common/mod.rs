@@ -288,7 +288,7 @@ pub fn check_host_matches_binder(
 
 impl Rig {
     /// The guest driver's probe of another device at `bdf`: a scalable context entry (PASIDs
-    /// enabled if the unit has them) over a fresh PASID directory holding `entries`, written
+    /// enabled if the unit has them, PRE if it has page requests) over a fresh PASID directory holding `entries`, written
     /// straight into the rig's root table (no invalidation). Returns the PASID directory.
     pub fn program_device(&mut self, bdf: Bdf, entries: &[(u32, PasidEntry)]) -> u64 {
         let mem = self.g.mem.clone();
@@ -299,6 +299,10 @@ impl Rig {
         let mut ce = pasids.context_entry();
         if self.g.unit.config().pasid_bits > 0 {
             ce = ce.with_paside(true);
+        }
+        // PRE as in `build` (Linux sets it when it enables PRI for the device).
+        if self.g.unit.config().page_requests {
+            ce = ce.with_pre(true);
         }
         // Scalable root entry: the lower context table (devfn < 0x80) of the bus.
         assert!(bdf.devfn < 0x80, "lower context table only");
