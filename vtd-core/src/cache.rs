@@ -1151,8 +1151,22 @@ mod tests {
                 .map(|t| t.output)
         };
         tlb.insert(&e, 0, 0x0100, None, 0x5000, t(1, None, 0x1_0000, 4096));
-        tlb.insert(&e, 0, 0x0100, Some(0), 0x5000, t(1, Some(0), 0x2_0000, 4096));
-        tlb.insert(&e, 0, 0x0100, Some(1 << 16), 0x5000, t(1, None, 0x3_0000, 4096));
+        tlb.insert(
+            &e,
+            0,
+            0x0100,
+            Some(0),
+            0x5000,
+            t(1, Some(0), 0x2_0000, 4096),
+        );
+        tlb.insert(
+            &e,
+            0,
+            0x0100,
+            Some(1 << 16),
+            0x5000,
+            t(1, None, 0x3_0000, 4096),
+        );
         assert_eq!(out(0x0100, None), Some(0x1_0000));
         assert_eq!(out(0x0100, Some(0)), Some(0x2_0000));
         assert_eq!(out(0x0100, Some(1 << 16)), Some(0x3_0000));
@@ -1212,7 +1226,14 @@ mod tests {
                 (2, None, 7, 0x1000),
                 (2, None, 8, 0x3000),
             ] {
-                tlb.insert(&e, 0, sid, pasid, iova, t(did, pasid, 0x10_0000 + iova, 4096));
+                tlb.insert(
+                    &e,
+                    0,
+                    sid,
+                    pasid,
+                    iova,
+                    t(did, pasid, 0x10_0000 + iova, 4096),
+                );
             }
             assert_eq!(tlb.stats().entries, 5);
         };
@@ -1350,7 +1371,11 @@ mod tests {
         let start = e.current();
         e.advance();
         cache.insert(&e, start, 1, 10);
-        assert_eq!(cache.get(&1), None, "a fill racing an invalidation is dropped");
+        assert_eq!(
+            cache.get(&1),
+            None,
+            "a fill racing an invalidation is dropped"
+        );
         let now = e.current();
         cache.insert(&e, now, 1, 10);
         cache.insert(&e, now, 2, 20);

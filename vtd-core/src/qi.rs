@@ -183,7 +183,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         match desc {
             InvDesc::DeviceTlb(_) | InvDesc::PasidDeviceTlb(_) => ecap.dt(),
             InvDesc::Iec(_) => ecap.ir(),
-            InvDesc::PasidIotlb(_) | InvDesc::PasidCache(_) => ecap.smts(),
+            // PASID-IOTLB and PASID-cache: 256-bit only, so decoding already needed ECAP.SMTS.
             InvDesc::PageGroupResponse(_) => ecap.prs(),
             _ => true,
         }
@@ -391,11 +391,11 @@ fn raise_completion_event(st: &mut State) {
     }
 }
 
+/// The invalidation-completion event's message (IEDATA to IEUADDR:IEADDR).
 fn completion_msi(st: &State) -> Msi {
-    Msi {
-        address: (st.regs.get32(reg::IEUADDR) as u64) << 32 | st.regs.get32(reg::IEADDR) as u64,
-        data: st.regs.get32(reg::IEDATA),
-    }
+    // IEADDR (0xa8) and IEUADDR (0xac) are the halves of one address (spec 10.4.29, 10.4.30).
+    let (address, data) = (st.regs.get64(reg::IEADDR), st.regs.get32(reg::IEDATA));
+    Msi { address, data }
 }
 
 /// The naturally aligned range of 2^am pages containing `addr` (spec 6.5.2.3), as a start
@@ -410,7 +410,7 @@ fn iqei_for(e: &vtd_regs::inv::DescError) -> u8 {
     match e {
         DescError::UnknownType(_) => iqei::INVALID_TYPE,
         DescError::NeedsWideQueue(_) => iqei::INVALID_WIDTH,
-        DescError::ReservedBits { .. } => iqei::RESERVED_FIELD,
+        // Reserved bits set, or a reserved value in a field (granularity): IQEI 4.
         _ => iqei::RESERVED_FIELD,
     }
 }

@@ -1,7 +1,8 @@
 //! What each invalidation removes from the unit's caches (spec 6.5.2.1-6.5.2.4): everything
 //! in its scope, so that the guest's table changes are seen afterwards, and nothing outside
 //! it, so that the caches keep serving the requesters the guest did not touch (the point of
-//! caching; the cache design in src/cache.rs: "invalidations cost what they remove").
+//! caching; the cache design in src/cache.rs: "invalidations cost what they remove"), and
+//! nothing one unit cached is seen by another.
 //!
 //! Whether an entry is still cached is read from the unit's statistics: the IOTLB is flushed
 //! first so the next translation walks, and the walk either finds the requester's context
@@ -311,6 +312,27 @@ fn a_page_selective_iotlb_invalidation_covers_its_aligned_range_only() {
             translate(&g, 0x08, None, IOVA + page * 4096);
             let hit = g.unit.stats().iotlb.hits > before.hits;
             assert_eq!(hit, !covered.contains(&page), "AM {am}: page {page}");
+        }
+    }
+}
+
+// --- Units ---------------------------------------------------------------------------------------
+
+/// What one unit caches is never seen by another (a VMM may run several, e.g. one per PCI
+/// segment), even on one thread, for the same requester after the same history: here two
+/// guests whose tables differ only in where they are in their RAM each get their own walk.
+#[test]
+fn two_units_never_share_cached_entries() {
+    let mut first = Guest::new("", 64);
+    let mut second = Guest::new("", 64);
+    // The second guest's tables sit one frame higher than the first's.
+    second.frames.alloc(&second.mem, 1).unwrap();
+    legacy_devices(&mut first, &[(0x08, 1)]);
+    legacy_devices(&mut second, &[(0x08, 1)]);
+    for page in 0..PAGES {
+        for g in [&first, &second] {
+            let t = translate(g, 0x08, None, IOVA + page * 4096);
+            assert_eq!(t.output, GPA_1 + page * 4096);
         }
     }
 }

@@ -156,9 +156,12 @@ fn disabling_the_queue_resets_its_head() {
 
 /// IQERCD.IQEI and IQH when FSTS.IQE is set.
 fn queue_error(g: &Guest) -> Option<(u8, u64)> {
-    g.fsts()
-        .iqe()
-        .then(|| (Iqercd::from_bits(g.r64(reg::IQERCD)).iqei(), g.r64(reg::IQH)))
+    g.fsts().iqe().then(|| {
+        (
+            Iqercd::from_bits(g.r64(reg::IQERCD)).iqei(),
+            g.r64(reg::IQH),
+        )
+    })
 }
 
 /// A 128-bit queue of QS = 1 holds 512 descriptors and a 256-bit one 256 (spec 10.4.24): the
@@ -523,10 +526,7 @@ fn a_pending_fault_event_follows_the_interrupt_conditions_in_fsts() {
             g.w32(reg::FSTS, Fsts::new().with_pfo(true).into_bits());
             assert!(fectl().ip(), "IQE still set");
         }
-        g.w32(
-            reg::FECTL,
-            EventControl::new().with_im(true).into_bits(),
-        );
+        g.w32(reg::FECTL, EventControl::new().with_im(true).into_bits());
         assert_eq!(g.sink.take(), [], "still masked");
         g.w32(reg::FECTL, 0);
         let expect: &[Msi] = if clear_iqe { &[] } else { &[FAULT_MSI] };
