@@ -1030,6 +1030,17 @@ mod tests {
             for i in 0..1024u64 {
                 assert!(tlb.lookup(8, None, i << 12, AccessKind::Read).is_some());
             }
+            // With every way of every set taken, invalidations still find exactly their
+            // entries.
+            let one_page = IotlbScope::DomainPages {
+                did: 1,
+                addr: 5 << 12,
+                size: 4096,
+            };
+            assert_eq!(tlb.invalidate(one_page), 1);
+            assert!(tlb.lookup(8, None, 5 << 12, AccessKind::Read).is_none());
+            assert!(tlb.lookup(8, None, 6 << 12, AccessKind::Read).is_some());
+            assert_eq!(tlb.invalidate(IotlbScope::Domain { did: 1 }), 1023);
         });
     }
 
@@ -1463,6 +1474,94 @@ mod tests {
             assert!(e.unchanged_since(b));
             e.advance();
             assert_ne!(e.current(), b);
+        });
+    }
+
+    /// The sets' write counters, one per set.
+    fn set_sequences(tlb: &Iotlb) -> Vec<u64> {
+        tlb.sets
+            .iter()
+            .map(|s| s.seq.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    /// Sweeping invalidations lock only the sets holding a victim (module doc): a set that is
+    /// locked makes every lookup in it miss meanwhile, so a sweep must not disturb the sets
+    /// it leaves alone.
+    #[test]
+    fn sweeps_lock_only_the_sets_holding_a_victim() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(256);
+            for i in 0..4u64 {
+                tlb.insert(&e, 0, 8, Some(1), i << 12, t(1, Some(1), 0, 4096));
+                tlb.insert(&e, 0, 9, Some(2), i << 21, t(2, Some(2), 0, 2 << 20));
+            }
+            let before = set_sequences(&tlb);
+            for scope in [
+                IotlbScope::Domain { did: 3 },
+                IotlbScope::Pasid { did: 1, pasid: 2 },
+            ] {
+                assert_eq!(tlb.invalidate(scope), 0);
+                assert_eq!(set_sequences(&tlb), before, "{scope:?} locked a set");
+            }
+            assert_eq!(tlb.invalidate(IotlbScope::Domain { did: 1 }), 4);
+            let after = set_sequences(&tlb);
+            let locked = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+            assert!(
+                (1..=4).contains(&locked),
+                "{locked} sets locked for 4 victims"
+            );
+            for i in 0..4u64 {
+                assert!(tlb.lookup(9, Some(2), i << 21, AccessKind::Read).is_some());
+            }
+        });
+    }
+
+    /// A lookup returns only the entry of its own page and requester, also from a set that
+    /// holds other pages of the same requester or the same page of other requesters; and a
+    /// page invalidation removes only entries it covers from the sets it probes.
+    #[test]
+    fn entries_sharing_a_set_stay_apart() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            let r1 = requester_word(1, None);
+            let base = 0x10_0000u64;
+            let set = |r, page: u64| tlb.set_of(r, page, 0) as *const Set;
+            // Another page of requester 1 in the same set, and a requester whose entry for
+            // the same page shares it too (8 sets: both exist among few candidates).
+            let other_page = (1..4096u64)
+                .map(|i| base + (i << 12))
+                .find(|p| set(r1, *p) == set(r1, base))
+                .unwrap();
+            let other_sid = (3..4096u16)
+                .find(|sid| set(requester_word(*sid, None), base) == set(r1, base))
+                .unwrap();
+            tlb.insert(&e, 0, 1, None, base, t(1, None, 0xa000, 4096));
+            assert_eq!(tlb.lookup(1, None, other_page, AccessKind::Read), None);
+            assert_eq!(tlb.lookup(other_sid, None, base, AccessKind::Read), None);
+            tlb.insert(&e, 0, other_sid, None, base, t(2, None, 0xb000, 4096));
+            tlb.insert(&e, 0, 1, None, other_page, t(1, None, 0xc000, 4096));
+            tlb.insert(&e, 0, 2, None, base, t(1, None, 0xd000, 4096));
+            let out = |sid, iova| {
+                tlb.lookup(sid, None, iova, AccessKind::Read)
+                    .map(|t| t.output)
+            };
+            assert_eq!(out(1, base), Some(0xa000));
+            assert_eq!(out(other_sid, base), Some(0xb000));
+            assert_eq!(out(1, other_page), Some(0xc000));
+            assert_eq!(out(2, base), Some(0xd000));
+            // Domain 1's page at `base`: requesters 1 and 2, not `other_sid` (domain 2), not
+            // the other page.
+            let scope = IotlbScope::DomainPages {
+                did: 1,
+                addr: base,
+                size: 4096,
+            };
+            assert_eq!(tlb.invalidate(scope), 2);
+            assert_eq!(out(other_sid, base), Some(0xb000));
+            assert_eq!(out(1, other_page), Some(0xc000));
         });
     }
 }
