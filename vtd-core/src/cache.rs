@@ -894,7 +894,7 @@ pub(crate) type ContextCache = EntryCache<u16, DeviceContext>;
 pub(crate) type PasidCache = EntryCache<(u16, u32), PasidEntry>;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vtd_tables::walk::{Perms, TranslationKind};
 
@@ -911,10 +911,11 @@ mod tests {
     }
 
     /// Runs a test's body on a thread of its own and aborts the test binary if it has not
-    /// finished within a few seconds (they take milliseconds): a set lock never released or a
-    /// probe loop that never ends would otherwise spin forever, and a hung binary says nothing
-    /// about which invariant broke. The spinning thread cannot be stopped, hence the abort.
-    fn bounded(body: impl FnOnce() + Send + 'static) {
+    /// finished within a few seconds (these tests take milliseconds): a set lock never
+    /// released, a probe loop or a queue doorbell that never ends would otherwise spin
+    /// forever, and a hung binary says nothing about which invariant broke. The spinning
+    /// thread cannot be stopped, hence the abort.
+    pub(crate) fn bounded(body: impl FnOnce() + Send + 'static) {
         use std::sync::mpsc::{RecvTimeoutError, channel};
         let (done, finished) = channel();
         let worker = std::thread::spawn(move || {
@@ -929,7 +930,7 @@ mod tests {
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                eprintln!("cache test still running after 5 s: a writer never got its set");
+                eprintln!("test still running after 5 s: a loop that should be bounded is not");
                 std::process::abort();
             }
         }
