@@ -896,6 +896,7 @@ pub(crate) type PasidCache = EntryCache<(u16, u32), PasidEntry>;
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::sync::Arc;
     use vtd_tables::walk::{Perms, TranslationKind};
 
     fn t(did: u16, pasid: Option<u32>, output: u64, page_size: u64) -> Translation {
@@ -1563,6 +1564,113 @@ pub(crate) mod tests {
             assert_eq!(tlb.invalidate(scope), 2);
             assert_eq!(out(other_sid, base), Some(0xb000));
             assert_eq!(out(1, other_page), Some(0xc000));
+        });
+    }
+
+    /// The sequence lock (see `Set`): while a writer is inside a set, a lookup in it misses
+    /// rather than read a half-written entry (and never waits); once the writer is out, the
+    /// lookup hits again.
+    #[test]
+    fn a_lookup_misses_while_a_writer_is_inside_the_set() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            tlb.insert(&e, 0, 8, None, 0x1000, t(1, None, 0x2000, 4096));
+            let set = tlb.set_of(requester_word(8, None), 0x1000, 0);
+            let writer = set.lock();
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_none());
+            drop(writer);
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_some());
+            let s = tlb.stats();
+            assert_eq!((s.hits, s.misses), (1, 1), "{s:?}");
+        });
+    }
+
+    /// A writer waits for the writer inside its set (the lock spins, yielding now and then)
+    /// and then does its work: the fill lands once the first writer is out.
+    #[test]
+    fn a_writer_waits_for_the_writer_inside_its_set() {
+        bounded(|| {
+            let e = Arc::new(Epoch::default());
+            let tlb = Arc::new(Iotlb::new(64));
+            let set = tlb.set_of(requester_word(8, None), 0x1000, 0);
+            let writer = set.lock();
+            let filler = {
+                let (e, tlb) = (e.clone(), tlb.clone());
+                std::thread::spawn(move || {
+                    tlb.insert(&e, 0, 8, None, 0x1000, t(1, None, 0x2000, 4096));
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(
+                !filler.is_finished(),
+                "the fill got in while the set was locked"
+            );
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_none());
+            drop(writer);
+            filler.join().unwrap();
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_some());
+        });
+    }
+
+    /// A full set replaces its ways in turn (module doc: the set's write count rotates through
+    /// the ways): after any run of fills into it, the last `WAYS` pages filled are all cached.
+    #[test]
+    fn a_full_set_replaces_its_ways_in_turn() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            let r = requester_word(8, None);
+            let first = tlb.set_of(r, 0, 0) as *const Set;
+            let pages: Vec<u64> = (0..1u64 << 20)
+                .map(|p| p << 12)
+                .filter(|&base| std::ptr::eq(tlb.set_of(r, base, 0), first))
+                .take(3 * WAYS)
+                .collect();
+            assert_eq!(pages.len(), 3 * WAYS);
+            for (n, &page) in pages.iter().enumerate() {
+                tlb.insert(&e, 0, 8, None, page, t(1, None, page, 4096));
+                let cached: Vec<bool> = pages[..=n]
+                    .iter()
+                    .map(|&p| tlb.lookup(8, None, p, AccessKind::Read).is_some())
+                    .collect();
+                let recent = n.saturating_sub(WAYS - 1);
+                assert!(cached[recent..].iter().all(|c| *c), "fill {n}: {cached:?}");
+                assert!(!cached[..recent].iter().any(|c| *c), "fill {n}: {cached:?}");
+            }
+            assert_eq!(tlb.stats().evictions, 2 * WAYS as u64);
+        });
+    }
+
+    /// Requesters and page sizes are mixed into the set choice, and so are the page bits
+    /// above the set index (module doc): the same page of many devices, the same page base
+    /// at every page size, and the same offset in many 1 GiB ranges spread over the sets
+    /// rather than evicting each other from one.
+    #[test]
+    fn same_pages_of_other_requesters_sizes_and_ranges_spread() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(1024);
+            for sid in 0..32u16 {
+                tlb.insert(&e, 0, sid, None, 0x4000_0000, t(1, None, 0, 4096));
+            }
+            for sid in 0..8u16 {
+                for size in [4096, 2 << 20, 1 << 30] {
+                    tlb.insert(&e, 0, 0x100 + sid, None, 0, t(1, None, 0, size));
+                }
+            }
+            for range in 0..32u64 {
+                tlb.insert(
+                    &e,
+                    0,
+                    0x200,
+                    None,
+                    range << 30 | 0x5000,
+                    t(1, None, 0, 4096),
+                );
+            }
+            let s = tlb.stats();
+            assert_eq!((s.entries, s.evictions), (88, 0), "{s:?}");
         });
     }
 }
