@@ -661,9 +661,9 @@ impl Iotlb {
         let Some(size_index) = SHIFTS.iter().position(|s| *s == shift) else {
             return;
         };
-        if self.sizes_filled.load(Ordering::Relaxed) & 1 << size_index == 0 {
-            self.sizes_filled
-                .fetch_or(1 << size_index, Ordering::Relaxed);
+        let size_bit = 1 << size_index;
+        if self.sizes_filled.load(Ordering::Relaxed) & size_bit == 0 {
+            self.sizes_filled.fetch_or(size_bit, Ordering::Relaxed);
         }
         let requester = requester_word(sid, pasid);
         let base = iova & !(t.page_size - 1);
