@@ -301,7 +301,7 @@ fn lock_free_hits_never_outlive_a_completed_page_pasid_or_global_invalidation() 
 #[test]
 fn hit_counts_of_concurrent_device_threads_add_up() {
     const THREADS: u64 = 4;
-    const LOOKUPS: u64 = 50_000;
+    const LOOKUPS: u64 = 1_000_000;
     let mut g = Guest::new("", 64);
     g.legacy_one_page(0x08, DID, 4, 0x5000, 0x300_0000);
     let request = DmaRequest::new(0x08, 0x5000, AccessKind::Read);
