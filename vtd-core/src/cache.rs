@@ -26,8 +26,12 @@
 //! `a_fill_racing_an_invalidation_is_dropped`, `capacity_is_bounded`,
 //! `one_device_fills_every_way_of_one_range`,
 //! `a_fill_after_its_requester_was_forgotten_registers_it_again`,
-//! `page_invalidation_finds_entries_of_every_requester_of_the_domain`, and in
-//! tests/concurrency.rs `lock_free_hits_never_outlive_a_completed_page_pasid_or_global_invalidation`.
+//! `page_invalidation_finds_entries_of_every_requester_of_the_domain`,
+//! `a_hit_returns_what_the_walk_produced`, `sweeps_lock_only_the_sets_holding_a_victim`,
+//! `a_lookup_misses_while_a_writer_is_inside_the_set`, `a_full_set_replaces_its_ways_in_turn`,
+//! `the_requester_registry_is_bounded`, and in tests/concurrency.rs
+//! `lock_free_hits_never_outlive_a_completed_page_pasid_or_global_invalidation` and
+//! `hit_counts_of_concurrent_device_threads_add_up`.
 
 // Indices here are masked or reduced to the fixed sizes of the caches' own arrays (sets,
 // ways, stripes, slots, page-size shifts) and never taken from guest data unchecked; the
