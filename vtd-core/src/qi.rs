@@ -393,7 +393,7 @@ fn raise_completion_event(st: &mut State) {
 
 /// The invalidation-completion event's message (IEDATA to IEUADDR:IEADDR).
 fn completion_msi(st: &State) -> Msi {
-    // IEADDR (0xa8) and IEUADDR (0xac) are the halves of one address (spec 10.4.29, 10.4.30).
+    // IEADDR (0xa8) and IEUADDR (0xac) are the halves of one address (IEADDR_REG, IEUADDR_REG).
     let (address, data) = (st.regs.get64(reg::IEADDR), st.regs.get32(reg::IEDATA));
     Msi { address, data }
 }

@@ -152,7 +152,7 @@ fn disabling_the_queue_resets_its_head() {
     assert_eq!(g.r64(reg::IQH), 2 * 16);
 }
 
-// --- Queue geometry and errors (spec 6.5.2, 10.4.22-10.4.25) -------------------------------
+// --- Queue geometry and errors (spec 6.5.2; IQH, IQT, IQA, IQERCD) --------------------------
 
 /// IQERCD.IQEI and IQH when FSTS.IQE is set.
 fn queue_error(g: &Guest) -> Option<(u8, u64)> {
@@ -164,7 +164,7 @@ fn queue_error(g: &Guest) -> Option<(u8, u64)> {
     })
 }
 
-/// A 128-bit queue of QS = 1 holds 512 descriptors and a 256-bit one 256 (spec 10.4.24): the
+/// A 128-bit queue of QS = 1 holds 512 descriptors and a 256-bit one 256 (IQA_REG.QS): the
 /// guest's tail wraps to slot 0 after the last slot and the unit follows it around, more than
 /// once.
 #[test]
@@ -186,7 +186,7 @@ fn the_queue_wraps_around_at_its_size() {
     }
 }
 
-/// A tail at or beyond the queue's end is an invalid tail (IQEI 1, spec 10.4.25); the head
+/// A tail at or beyond the queue's end is an invalid tail (IQERCD_REG.IQEI 1); the head
 /// stays where it was.
 #[test]
 fn a_tail_beyond_the_queue_is_iqei_1() {
@@ -198,7 +198,7 @@ fn a_tail_beyond_the_queue_is_iqei_1() {
     assert_eq!(queue_error(&g), Some((1, head)));
 }
 
-/// In a 256-bit queue IQT bit 4 must be clear (IQEI 6, spec 10.4.23); in a 128-bit queue it
+/// In a 256-bit queue IQT bit 4 must be clear (IQT_REG; IQEI 6); in a 128-bit queue it
 /// is just an odd slot.
 #[test]
 fn iqt_bit_4_is_an_error_only_in_a_256_bit_queue() {
@@ -218,7 +218,7 @@ fn iqt_bit_4_is_an_error_only_in_a_256_bit_queue() {
     assert_eq!(queue_error(&g), Some((6, 0)));
 }
 
-/// IQA.DW is honoured only with ECAP.SMTS (spec 10.4.24: DW is reserved without 256-bit
+/// IQA.DW is honoured only with ECAP.SMTS (spec, IQA_REG: DW is reserved without 256-bit
 /// descriptor support; QEMU reads such a queue as 128-bit): a legacy unit reads 16-byte
 /// descriptors whatever DW says.
 #[test]
@@ -235,7 +235,7 @@ fn iqa_dw_without_scalable_mode_leaves_a_128_bit_queue() {
     assert_eq!(invalidations(&g), [queued(0, false), queued(1, true)]);
 }
 
-/// Each malformed descriptor stops the queue at itself with its own IQEI (spec 10.4.25):
+/// Each malformed descriptor stops the queue at itself with its own IQEI (IQERCD_REG):
 /// an unknown type is 3, a PASID-granular type in a 128-bit queue is 5 (it needs 256-bit
 /// descriptors, spec 6.5.2), a reserved bit is 4.
 #[test]
@@ -385,7 +385,7 @@ fn descriptors_for_missing_capabilities_are_invalid_types() {
     }
 }
 
-// --- Invalidation completion event (spec 6.5.2.9, 10.4.26-10.4.30) -------------------------
+// --- Invalidation completion event (spec 6.5.2.9; ICS, IECTL, IEDATA, IEADDR, IEUADDR) -----
 
 /// A wait descriptor with IF and no status write.
 fn interrupt_wait() -> InvDesc {
@@ -449,7 +449,7 @@ fn a_wait_with_if_sets_iwc_and_sends_the_completion_event_once() {
 }
 
 /// Masked (IECTL.IM, the reset state), the event is held as IECTL.IP; writes that keep it
-/// masked send nothing, and unmasking sends it once and clears IP (spec 10.4.27).
+/// masked send nothing, and unmasking sends it once and clears IP (spec, IECTL_REG).
 #[test]
 fn a_masked_completion_event_is_held_until_unmasked() {
     let mut g = Guest::new("eim=on", 64);
@@ -474,7 +474,7 @@ fn a_masked_completion_event_is_held_until_unmasked() {
 }
 
 /// Clearing ICS.IWC while the event is pending clears IECTL.IP: unmasking later sends
-/// nothing (spec 10.4.27: IP clears when software services IWC).
+/// nothing (spec, IECTL_REG: IP clears when software services IWC).
 #[test]
 fn clearing_iwc_drops_a_pending_completion_event() {
     let mut g = Guest::new("eim=on", 64);
@@ -492,7 +492,7 @@ fn clearing_iwc_drops_a_pending_completion_event() {
     assert_eq!(g.sink.take(), []);
 }
 
-// --- Fault event around queue errors (spec 7.3.1, 10.4.10-10.4.11) -------------------------
+// --- Fault event around queue errors (spec 7.3.1; FSTS, FECTL) -------------------------------
 
 /// A queue error while the fault event is masked sets FECTL.IP; clearing IQE (the last
 /// interrupt condition in FSTS) clears IP, so unmasking afterwards sends nothing. Left set,
