@@ -1677,4 +1677,42 @@ pub(crate) mod tests {
             assert_eq!((s.entries, s.evictions), (88, 0), "{s:?}");
         });
     }
+
+    /// Each thread counts on a stripe of its own (`HitCounters`): threads started together
+    /// get different stripes, so their plain load-and-store bumps never race on one counter.
+    #[test]
+    fn concurrent_threads_count_on_stripes_of_their_own() {
+        let stripes: Vec<usize> = (0..4)
+            .map(|_| std::thread::spawn(my_stripe))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        for (i, a) in stripes.iter().enumerate() {
+            assert!(*a < STRIPES);
+            assert!(!stripes[i + 1..].contains(a), "{stripes:?}");
+        }
+        assert_eq!(my_stripe(), my_stripe(), "a thread keeps its stripe");
+    }
+
+    /// Page invalidations find their entries anywhere in the 64-bit IOVA space (the guest
+    /// chooses the address), including where shifting the range's end would wrap.
+    #[test]
+    fn page_invalidations_find_entries_anywhere_in_the_address_space() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            for size in [4096u64, 2 << 20, 1 << 30] {
+                for base in [0, 1 << 52, 1 << 63, u64::MAX & !(size - 1)] {
+                    tlb.insert(&e, 0, 8, None, base, t(1, None, 0, size));
+                    let scope = IotlbScope::DomainPages {
+                        did: 1,
+                        addr: base,
+                        size: 4096,
+                    };
+                    assert_eq!(tlb.invalidate(scope), 1, "{size:#x} at {base:#x}");
+                }
+            }
+        });
+    }
 }
