@@ -26,8 +26,12 @@
 //! `a_fill_racing_an_invalidation_is_dropped`, `capacity_is_bounded`,
 //! `one_device_fills_every_way_of_one_range`,
 //! `a_fill_after_its_requester_was_forgotten_registers_it_again`,
-//! `page_invalidation_finds_entries_of_every_requester_of_the_domain`, and in
-//! tests/concurrency.rs `lock_free_hits_never_outlive_a_completed_page_pasid_or_global_invalidation`.
+//! `page_invalidation_finds_entries_of_every_requester_of_the_domain`,
+//! `a_hit_returns_what_the_walk_produced`, `sweeps_lock_only_the_sets_holding_a_victim`,
+//! `a_lookup_misses_while_a_writer_is_inside_the_set`, `a_full_set_replaces_its_ways_in_turn`,
+//! `the_requester_registry_is_bounded`, and in tests/concurrency.rs
+//! `lock_free_hits_never_outlive_a_completed_page_pasid_or_global_invalidation` and
+//! `hit_counts_of_concurrent_device_threads_add_up`.
 
 // Indices here are masked or reduced to the fixed sizes of the caches' own arrays (sets,
 // ways, stripes, slots, page-size shifts) and never taken from guest data unchecked; the
@@ -661,9 +665,9 @@ impl Iotlb {
         let Some(size_index) = SHIFTS.iter().position(|s| *s == shift) else {
             return;
         };
-        if self.sizes_filled.load(Ordering::Relaxed) & 1 << size_index == 0 {
-            self.sizes_filled
-                .fetch_or(1 << size_index, Ordering::Relaxed);
+        let size_bit = 1 << size_index;
+        if self.sizes_filled.load(Ordering::Relaxed) & size_bit == 0 {
+            self.sizes_filled.fetch_or(size_bit, Ordering::Relaxed);
         }
         let requester = requester_word(sid, pasid);
         let base = iova & !(t.page_size - 1);
@@ -894,8 +898,9 @@ pub(crate) type ContextCache = EntryCache<u16, DeviceContext>;
 pub(crate) type PasidCache = EntryCache<(u16, u32), PasidEntry>;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::sync::Arc;
     use vtd_tables::walk::{Perms, TranslationKind};
 
     fn t(did: u16, pasid: Option<u32>, output: u64, page_size: u64) -> Translation {
@@ -910,173 +915,804 @@ mod tests {
         }
     }
 
+    /// Runs a test's body on a thread of its own and aborts the test binary if it has not
+    /// finished within a few seconds (these tests take milliseconds): a set lock never
+    /// released, a probe loop or a queue doorbell that never ends would otherwise spin
+    /// forever, and a hung binary says nothing about which invariant broke. The spinning
+    /// thread cannot be stopped, hence the abort.
+    pub(crate) fn bounded(body: impl FnOnce() + Send + 'static) {
+        use std::sync::mpsc::{RecvTimeoutError, channel};
+        let (done, finished) = channel();
+        let worker = std::thread::spawn(move || {
+            body();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(()) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Err(panic) = worker.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                eprintln!("test still running after 5 s: a loop that should be bounded is not");
+                std::process::abort();
+            }
+        }
+    }
+
     #[test]
     fn hits_every_page_size_and_respects_scope() {
-        let e = Epoch::default();
-        let tlb = Iotlb::new(1024);
-        tlb.insert(&e, 0, 8, None, 0x1234_5000, t(5, Some(0), 0x9000, 4096));
-        tlb.insert(
-            &e,
-            0,
-            8,
-            None,
-            0x4020_0000,
-            t(5, Some(0), 0x20_0000, 2 << 20),
-        );
-        tlb.insert(
-            &e,
-            0,
-            8,
-            None,
-            0x8000_0000,
-            t(6, Some(0), 0x4000_0000, 1 << 30),
-        );
-        let hit = tlb.lookup(8, None, 0x1234_5abc, AccessKind::Write).unwrap();
-        assert_eq!(hit.output, 0x9abc);
-        assert_eq!(
-            tlb.lookup(8, None, 0x403f_ffff, AccessKind::Read)
-                .unwrap()
-                .output,
-            0x3f_ffff
-        );
-        assert_eq!(
-            tlb.lookup(8, None, 0xbfff_ffff, AccessKind::Read)
-                .unwrap()
-                .output,
-            0x7fff_ffff
-        );
-        assert!(
-            tlb.lookup(9, None, 0x1234_5000, AccessKind::Read).is_none(),
-            "other requester"
-        );
-        assert!(
-            tlb.lookup(8, Some(1), 0x1234_5000, AccessKind::Read)
-                .is_none(),
-            "other PASID tag"
-        );
-        // A 4 KiB range inside the 2 MiB page removes the 2 MiB entry.
-        assert_eq!(
-            tlb.invalidate(IotlbScope::PasidPages {
-                did: 5,
-                pasid: 0,
-                addr: 0x4030_0000,
-                size: 4096
-            }),
-            1
-        );
-        assert!(tlb.lookup(8, None, 0x4020_0000, AccessKind::Read).is_none());
-        assert_eq!(
-            tlb.invalidate(IotlbScope::DomainPages {
-                did: 5,
-                addr: 0x1234_6000,
-                size: 4096
-            }),
-            0
-        );
-        assert_eq!(tlb.invalidate(IotlbScope::Domain { did: 5 }), 1);
-        assert_eq!(tlb.invalidate(IotlbScope::Global), 1);
-        assert_eq!(tlb.stats().entries, 0);
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(1024);
+            tlb.insert(&e, 0, 8, None, 0x1234_5000, t(5, Some(0), 0x9000, 4096));
+            tlb.insert(
+                &e,
+                0,
+                8,
+                None,
+                0x4020_0000,
+                t(5, Some(0), 0x20_0000, 2 << 20),
+            );
+            tlb.insert(
+                &e,
+                0,
+                8,
+                None,
+                0x8000_0000,
+                t(6, Some(0), 0x4000_0000, 1 << 30),
+            );
+            let hit = tlb.lookup(8, None, 0x1234_5abc, AccessKind::Write).unwrap();
+            assert_eq!(hit.output, 0x9abc);
+            assert_eq!(
+                tlb.lookup(8, None, 0x403f_ffff, AccessKind::Read)
+                    .unwrap()
+                    .output,
+                0x3f_ffff
+            );
+            assert_eq!(
+                tlb.lookup(8, None, 0xbfff_ffff, AccessKind::Read)
+                    .unwrap()
+                    .output,
+                0x7fff_ffff
+            );
+            assert!(
+                tlb.lookup(9, None, 0x1234_5000, AccessKind::Read).is_none(),
+                "other requester"
+            );
+            assert!(
+                tlb.lookup(8, Some(1), 0x1234_5000, AccessKind::Read)
+                    .is_none(),
+                "other PASID tag"
+            );
+            // A 4 KiB range inside the 2 MiB page removes the 2 MiB entry.
+            assert_eq!(
+                tlb.invalidate(IotlbScope::PasidPages {
+                    did: 5,
+                    pasid: 0,
+                    addr: 0x4030_0000,
+                    size: 4096
+                }),
+                1
+            );
+            assert!(tlb.lookup(8, None, 0x4020_0000, AccessKind::Read).is_none());
+            assert_eq!(
+                tlb.invalidate(IotlbScope::DomainPages {
+                    did: 5,
+                    addr: 0x1234_6000,
+                    size: 4096
+                }),
+                0
+            );
+            assert_eq!(tlb.invalidate(IotlbScope::Domain { did: 5 }), 1);
+            assert_eq!(tlb.invalidate(IotlbScope::Global), 1);
+            assert_eq!(tlb.stats().entries, 0);
+        });
     }
 
     #[test]
     fn a_fill_racing_an_invalidation_is_dropped() {
-        let e = Epoch::default();
-        let tlb = Iotlb::new(64);
-        let start = e.current();
-        e.advance(); // an invalidation began after the walk
-        tlb.insert(&e, start, 8, None, 0x1000, t(1, None, 0x2000, 4096));
-        assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_none());
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            let start = e.current();
+            e.advance(); // an invalidation began after the walk
+            tlb.insert(&e, start, 8, None, 0x1000, t(1, None, 0x2000, 4096));
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_none());
+        });
     }
 
     #[test]
     fn one_device_fills_every_way_of_one_range() {
-        let e = Epoch::default();
-        let tlb = Iotlb::new(1024);
-        for i in 0..1024u64 {
-            tlb.insert(&e, 0, 8, None, i << 12, t(1, None, i << 12, 4096));
-        }
-        let s = tlb.stats();
-        assert_eq!((s.entries, s.evictions), (1024, 0), "{s:?}");
-        for i in 0..1024u64 {
-            assert!(tlb.lookup(8, None, i << 12, AccessKind::Read).is_some());
-        }
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(1024);
+            for i in 0..1024u64 {
+                tlb.insert(&e, 0, 8, None, i << 12, t(1, None, i << 12, 4096));
+            }
+            let s = tlb.stats();
+            assert_eq!((s.entries, s.evictions), (1024, 0), "{s:?}");
+            for i in 0..1024u64 {
+                assert!(tlb.lookup(8, None, i << 12, AccessKind::Read).is_some());
+            }
+            // With every way of every set taken, invalidations still find exactly their
+            // entries.
+            let one_page = IotlbScope::DomainPages {
+                did: 1,
+                addr: 5 << 12,
+                size: 4096,
+            };
+            assert_eq!(tlb.invalidate(one_page), 1);
+            assert!(tlb.lookup(8, None, 5 << 12, AccessKind::Read).is_none());
+            assert!(tlb.lookup(8, None, 6 << 12, AccessKind::Read).is_some());
+            assert_eq!(tlb.invalidate(IotlbScope::Domain { did: 1 }), 1023);
+        });
     }
 
     #[test]
     fn a_fill_after_its_requester_was_forgotten_registers_it_again() {
-        let e = Epoch::default();
-        let tlb = Iotlb::new(64);
-        // The fill registered its requester, then a domain invalidation forgot it before
-        // the fill locked its set (the epoch alone cannot tell: the walk began after it).
-        let generation = tlb.register(1, requester_word(8, None));
-        tlb.forget(Some(1));
-        assert_ne!(tlb.generation.load(Ordering::SeqCst), generation);
-        tlb.insert(&e, 0, 8, None, 0x1000, t(1, None, 0x2000, 4096));
-        // insert re-registered under the new generation, so this one is kept and findable.
-        assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_some());
-        assert_eq!(
-            tlb.invalidate(IotlbScope::DomainPages {
-                did: 1,
-                addr: 0x1000,
-                size: 4096
-            }),
-            1
-        );
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            // The fill registered its requester, then a domain invalidation forgot it before
+            // the fill locked its set (the epoch alone cannot tell: the walk began after it).
+            let generation = tlb.register(1, requester_word(8, None));
+            tlb.forget(Some(1));
+            assert_ne!(tlb.generation.load(Ordering::SeqCst), generation);
+            tlb.insert(&e, 0, 8, None, 0x1000, t(1, None, 0x2000, 4096));
+            // insert re-registered under the new generation, so this one is kept and findable.
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_some());
+            assert_eq!(
+                tlb.invalidate(IotlbScope::DomainPages {
+                    did: 1,
+                    addr: 0x1000,
+                    size: 4096
+                }),
+                1
+            );
+        });
     }
 
     #[test]
     fn page_invalidation_finds_entries_of_every_requester_of_the_domain() {
-        let e = Epoch::default();
-        let tlb = Iotlb::new(4096);
-        for sid in [1u16, 2, 3] {
-            tlb.insert(&e, 0, sid, None, 0x7000, t(9, Some(0), 0x1000, 4096));
-            tlb.insert(
-                &e,
-                0,
-                sid,
-                None,
-                0x20_0000,
-                t(9, Some(0), 0x20_0000, 2 << 20),
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(4096);
+            for sid in [1u16, 2, 3] {
+                tlb.insert(&e, 0, sid, None, 0x7000, t(9, Some(0), 0x1000, 4096));
+                tlb.insert(
+                    &e,
+                    0,
+                    sid,
+                    None,
+                    0x20_0000,
+                    t(9, Some(0), 0x20_0000, 2 << 20),
+                );
+            }
+            tlb.insert(&e, 0, 4, None, 0x7000, t(10, Some(0), 0x1000, 4096));
+            // 4 KiB at 0x20_7000 is inside every 2 MiB entry; 0x7000 is every 4 KiB one.
+            assert_eq!(
+                tlb.invalidate(IotlbScope::PasidPages {
+                    did: 9,
+                    pasid: 0,
+                    addr: 0x7000,
+                    size: 0x20_1000
+                }),
+                6
             );
-        }
-        tlb.insert(&e, 0, 4, None, 0x7000, t(10, Some(0), 0x1000, 4096));
-        // 4 KiB at 0x20_7000 is inside every 2 MiB entry; 0x7000 is every 4 KiB one.
-        assert_eq!(
-            tlb.invalidate(IotlbScope::PasidPages {
-                did: 9,
-                pasid: 0,
-                addr: 0x7000,
-                size: 0x20_1000
-            }),
-            6
-        );
-        assert!(
-            tlb.lookup(4, None, 0x7000, AccessKind::Read).is_some(),
-            "other domain"
-        );
-        // A range wider than the cache's sets falls back to one sweep, same result.
-        tlb.insert(&e, 0, 1, None, 0x7000, t(9, Some(0), 0x1000, 4096));
-        assert_eq!(
-            tlb.invalidate(IotlbScope::DomainPages {
-                did: 9,
-                addr: 0,
-                size: 1 << 40
-            }),
-            1
-        );
+            assert!(
+                tlb.lookup(4, None, 0x7000, AccessKind::Read).is_some(),
+                "other domain"
+            );
+            // A range wider than the cache's sets falls back to one sweep, same result.
+            tlb.insert(&e, 0, 1, None, 0x7000, t(9, Some(0), 0x1000, 4096));
+            assert_eq!(
+                tlb.invalidate(IotlbScope::DomainPages {
+                    did: 9,
+                    addr: 0,
+                    size: 1 << 40
+                }),
+                1
+            );
+        });
     }
 
     #[test]
     fn capacity_is_bounded() {
-        let e = Epoch::default();
-        let tlb = Iotlb::new(32);
-        for i in 0..1000u64 {
-            tlb.insert(&e, 0, 8, None, i << 12, t(1, None, i << 12, 4096));
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(32);
+            for i in 0..1000u64 {
+                tlb.insert(&e, 0, 8, None, i << 12, t(1, None, i << 12, 4096));
+            }
+            let s = tlb.stats();
+            assert!(s.entries <= 32, "{s:?}");
+            assert!(s.evictions >= 1000 - 32);
+            // Indices stay consistent with the map after evictions.
+            assert_eq!(tlb.invalidate(IotlbScope::Domain { did: 1 }), s.entries);
+        });
+    }
+
+    const KINDS: [TranslationKind; 7] = [
+        TranslationKind::LegacySecondStage,
+        TranslationKind::LegacyPassThrough,
+        TranslationKind::FirstStage,
+        TranslationKind::SecondStage,
+        TranslationKind::Nested,
+        TranslationKind::PassThrough,
+        TranslationKind::Disabled,
+    ];
+
+    /// The cache is invisible to the device: a hit anywhere in the page returns the translation
+    /// the walk produced (output at the hit's offset), field for field, for every kind,
+    /// permission set, PASID and page size.
+    #[test]
+    fn a_hit_returns_what_the_walk_produced() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(1024);
+            let mut n = 0u64;
+            for kind in KINDS {
+                for rights in 1..8u8 {
+                    let perms = Perms {
+                        read: rights & 1 != 0,
+                        write: rights & 2 != 0,
+                        execute: rights & 4 != 0,
+                    };
+                    let access = if perms.read {
+                        AccessKind::Read
+                    } else {
+                        AccessKind::Write
+                    };
+                    for (pasid, tag_pasid) in [(None, None), (Some(0xf_ffff), Some(0xa_bcde))] {
+                        for page_size in [4096, 2 << 20, 1 << 30] {
+                            n += 1;
+                            let base = (n + 1) << 30;
+                            let out = (0x100 + n) << 30;
+                            let walked = Translation {
+                                output: out + 0x123,
+                                page_size,
+                                perms,
+                                did: 0xa000 | n as u16,
+                                pasid,
+                                kind,
+                                leaf: 0x8000_0000_0000_0000 | n << 12 | 0x67,
+                            };
+                            tlb.insert(&e, 0, 0x1234, tag_pasid, base + 0x123, walked);
+                            let last = base + page_size - 1;
+                            let hit = tlb.lookup(0x1234, tag_pasid, last, access);
+                            let expect = Translation {
+                                output: out + page_size - 1,
+                                ..walked
+                            };
+                            assert_eq!(hit, (rights != 4).then_some(expect), "{walked:?}");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Entries are tagged by requester ID and PASID (spec 6.2.1: the IOTLB is tagged with the
+    /// request's source and PASID): no other requester, no request with another PASID and no
+    /// request without PASID finds an entry filled for a request with PASID 0, and the other
+    /// way round.
+    #[test]
+    fn entries_are_tagged_by_requester_and_pasid() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(1024);
+            let out = |sid, pasid| {
+                tlb.lookup(sid, pasid, 0x5000, AccessKind::Read)
+                    .map(|t| t.output)
+            };
+            tlb.insert(&e, 0, 0x0100, None, 0x5000, t(1, None, 0x1_0000, 4096));
+            tlb.insert(
+                &e,
+                0,
+                0x0100,
+                Some(0),
+                0x5000,
+                t(1, Some(0), 0x2_0000, 4096),
+            );
+            tlb.insert(
+                &e,
+                0,
+                0x0100,
+                Some(1 << 16),
+                0x5000,
+                t(1, None, 0x3_0000, 4096),
+            );
+            assert_eq!(out(0x0100, None), Some(0x1_0000));
+            assert_eq!(out(0x0100, Some(0)), Some(0x2_0000));
+            assert_eq!(out(0x0100, Some(1 << 16)), Some(0x3_0000));
+            assert_eq!(out(0x0100, Some(1)), None);
+            assert_eq!(out(0x0101, None), None);
+            assert_eq!(out(0x0000, None), None);
+            let s = tlb.stats();
+            assert_eq!((s.entries, s.hits, s.misses), (3, 3, 3), "{s:?}");
+        });
+    }
+
+    /// An entry that does not grant the access is a miss (the walk that follows sets D or
+    /// reports the fault), and the walk's fill replaces it rather than adding a second entry
+    /// for the page.
+    #[test]
+    fn a_refill_of_a_cached_page_replaces_its_entry() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            let read_only = Translation {
+                perms: Perms {
+                    read: true,
+                    write: false,
+                    execute: false,
+                },
+                ..t(1, None, 0x9000, 4096)
+            };
+            tlb.insert(&e, 0, 8, None, 0x1000, read_only);
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_some());
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Write).is_none());
+            tlb.insert(&e, 0, 8, None, 0x1000, t(1, None, 0x9000, 4096));
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Write).is_some());
+            let s = tlb.stats();
+            assert_eq!((s.entries, s.evictions), (1, 0), "{s:?}");
+        });
+    }
+
+    /// The IOTLB holds at least what it was asked for, in whole sets of `WAYS` entries.
+    #[test]
+    fn capacity_is_rounded_up_to_whole_sets() {
+        bounded(|| {
+            assert_eq!(Iotlb::new(1000).capacity(), 1024);
+            assert_eq!(Iotlb::new(1).capacity(), WAYS);
+            assert_eq!(Iotlb::new(16 * WAYS).capacity(), 16 * WAYS);
+            assert_ne!(Iotlb::new(8).id(), Iotlb::new(8).id());
+        });
+    }
+
+    /// Every scope removes what it covers and reports how many entries went, and the
+    /// statistics count them: the PASID scopes select on the translation's PASID, the domain
+    /// scopes on its DID, the page scopes on overlap with the range.
+    #[test]
+    fn each_scope_removes_what_it_covers_and_counts_it() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(1024);
+            let fill = || {
+                // (requester, PASID of the translation, DID, IOVA)
+                for (sid, pasid, did, iova) in [
+                    (1, Some(3), 7, 0x1000),
+                    (1, Some(3), 7, 0x2000),
+                    (1, Some(4), 7, 0x1000),
+                    (2, None, 7, 0x1000),
+                    (2, None, 8, 0x3000),
+                ] {
+                    tlb.insert(
+                        &e,
+                        0,
+                        sid,
+                        pasid,
+                        iova,
+                        t(did, pasid, 0x10_0000 + iova, 4096),
+                    );
+                }
+                assert_eq!(tlb.stats().entries, 5);
+            };
+            let cases = [
+                (IotlbScope::Global, 5),
+                (IotlbScope::Domain { did: 7 }, 4),
+                (IotlbScope::Domain { did: 8 }, 1),
+                (IotlbScope::Pasid { did: 7, pasid: 3 }, 2),
+                (IotlbScope::Pasid { did: 8, pasid: 3 }, 0),
+                (
+                    IotlbScope::PasidPages {
+                        did: 7,
+                        pasid: 3,
+                        addr: 0x2000,
+                        size: 0x1000,
+                    },
+                    1,
+                ),
+                (
+                    IotlbScope::DomainPages {
+                        did: 7,
+                        addr: 0x1000,
+                        size: 0x1000,
+                    },
+                    3,
+                ),
+                (
+                    IotlbScope::DomainPages {
+                        did: 7,
+                        addr: 0x1fff,
+                        size: 1,
+                    },
+                    3,
+                ),
+                (
+                    IotlbScope::DomainPages {
+                        did: 7,
+                        addr: 0x2000,
+                        size: 0,
+                    },
+                    0,
+                ),
+            ];
+            let mut total = 0;
+            for (scope, removed) in cases {
+                fill();
+                let before = tlb.stats().entries;
+                assert_eq!(tlb.invalidate(scope), removed, "{scope:?}");
+                total += removed;
+                let s = tlb.stats();
+                assert_eq!(s.entries, before - removed, "{scope:?}");
+                assert_eq!(s.invalidated, total, "{scope:?}");
+                tlb.invalidate(IotlbScope::Global);
+                total = tlb.stats().invalidated;
+            }
+        });
+    }
+
+    /// A page range covers an entry exactly when they overlap: the byte before the entry and
+    /// the byte after it do not, the first and the last byte of it do (for each page size).
+    #[test]
+    fn a_page_range_covers_an_entry_exactly_when_they_overlap() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(1024);
+            for size in [4096u64, 2 << 20, 1 << 30] {
+                let base = 4 << 30;
+                for (addr, len, covers) in [
+                    (base - 1, 1, false),
+                    (base + size, 1, false),
+                    (base - 0x1000, 0x1000, false),
+                    (base, 1, true),
+                    (base + size - 1, 1, true),
+                    (base - 1, 2, true),
+                    (base - 0x1000, size + 0x2000, true),
+                ] {
+                    tlb.insert(&e, 0, 8, Some(2), base, t(4, Some(2), 0, size));
+                    let scope = IotlbScope::PasidPages {
+                        did: 4,
+                        pasid: 2,
+                        addr,
+                        size: len,
+                    };
+                    let removed = tlb.invalidate(scope);
+                    assert_eq!(removed, u64::from(covers), "{size:#x}: {addr:#x}+{len:#x}");
+                    tlb.invalidate(IotlbScope::Global);
+                }
+            }
+        });
+    }
+
+    /// The registry of (domain, requester) pairs is bounded whatever requesters the guest
+    /// makes up (`MAX_REGISTERED`), page invalidations stay exact once it overflowed (they
+    /// sweep), and a global invalidation empties it; a domain invalidation forgets that
+    /// domain's pairs only.
+    #[test]
+    fn the_requester_registry_is_bounded() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            let pairs = |tlb: &Iotlb| {
+                let reg = tlb.registry.lock();
+                (reg.pairs, reg.overflowed)
+            };
+            for sid in 0..3u16 {
+                tlb.insert(&e, 0, sid, None, 0x1000, t(1, None, 0x2000, 4096));
+                tlb.insert(&e, 0, sid, None, 0x1000, t(2, None, 0x2000, 4096));
+            }
+            assert_eq!(pairs(&tlb), (6, false));
+            tlb.invalidate(IotlbScope::Domain { did: 1 });
+            assert_eq!(pairs(&tlb), (3, false));
+            for sid in 0..=MAX_REGISTERED as u16 {
+                tlb.insert(&e, 0, sid, Some(1), 0x1000, t(3, Some(1), 0x2000, 4096));
+            }
+            assert_eq!(pairs(&tlb), (MAX_REGISTERED, true));
+            // Overflowed: a page invalidation sweeps and still finds the entry.
+            tlb.insert(&e, 0, 0xffff, Some(1), 0x7000, t(3, Some(1), 0x2000, 4096));
+            let scope = IotlbScope::PasidPages {
+                did: 3,
+                pasid: 1,
+                addr: 0x7000,
+                size: 4096,
+            };
+            assert_eq!(tlb.invalidate(scope), 1);
+            tlb.invalidate(IotlbScope::Global);
+            assert_eq!(pairs(&tlb), (0, false));
+        });
+    }
+
+    /// The context and PASID caches: a fill is kept unless an invalidation started since its
+    /// walk, a refill of a cached key replaces it in place, the size stays within capacity
+    /// (a fill into a full cache evicts one entry and counts it), and `retain` reports and
+    /// counts what it removed.
+    #[test]
+    fn entry_cache_fills_evictions_and_invalidations() {
+        bounded(|| {
+            let e = Epoch::default();
+            let cache: EntryCache<u16, u64> = EntryCache::new(2);
+            assert_eq!(cache.capacity(), 2);
+            assert_eq!(EntryCache::<u16, u64>::new(0).capacity(), 1);
+            let start = e.current();
+            e.advance();
+            cache.insert(&e, start, 1, 10);
+            assert_eq!(
+                cache.get(&1),
+                None,
+                "a fill racing an invalidation is dropped"
+            );
+            let now = e.current();
+            cache.insert(&e, now, 1, 10);
+            cache.insert(&e, now, 2, 20);
+            cache.insert(&e, now, 1, 11);
+            assert_eq!((cache.get(&1), cache.get(&2)), (Some(11), Some(20)));
+            assert_eq!(cache.stats().evictions, 0, "a refill evicts nothing");
+            cache.insert(&e, now, 3, 30);
+            let s = cache.stats();
+            assert_eq!((s.entries, s.evictions), (2, 1), "{s:?}");
+            assert_eq!(cache.get(&3), Some(30));
+            cache.count_hit();
+            let s = cache.stats();
+            assert_eq!((s.hits, s.misses), (4, 1), "{s:?}");
+            assert_eq!(cache.retain(|k, _| *k != 3), 1);
+            assert_eq!(cache.retain(|_, _| false), 1);
+            let s = cache.stats();
+            assert_eq!((s.entries, s.invalidated), (0, 2), "{s:?}");
+        });
+    }
+
+    /// The epoch moves on every advance, and only a fill whose walk began at the current
+    /// epoch is kept.
+    #[test]
+    fn the_epoch_tells_whether_an_invalidation_started() {
+        bounded(|| {
+            let e = Epoch::default();
+            let a = e.current();
+            assert!(e.unchanged_since(a));
+            e.advance();
+            let b = e.current();
+            assert_ne!(a, b);
+            assert!(!e.unchanged_since(a));
+            assert!(e.unchanged_since(b));
+            e.advance();
+            assert_ne!(e.current(), b);
+        });
+    }
+
+    /// The sets' write counters, one per set.
+    fn set_sequences(tlb: &Iotlb) -> Vec<u64> {
+        tlb.sets
+            .iter()
+            .map(|s| s.seq.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    /// Sweeping invalidations lock only the sets holding a victim (module doc): a set that is
+    /// locked makes every lookup in it miss meanwhile, so a sweep must not disturb the sets
+    /// it leaves alone.
+    #[test]
+    fn sweeps_lock_only_the_sets_holding_a_victim() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(256);
+            for i in 0..4u64 {
+                tlb.insert(&e, 0, 8, Some(1), i << 12, t(1, Some(1), 0, 4096));
+                tlb.insert(&e, 0, 9, Some(2), i << 21, t(2, Some(2), 0, 2 << 20));
+            }
+            let before = set_sequences(&tlb);
+            for scope in [
+                IotlbScope::Domain { did: 3 },
+                IotlbScope::Pasid { did: 1, pasid: 2 },
+            ] {
+                assert_eq!(tlb.invalidate(scope), 0);
+                assert_eq!(set_sequences(&tlb), before, "{scope:?} locked a set");
+            }
+            assert_eq!(tlb.invalidate(IotlbScope::Domain { did: 1 }), 4);
+            let after = set_sequences(&tlb);
+            let locked = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+            assert!(
+                (1..=4).contains(&locked),
+                "{locked} sets locked for 4 victims"
+            );
+            for i in 0..4u64 {
+                assert!(tlb.lookup(9, Some(2), i << 21, AccessKind::Read).is_some());
+            }
+        });
+    }
+
+    /// A lookup returns only the entry of its own page and requester, also from a set that
+    /// holds other pages of the same requester or the same page of other requesters; and a
+    /// page invalidation removes only entries it covers from the sets it probes.
+    #[test]
+    fn entries_sharing_a_set_stay_apart() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            let r1 = requester_word(1, None);
+            let base = 0x10_0000u64;
+            let set = |r, page: u64| tlb.set_of(r, page, 0) as *const Set;
+            // Another page of requester 1 in the same set, and a requester whose entry for
+            // the same page shares it too (8 sets: both exist among few candidates).
+            let other_page = (1..4096u64)
+                .map(|i| base + (i << 12))
+                .find(|p| set(r1, *p) == set(r1, base))
+                .unwrap();
+            let other_sid = (3..4096u16)
+                .find(|sid| set(requester_word(*sid, None), base) == set(r1, base))
+                .unwrap();
+            tlb.insert(&e, 0, 1, None, base, t(1, None, 0xa000, 4096));
+            assert_eq!(tlb.lookup(1, None, other_page, AccessKind::Read), None);
+            assert_eq!(tlb.lookup(other_sid, None, base, AccessKind::Read), None);
+            tlb.insert(&e, 0, other_sid, None, base, t(2, None, 0xb000, 4096));
+            tlb.insert(&e, 0, 1, None, other_page, t(1, None, 0xc000, 4096));
+            tlb.insert(&e, 0, 2, None, base, t(1, None, 0xd000, 4096));
+            let out = |sid, iova| {
+                tlb.lookup(sid, None, iova, AccessKind::Read)
+                    .map(|t| t.output)
+            };
+            assert_eq!(out(1, base), Some(0xa000));
+            assert_eq!(out(other_sid, base), Some(0xb000));
+            assert_eq!(out(1, other_page), Some(0xc000));
+            assert_eq!(out(2, base), Some(0xd000));
+            // Domain 1's page at `base`: requesters 1 and 2, not `other_sid` (domain 2), not
+            // the other page.
+            let scope = IotlbScope::DomainPages {
+                did: 1,
+                addr: base,
+                size: 4096,
+            };
+            assert_eq!(tlb.invalidate(scope), 2);
+            assert_eq!(out(other_sid, base), Some(0xb000));
+            assert_eq!(out(1, other_page), Some(0xc000));
+        });
+    }
+
+    /// The sequence lock (see `Set`): while a writer is inside a set, a lookup in it misses
+    /// rather than read a half-written entry (and never waits); once the writer is out, the
+    /// lookup hits again.
+    #[test]
+    fn a_lookup_misses_while_a_writer_is_inside_the_set() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            tlb.insert(&e, 0, 8, None, 0x1000, t(1, None, 0x2000, 4096));
+            let set = tlb.set_of(requester_word(8, None), 0x1000, 0);
+            let writer = set.lock();
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_none());
+            drop(writer);
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_some());
+            let s = tlb.stats();
+            assert_eq!((s.hits, s.misses), (1, 1), "{s:?}");
+        });
+    }
+
+    /// A writer waits for the writer inside its set (the lock spins, yielding now and then)
+    /// and then does its work: the fill lands once the first writer is out.
+    #[test]
+    fn a_writer_waits_for_the_writer_inside_its_set() {
+        bounded(|| {
+            let e = Arc::new(Epoch::default());
+            let tlb = Arc::new(Iotlb::new(64));
+            let set = tlb.set_of(requester_word(8, None), 0x1000, 0);
+            let writer = set.lock();
+            let filler = {
+                let (e, tlb) = (e.clone(), tlb.clone());
+                std::thread::spawn(move || {
+                    tlb.insert(&e, 0, 8, None, 0x1000, t(1, None, 0x2000, 4096));
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(
+                !filler.is_finished(),
+                "the fill got in while the set was locked"
+            );
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_none());
+            drop(writer);
+            filler.join().unwrap();
+            assert!(tlb.lookup(8, None, 0x1000, AccessKind::Read).is_some());
+        });
+    }
+
+    /// A full set replaces its ways in turn (module doc: the set's write count rotates through
+    /// the ways): after any run of fills into it, the last `WAYS` pages filled are all cached.
+    #[test]
+    fn a_full_set_replaces_its_ways_in_turn() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            let r = requester_word(8, None);
+            let first = tlb.set_of(r, 0, 0) as *const Set;
+            let pages: Vec<u64> = (0..1u64 << 20)
+                .map(|p| p << 12)
+                .filter(|&base| std::ptr::eq(tlb.set_of(r, base, 0), first))
+                .take(3 * WAYS)
+                .collect();
+            assert_eq!(pages.len(), 3 * WAYS);
+            for (n, &page) in pages.iter().enumerate() {
+                tlb.insert(&e, 0, 8, None, page, t(1, None, page, 4096));
+                let cached: Vec<bool> = pages[..=n]
+                    .iter()
+                    .map(|&p| tlb.lookup(8, None, p, AccessKind::Read).is_some())
+                    .collect();
+                let recent = n.saturating_sub(WAYS - 1);
+                assert!(cached[recent..].iter().all(|c| *c), "fill {n}: {cached:?}");
+                assert!(!cached[..recent].iter().any(|c| *c), "fill {n}: {cached:?}");
+            }
+            assert_eq!(tlb.stats().evictions, 2 * WAYS as u64);
+        });
+    }
+
+    /// Requesters and page sizes are mixed into the set choice, and so are the page bits
+    /// above the set index (module doc): the same page of many devices, the same page base
+    /// at every page size, and the same offset in many 1 GiB ranges spread over the sets
+    /// rather than evicting each other from one.
+    #[test]
+    fn same_pages_of_other_requesters_sizes_and_ranges_spread() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(1024);
+            for sid in 0..32u16 {
+                tlb.insert(&e, 0, sid, None, 0x4000_0000, t(1, None, 0, 4096));
+            }
+            for sid in 0..8u16 {
+                for size in [4096, 2 << 20, 1 << 30] {
+                    tlb.insert(&e, 0, 0x100 + sid, None, 0, t(1, None, 0, size));
+                }
+            }
+            for range in 0..32u64 {
+                tlb.insert(
+                    &e,
+                    0,
+                    0x200,
+                    None,
+                    range << 30 | 0x5000,
+                    t(1, None, 0, 4096),
+                );
+            }
+            let s = tlb.stats();
+            assert_eq!((s.entries, s.evictions), (88, 0), "{s:?}");
+        });
+    }
+
+    /// Each thread counts on a stripe of its own (`HitCounters`): threads started together
+    /// get different stripes, so their plain load-and-store bumps never race on one counter.
+    #[test]
+    fn concurrent_threads_count_on_stripes_of_their_own() {
+        let stripes: Vec<usize> = (0..4)
+            .map(|_| std::thread::spawn(my_stripe))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        for (i, a) in stripes.iter().enumerate() {
+            assert!(*a < STRIPES);
+            assert!(!stripes[i + 1..].contains(a), "{stripes:?}");
         }
-        let s = tlb.stats();
-        assert!(s.entries <= 32, "{s:?}");
-        assert!(s.evictions >= 1000 - 32);
-        // Indices stay consistent with the map after evictions.
-        assert_eq!(tlb.invalidate(IotlbScope::Domain { did: 1 }), s.entries);
+        assert_eq!(my_stripe(), my_stripe(), "a thread keeps its stripe");
+    }
+
+    /// Page invalidations find their entries anywhere in the 64-bit IOVA space (the guest
+    /// chooses the address), including where shifting the range's end would wrap.
+    #[test]
+    fn page_invalidations_find_entries_anywhere_in_the_address_space() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(64);
+            for size in [4096u64, 2 << 20, 1 << 30] {
+                for base in [0, 1 << 52, 1 << 63, !(size - 1)] {
+                    tlb.insert(&e, 0, 8, None, base, t(1, None, 0, size));
+                    let scope = IotlbScope::DomainPages {
+                        did: 1,
+                        addr: base,
+                        size: 4096,
+                    };
+                    assert_eq!(tlb.invalidate(scope), 1, "{size:#x} at {base:#x}");
+                }
+            }
+        });
     }
 }

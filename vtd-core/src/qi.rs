@@ -183,7 +183,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         match desc {
             InvDesc::DeviceTlb(_) | InvDesc::PasidDeviceTlb(_) => ecap.dt(),
             InvDesc::Iec(_) => ecap.ir(),
-            InvDesc::PasidIotlb(_) | InvDesc::PasidCache(_) => ecap.smts(),
+            // PASID-IOTLB and PASID-cache: 256-bit only, so decoding already needed ECAP.SMTS.
             InvDesc::PageGroupResponse(_) => ecap.prs(),
             _ => true,
         }
@@ -391,11 +391,11 @@ fn raise_completion_event(st: &mut State) {
     }
 }
 
+/// The invalidation-completion event's message (IEDATA to IEUADDR:IEADDR).
 fn completion_msi(st: &State) -> Msi {
-    Msi {
-        address: (st.regs.get32(reg::IEUADDR) as u64) << 32 | st.regs.get32(reg::IEADDR) as u64,
-        data: st.regs.get32(reg::IEDATA),
-    }
+    // IEADDR (0xa8) and IEUADDR (0xac) are the halves of one address (IEADDR_REG, IEUADDR_REG).
+    let (address, data) = (st.regs.get64(reg::IEADDR), st.regs.get32(reg::IEDATA));
+    Msi { address, data }
 }
 
 /// The naturally aligned range of 2^am pages containing `addr` (spec 6.5.2.3), as a start
@@ -410,7 +410,7 @@ fn iqei_for(e: &vtd_regs::inv::DescError) -> u8 {
     match e {
         DescError::UnknownType(_) => iqei::INVALID_TYPE,
         DescError::NeedsWideQueue(_) => iqei::INVALID_WIDTH,
-        DescError::ReservedBits { .. } => iqei::RESERVED_FIELD,
+        // Reserved bits set, or a reserved value in a field (granularity): IQEI 4.
         _ => iqei::RESERVED_FIELD,
     }
 }
@@ -443,5 +443,51 @@ impl Batch {
                 *ends_batch = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vtd_regs::VtdConfig;
+    use vtd_regs::inv::{StatusWrite, WaitInv};
+    use vtd_regs::regs::Gcmd;
+
+    use super::*;
+    use crate::RecordingSink;
+    use crate::cache::tests::bounded;
+
+    /// Linux's `qi_submit_sync` on a unit nobody observes: the wait it spins on completes
+    /// within the doorbell (IQT write) that submitted it, with its status written (spec
+    /// 6.5.2.8) and the queue idle, however the unit orders completion behind publication.
+    #[test]
+    fn a_wait_completes_within_its_doorbell() {
+        bounded(|| {
+            let mem: GuestMemoryMmap<()> =
+                GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+            let cfg = VtdConfig::from_qemu_props("").unwrap();
+            let unit = VtdUnit::new(cfg, mem, Arc::new(RecordingSink::default())).unwrap();
+            let (queue, status) = (0x1_0000, 0x2_0000);
+            unit.write(reg::IQA, 8, Iqa::new().with_iqa(queue >> 12).into_bits());
+            unit.write(reg::GCMD, 4, Gcmd::new().with_qie(true).into_bits().into());
+            for (slot, data) in [(0u64, 0x55), (1, 0x56)] {
+                let wait = InvDesc::Wait(WaitInv {
+                    status_write: Some(StatusWrite { addr: status, data }),
+                    interrupt: false,
+                    fence: true,
+                    page_drain: false,
+                    ignored: Default::default(),
+                });
+                let raw = wait.encode(DescWidth::Bits128).unwrap();
+                unit.memory()
+                    .write_words(queue + slot * 16, &raw.0[..2])
+                    .unwrap();
+                unit.write(reg::IQT, 8, (slot + 1) * 16);
+                assert_eq!(unit.memory().read_u64(status).unwrap(), u64::from(data));
+                assert_eq!(unit.read(reg::IQH, 8), (slot + 1) * 16);
+            }
+        });
     }
 }
