@@ -916,7 +916,8 @@ pub(crate) mod tests {
     }
 
     /// Runs a test's body on a thread of its own and aborts the test binary if it has not
-    /// finished within a few seconds (these tests take milliseconds): a set lock never
+    /// finished within 10 s (these tests take milliseconds; 10 s leaves room for a loaded CI
+    /// machine and stays under cargo-mutants' 20 s test timeout): a set lock never
     /// released, a probe loop or a queue doorbell that never ends would otherwise spin
     /// forever, and a hung binary says nothing about which invariant broke. The spinning
     /// thread cannot be stopped, hence the abort.
@@ -927,7 +928,7 @@ pub(crate) mod tests {
             body();
             let _ = done.send(());
         });
-        match finished.recv_timeout(std::time::Duration::from_secs(5)) {
+        match finished.recv_timeout(std::time::Duration::from_secs(10)) {
             Ok(()) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 if let Err(panic) = worker.join() {
@@ -935,7 +936,7 @@ pub(crate) mod tests {
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                eprintln!("test still running after 5 s: a loop that should be bounded is not");
+                eprintln!("test still running after 10 s: a loop that should be bounded is not");
                 std::process::abort();
             }
         }
