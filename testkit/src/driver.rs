@@ -53,6 +53,53 @@ pub type Mem = GuestMemoryMmap<()>;
 /// The unit over that memory.
 pub type Unit = VtdUnit<Mem>;
 
+/// Guest memory that counts the 8-byte words read from it: the unit of work the README's
+/// Bounds table states (reads are counted, writes and compare-exchanges are not). Clones
+/// share the memory and the count, so a test can hand one to the unit and read the count.
+#[derive(Clone)]
+pub struct CountingRam {
+    inner: Mem,
+    words_read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingRam {
+    /// `bytes` of RAM from address 0.
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            inner: Mem::from_ranges(&[(GuestAddress(0), bytes)]).expect("guest RAM"),
+            words_read: Arc::default(),
+        }
+    }
+
+    /// Words read since this memory was made.
+    pub fn words_read(&self) -> u64 {
+        self.words_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl GuestRam for CountingRam {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), vtd_tables::MemError> {
+        self.words_read.fetch_add(
+            buf.len().div_ceil(8) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.inner.read(gpa, buf)
+    }
+
+    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), vtd_tables::MemError> {
+        self.inner.write(gpa, buf)
+    }
+
+    fn compare_exchange_u64(
+        &self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, vtd_tables::MemError> {
+        self.inner.compare_exchange_u64(gpa, current, new)
+    }
+}
+
 /// Where [`Guest::with_config`] puts table frames: from 16 MiB up to 32 MiB, so tests can use
 /// the first 16 MiB and everything above 32 MiB for data of their own.
 const FRAMES: (u64, u64) = (0x100_0000, 0x200_0000);

@@ -10,46 +10,17 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd_accel::binder::desired::{MAX_SCAN_READS, present_pasids};
 use vtd_accel::{Bdf, GuestRemapping};
 use vtd_regs::VtdConfig;
 use vtd_regs::regs::TranslationTableMode;
+use vtd_tables::GuestRam;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
 use vtd_tables::walk::RootTable;
-use vtd_tables::{GuestRam, MemError};
+use vtd_testkit::driver::CountingRam;
 
 const BDF: Bdf = Bdf::new(1, 0, 0);
-
-/// Guest RAM that counts 8-byte words read.
-struct CountingRam {
-    inner: GuestMemoryMmap<()>,
-    words_read: AtomicU64,
-}
-
-impl GuestRam for CountingRam {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.words_read
-            .fetch_add(buf.len().div_ceil(8) as u64, Ordering::Relaxed);
-        self.inner.read(gpa, buf)
-    }
-
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
-        self.inner.write(gpa, buf)
-    }
-
-    fn compare_exchange_u64(
-        &self,
-        gpa: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, MemError> {
-        self.inner.compare_exchange_u64(gpa, current, new)
-    }
-}
 
 /// A guest whose PASID directory has all 2^14 entries present, each pointing to one PASID
 /// table whose 64 entries are all present: 2^20 present PASIDs in a few pages, a scan of
@@ -60,10 +31,7 @@ fn a_pasid_scan_reads_at_most_max_scan_reads_words() {
         MAX_SCAN_READS, 8192,
         "the README's Bounds table states 8192"
     );
-    let mem = CountingRam {
-        inner: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap(),
-        words_read: AtomicU64::new(0),
-    };
+    let mem = CountingRam::new(16 << 20);
     let config = VtdConfig {
         pasid_bits: 20,
         ..VtdConfig::from_qemu_props("x-scalable-mode=on,x-flts=on").unwrap()
@@ -96,9 +64,9 @@ fn a_pasid_scan_reads_at_most_max_scan_reads_words() {
         },
     };
 
-    let before = mem.words_read.load(Ordering::Relaxed);
+    let before = mem.words_read();
     let scan = present_pasids(&guest, BDF, 20);
-    let read = mem.words_read.load(Ordering::Relaxed) - before;
+    let read = mem.words_read() - before;
     assert!(scan.truncated, "the scan says it stopped");
     // The context lookup (a root entry and a scalable context entry: 6 words), then the scan.
     assert!(

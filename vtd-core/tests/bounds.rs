@@ -12,62 +12,17 @@
 //! (`one_doorbell_bounds_shadow_replay_work`), the tracked groups' eviction in
 //! tests/page_requests.rs (`outstanding_groups_are_bounded_and_migrate_as_plain_data`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd_core::{CacheCapacity, MAX_OUTSTANDING_GROUPS, VtdConfig, VtdEvent};
 use vtd_regs::inv::{ContextCacheGranularity, DescWidth};
 use vtd_regs::regs::{Iqa, offset as reg};
+use vtd_tables::GuestRam;
 use vtd_tables::builder::*;
 use vtd_tables::entries::*;
 use vtd_tables::walk::{AccessKind, DeviceContext, DmaRequest};
-use vtd_tables::{GuestRam, MemError};
-use vtd_testkit::driver::{Guest, Mem, context_cache};
+use vtd_testkit::driver::{CountingRam, Guest, context_cache};
 
 /// Descriptors of the largest queue (IQA.QS = 7) at 128 bits.
 const MAX_QUEUE_DESCRIPTORS: u32 = 1 << 15;
-
-/// Guest RAM that counts 8-byte words read.
-#[derive(Clone)]
-struct CountingRam {
-    inner: Mem,
-    words_read: Arc<AtomicU64>,
-}
-
-impl CountingRam {
-    fn new(mb: u64) -> Self {
-        Self {
-            inner: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (mb << 20) as usize)]).unwrap(),
-            words_read: Arc::default(),
-        }
-    }
-
-    fn read_so_far(&self) -> u64 {
-        self.words_read.load(Ordering::Relaxed)
-    }
-}
-
-impl GuestRam for CountingRam {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.words_read
-            .fetch_add(buf.len().div_ceil(8) as u64, Ordering::Relaxed);
-        self.inner.read(gpa, buf)
-    }
-
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
-        self.inner.write(gpa, buf)
-    }
-
-    fn compare_exchange_u64(
-        &self,
-        gpa: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, MemError> {
-        self.inner.compare_exchange_u64(gpa, current, new)
-    }
-}
 
 /// A guest fills the largest queue (all but one slot: a full queue) and writes IQT once: the
 /// unit processes every descriptor in that one write, reading each exactly once, and never
@@ -76,7 +31,7 @@ impl GuestRam for CountingRam {
 fn one_tail_write_costs_at_most_the_queue_and_one_read_per_descriptor_word() {
     for (props, wide) in [("", false), ("x-scalable-mode=on", true)] {
         let cfg = VtdConfig::from_qemu_props(props).unwrap();
-        let ram = CountingRam::new(64);
+        let ram = CountingRam::new(64 << 20);
         let mut g = Guest::over_memory(cfg, ram.clone());
         let iqa = Iqa::new().with_qs(7).with_dw(wide);
         let (count, size) = (iqa.descriptor_count(), iqa.descriptor_size() as u64);
@@ -104,12 +59,12 @@ fn one_tail_write_costs_at_most_the_queue_and_one_read_per_descriptor_word() {
         let words = &raw.0[..(size / 8) as usize];
         let queued = count - 1;
         for slot in 0..queued as u64 {
-            ram.inner.write_words(base + slot * size, words).unwrap();
+            ram.write_words(base + slot * size, words).unwrap();
         }
         g.log.take();
-        let before = ram.read_so_far();
+        let before = ram.words_read();
         g.w64(reg::IQT, queued as u64 * size);
-        let read = ram.read_so_far() - before;
+        let read = ram.words_read() - before;
         assert_eq!(
             g.r64(reg::IQH),
             g.r64(reg::IQT),
@@ -128,9 +83,9 @@ fn one_tail_write_costs_at_most_the_queue_and_one_read_per_descriptor_word() {
         assert_eq!(events.len(), 1 + queued as usize, "{props:?}");
 
         // Writing the same tail again costs nothing: the queue is empty.
-        let before = ram.read_so_far();
+        let before = ram.words_read();
         g.w64(reg::IQT, queued as u64 * size);
-        assert_eq!(ram.read_so_far(), before);
+        assert_eq!(ram.words_read(), before);
     }
 }
 

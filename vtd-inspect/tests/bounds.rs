@@ -158,36 +158,6 @@ fn the_feed_keeps_at_most_its_capacity_and_counts_what_it_dropped() {
     }
 }
 
-/// Guest RAM that counts 8-byte words read.
-#[derive(Clone)]
-struct CountingRam {
-    inner: vm_memory::GuestMemoryMmap<()>,
-    words_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl vtd_tables::GuestRam for CountingRam {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), vtd_tables::MemError> {
-        self.words_read.fetch_add(
-            buf.len().div_ceil(8) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        self.inner.read(gpa, buf)
-    }
-
-    fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), vtd_tables::MemError> {
-        self.inner.write(gpa, buf)
-    }
-
-    fn compare_exchange_u64(
-        &self,
-        gpa: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, vtd_tables::MemError> {
-        self.inner.compare_exchange_u64(gpa, current, new)
-    }
-}
-
 /// A guest whose tables alias everywhere: every bus's root entry names one context table,
 /// every device in it is present with a full PASID directory, every directory entry names one
 /// PASID table of 64 first-stage entries, and the first-stage table maps itself at every
@@ -196,7 +166,6 @@ impl vtd_tables::GuestRam for CountingRam {
 /// encoded line stays far below `MAX_SERVER_LINE`.
 #[test]
 fn a_snapshot_of_aliasing_tables_reads_at_most_its_budget() {
-    use std::sync::atomic::Ordering;
     use vtd_inspect::collect::{Limits, snapshot};
     use vtd_inspect::protocol::MAX_SERVER_LINE;
     use vtd_tables::GuestRam;
@@ -208,11 +177,7 @@ fn a_snapshot_of_aliasing_tables_reads_at_most_its_budget() {
         1 << 19,
         "the README's Bounds table states 2^19"
     );
-    let ram = CountingRam {
-        inner: vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 20)])
-            .unwrap(),
-        words_read: Default::default(),
-    };
+    let ram = vtd_testkit::driver::CountingRam::new(64 << 20);
     let (root, ctx, dir, pasids, fs) = (0x10_0000u64, 0x11_0000, 0x20_0000, 0x12_0000, 0x13_0000);
     let root_entry = ScalableRootEntry::new(Some(ctx), Some(ctx));
     for bus in 0..256 {
@@ -245,11 +210,11 @@ fn a_snapshot_of_aliasing_tables_reads_at_most_its_budget() {
     unit.write(0x18, 4, 1 << 30); // GCMD.SRTP
     assert!(unit.root_table().is_some());
 
-    let before = ram.words_read.load(Ordering::Relaxed);
+    let before = ram.words_read();
     let start = Instant::now();
     let snap = snapshot(&unit, &limits);
     let took = start.elapsed();
-    let read = ram.words_read.load(Ordering::Relaxed) - before;
+    let read = ram.words_read() - before;
     let line = serde_json::to_vec(&snap).unwrap();
     eprintln!(
         "{read} words read, {} devices, {} bytes encoded, {took:?}",
