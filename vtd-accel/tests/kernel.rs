@@ -717,26 +717,7 @@ fn pending_groups_of_other_devices_survive_a_rebind_and_an_unplug() {
     let mut rig = pri_rig();
     // A second PRI device, 03:00.0, probed by the guest with its own first-stage domain.
     let bdf_c = Bdf::new(3, 0, 0);
-    let (dev_c, parent_c) = rig
-        .sim
-        .vfio_bind_default(rig.ioas, rig.binder.viommu_flags())
-        .unwrap();
-    rig.sim.set_device_pri(dev_c, true);
-    let hd = HostIommuDevice::query(rig.sim.clone(), "0000:03:00.0", dev_c, parent_c).unwrap();
-    rig.binder
-        .register(bdf_c, hd.with_pri(true), PciTopology::default())
-        .unwrap();
-    let root_c = rig.new_fs_table(IOVA, GPA, true);
-    rig.program_device(
-        bdf_c,
-        &[(
-            0,
-            vtd_tables::entries::PasidEntry::first_stage(root_c, false, 11, 2),
-        )],
-    );
-    rig.g.submit(&[context_cache(
-        vtd_regs::inv::ContextCacheGranularity::Global,
-    )]);
+    let dev_c = rig.plug_pri_device(bdf_c, IOVA, GPA, 11);
     let pending = |rig: &mut Rig| -> Vec<vtd_regs::prq::PageRequestDescriptor> {
         rig.binder.process_host_faults();
         rig.g
@@ -817,26 +798,7 @@ fn one_iommufd_two_devices_faults_and_page_requests_reach_their_own_device() {
     rig.sim.report_unrecoverable_faults(true);
     // 01:00.0 (the rig's, no PRI) and 03:00.0 with PRI, on the same host IOMMU.
     let bdf_c = Bdf::new(3, 0, 0);
-    let (dev_c, parent_c) = rig
-        .sim
-        .vfio_bind_default(rig.ioas, rig.binder.viommu_flags())
-        .unwrap();
-    rig.sim.set_device_pri(dev_c, true);
-    let hd = HostIommuDevice::query(rig.sim.clone(), "0000:03:00.0", dev_c, parent_c).unwrap();
-    rig.binder
-        .register(bdf_c, hd.with_pri(true), PciTopology::default())
-        .unwrap();
-    let root_c = rig.new_fs_table(IOVA, GPA, true);
-    rig.program_device(
-        bdf_c,
-        &[(
-            0,
-            vtd_tables::entries::PasidEntry::first_stage(root_c, false, 11, 2),
-        )],
-    );
-    rig.g.submit(&[context_cache(
-        vtd_regs::inv::ContextCacheGranularity::Global,
-    )]);
+    let dev_c = rig.plug_pri_device(bdf_c, IOVA, GPA, 11);
     rig.events.take();
     // A page request of the second device reaches the guest under its requester ID.
     rig.sim

@@ -317,6 +317,29 @@ impl Rig {
         pasids.dir()
     }
 
+    /// A second PRI-capable passthrough device at `bdf` on the rig's host IOMMU (the same
+    /// iommufd), registered with the binder and probed by the guest: requests without PASID
+    /// go through a first-stage table of its own (domain `did`) mapping `iova` to `gpa`, and
+    /// the context cache is invalidated globally. Returns its iommufd device ID.
+    pub fn plug_pri_device(&mut self, bdf: Bdf, iova: u64, gpa: u64, did: u16) -> DeviceId {
+        let (dev, parent) = self
+            .sim
+            .vfio_bind_default(self.ioas, self.binder.viommu_flags())
+            .unwrap();
+        self.sim.set_device_pri(dev, true);
+        let name = format!("0000:{bdf}");
+        let hd = HostIommuDevice::query(self.sim.clone(), &name, dev, parent).unwrap();
+        self.binder
+            .register(bdf, hd.with_pri(true), PciTopology::default())
+            .unwrap();
+        let root = self.new_fs_table(iova, gpa, true);
+        self.program_device(bdf, &[(0, PasidEntry::first_stage(root, false, did, 2))]);
+        self.g.submit(&[context_cache(
+            vtd_regs::inv::ContextCacheGranularity::Global,
+        )]);
+        dev
+    }
+
     /// Clears the context entry of `bdf` (the guest driver's release), no invalidation.
     pub fn clear_context(&self, bdf: Bdf) {
         let mem = &self.g.mem;
