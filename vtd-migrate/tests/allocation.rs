@@ -5,28 +5,37 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use common::seal;
 
 struct Counting;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-/// Tests in this binary measure one at a time.
-static MEASURING: Mutex<()> = Mutex::new(());
+// Counted per thread: the test harness runs this binary's other tests on other threads at the
+// same time, and their allocations must not count against the decode being measured (a shared
+// counter once saw the other test's 4 KiB register image and failed CI). Const-initialised
+// `Cell`s need no allocation and no destructor, so the allocator may touch them.
+thread_local! {
+    /// Bytes this thread allocated minus bytes it freed since the measurement began
+    /// (negative when it frees blocks allocated before, or on another thread).
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    /// The highest `LIVE` since the measurement began.
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-        PEAK.fetch_max(live, Ordering::Relaxed);
+        // `try_with`: during thread teardown the counters may be gone; then nothing is counted.
+        let _ = LIVE.try_with(|live| {
+            live.set(live.get().saturating_add_unsigned(layout.size()));
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+        });
         // SAFETY: the caller's layout contract is passed on as is.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub_unsigned(layout.size())));
         // SAFETY: `ptr` came from `System.alloc` with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -35,15 +44,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Peak heap bytes allocated while `f` runs, above what was live before.
+/// Peak heap bytes this thread allocated while `f` runs, above what it had live before.
 fn peak_during<T>(f: impl FnOnce() -> T) -> usize {
-    let _one = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    LIVE.with(|live| live.set(0));
+    PEAK.with(|peak| peak.set(0));
     let out = f();
-    let peak = PEAK.load(Ordering::Relaxed) - base;
+    let peak = PEAK.with(Cell::get);
     drop(out);
-    peak
+    usize::try_from(peak).unwrap_or(0)
 }
 
 /// A version 2 payload of a unit with an image of `regs` bytes, nothing latched, and one
@@ -71,8 +79,12 @@ fn payload(regs_len_field: u64, regs: usize, pasid_count: u64, pasids_present: u
 #[test]
 fn the_payload_builder_matches_the_format() {
     // An honest payload decodes (so the forged ones below fail only for their forgery).
-    let snap = vtd_migrate::decode(&seal(2, 0, &payload(4096, 4096, 3, 3))).unwrap();
+    let bytes = seal(2, 0, &payload(4096, 4096, 3, 3));
+    let snap = vtd_migrate::decode(&bytes).unwrap();
     assert_eq!(snap.devices[0].pasids, [0, 1, 2]);
+    // And the counter sees this thread's allocations: the decoded 4 KiB register image.
+    let peak = peak_during(|| vtd_migrate::decode(&bytes));
+    assert!(peak >= 4096, "only {peak} bytes counted for a 4 KiB image");
 }
 
 #[test]
