@@ -8,7 +8,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use vm_memory::iommu::Iommu;
 use vm_memory::{Bytes, GuestAddress, IommuMemory, Permissions};
-use vtd_bench::{Fixture, FixtureSpec, Layout1G, SID, gpa_of};
+use vtd_bench::{AttachedInspector, Fixture, FixtureSpec, Layout1G, SID, gpa_of};
 use vtd_core::CacheCapacity;
 
 fn hits(c: &mut Criterion) {
@@ -166,5 +166,30 @@ fn invalidation(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hits, two_threads, misses, invalidation);
+/// The IOTLB hit alone and with an inspector attached (`vtd-bench`'s `inspector` rows).
+fn inspector(c: &mut Criterion) {
+    let f = Fixture::new(FixtureSpec::default());
+    f.warm(SID);
+    let pages = f.pages;
+    let mut g = c.benchmark_group("inspector");
+    let mut i = 0u64;
+    g.bench_function("hit_alone", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(f.translate(SID, i % pages))
+        })
+    });
+    let attached = AttachedInspector::attach(&f.unit);
+    g.bench_function("hit_attached", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(f.translate(SID, i % pages))
+        })
+    });
+    let snapshots = attached.detach();
+    assert!(snapshots > 0, "the client took no snapshot while attached");
+    g.finish();
+}
+
+criterion_group!(benches, hits, two_threads, misses, invalidation, inspector);
 criterion_main!(benches);

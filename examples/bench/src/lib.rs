@@ -11,16 +11,18 @@
 //! - a read through `IommuMemory` with the same read on the guest physical pages,
 //! - a miss with the dependent 8-byte reads a table walk cannot avoid (4 for a 4-level first
 //!   stage, 24 for first stage nested over 4-level second stage),
-//! - two threads hitting with one thread doing the same work.
+//! - two threads hitting with one thread doing the same work,
+//! - a hit with an inspector attached (`vtd-inspect`'s server and a client following the
+//!   event stream and taking snapshots) with the same hit on the unit alone.
 //!
 //! Memory figures come from the live-byte count of a counting global allocator that the
 //! binary installs ([`CountingAllocator`]); guest RAM is `mmap`ed, so it is not counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vm_memory::iommu::Iotlb;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory, Permissions};
@@ -773,6 +775,125 @@ pub fn invalidation_figures(effort: Effort, out: &mut Vec<Figure>) {
     ));
 }
 
+/// How often the measuring client asks for a snapshot: ten times the TUI's refresh
+/// (`vtd-inspect`'s `tui::REFRESH`, 500 ms), so the figure bounds what a watching person costs.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(50);
+
+/// An inspector attached to a unit: the server (subscribed to the unit's events) and one
+/// client that follows the event stream and asks for a snapshot every [`SNAPSHOT_EVERY`],
+/// as the TUI does. Dropping it detaches the client, then stops the server.
+pub struct AttachedInspector {
+    /// Serves while attached; dropped last.
+    _server: vtd_inspect::server::InspectServer,
+    stop: Arc<AtomicBool>,
+    client: Option<std::thread::JoinHandle<u64>>,
+    _dir: tempfile::TempDir,
+}
+
+impl AttachedInspector {
+    /// Starts a server on `unit` and attaches the client.
+    pub fn attach(unit: &Arc<Unit>) -> Self {
+        use vtd_inspect::client::Client;
+        use vtd_inspect::protocol::{ClientMessage, ServerMessage};
+        let dir = tempfile::tempdir().expect("socket directory");
+        let path = dir.path().join("inspect.sock");
+        let server = vtd_inspect::server::InspectServer::start(
+            Arc::clone(unit),
+            &path,
+            vtd_inspect::server::ServerOptions::default(),
+        )
+        .expect("inspection server");
+        let mut client = Client::connect(&path).expect("inspector client");
+        client
+            .send(&ClientMessage::Subscribe)
+            .expect("subscribe to events");
+        let mut requester = client.requester().expect("second handle on the socket");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_ticks = Arc::clone(&stop);
+        let client = std::thread::spawn(move || {
+            let ticker = std::thread::spawn(move || {
+                while !stop_ticks.load(Ordering::Relaxed) {
+                    if requester.send(&ClientMessage::GetSnapshot).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(SNAPSHOT_EVERY);
+                }
+                // Ends the reader's `recv` below.
+                requester.shutdown();
+            });
+            let mut snapshots = 0;
+            while let Ok(message) = client.recv() {
+                if let ServerMessage::Snapshot(_) = message {
+                    snapshots += 1;
+                }
+            }
+            ticker.join().expect("snapshot ticker");
+            snapshots
+        });
+        Self {
+            _server: server,
+            stop,
+            client: Some(client),
+            _dir: dir,
+        }
+    }
+
+    /// Detaches; returns the snapshots the client received.
+    pub fn detach(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let snapshots = self
+            .client
+            .take()
+            .map_or(0, |c| c.join().expect("inspector client"));
+        // Dropping `self` stops the server now that its client is gone.
+        snapshots
+    }
+}
+
+/// Mean nanoseconds per hit of `f`'s device over at least `window`.
+fn hit_ns_over(f: &Fixture, window: Duration) -> f64 {
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < window {
+        for i in 0..10_000 {
+            black_box(f.translate(SID, i % f.pages));
+        }
+        ops += 10_000;
+    }
+    start.elapsed().as_nanos() as f64 / ops as f64
+}
+
+/// The IOTLB hit with an inspector attached against the unit alone. Rounds alternate
+/// (alone, attached, alone, ...) over windows long enough to include several snapshots, and
+/// each side keeps its best round's mean: the inspector's periodic work counts in the mean,
+/// while a burst of someone else's work in one round does not decide the figure.
+pub fn inspector_figures(effort: Effort, out: &mut Vec<Figure>) {
+    let f = Fixture::new(FixtureSpec::default());
+    f.warm(SID);
+    let window = SNAPSHOT_EVERY * 4 * effort.scale as u32;
+    let (mut alone, mut attached, mut snapshots) = (f64::INFINITY, f64::INFINITY, 0);
+    hit_ns_over(&f, window / 4); // warm-up
+    for _ in 0..effort.runs {
+        alone = alone.min(hit_ns_over(&f, window));
+        let inspector = AttachedInspector::attach(&f.unit);
+        attached = attached.min(hit_ns_over(&f, window));
+        snapshots += inspector.detach();
+    }
+    out.push(Figure::info("inspector.hit_alone", alone, "ns"));
+    out.push(Figure::info("inspector.hit_attached", attached, "ns"));
+    out.push(Figure::info(
+        "inspector.snapshots_taken",
+        snapshots as f64,
+        "snapshots",
+    ));
+    out.push(Figure::goal(
+        "inspector.hit_attached_vs_alone",
+        attached / alone,
+        "x",
+        Target::AtMost(1.05),
+    ));
+}
+
 /// A group of figures, measured by one function of this crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Group {
@@ -790,11 +911,13 @@ pub enum Group {
     Memory,
     /// [`invalidation_figures`].
     Invalidate,
+    /// [`inspector_figures`].
+    Inspector,
 }
 
 impl Group {
     /// Every group, in the order [`all_figures`] measures them.
-    pub const ALL: [Group; 7] = [
+    pub const ALL: [Group; 8] = [
         Group::Hit,
         Group::Threads,
         Group::Miss,
@@ -802,6 +925,7 @@ impl Group {
         Group::MissNested,
         Group::Memory,
         Group::Invalidate,
+        Group::Inspector,
     ];
 }
 
@@ -817,6 +941,7 @@ pub fn figures_of(groups: &[Group], effort: Effort) -> Vec<Figure> {
             Group::MissNested => miss_figure(effort, true, &mut out),
             Group::Memory => memory_figures(&mut out),
             Group::Invalidate => invalidation_figures(effort, &mut out),
+            Group::Inspector => inspector_figures(effort, &mut out),
         }
     }
     out
@@ -831,6 +956,7 @@ pub fn all_figures(effort: Effort) -> Vec<Figure> {
             Group::Miss,
             Group::Memory,
             Group::Invalidate,
+            Group::Inspector,
         ],
         effort,
     )

@@ -10,7 +10,8 @@ use vtd_bench::{CountingAllocator, Effort, Figure};
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-/// Measures the IOTLB hit, adapter, read, scaling, miss, memory and invalidation figures.
+/// Measures the IOTLB hit, adapter, read, scaling, miss, memory, invalidation and inspector
+/// figures.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -24,7 +25,8 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
     runs: u64,
     /// Measure only these groups of figures (comma-separated: hit, threads, miss, memory,
-    /// invalidate, or miss-first-stage / miss-nested alone); all by default. A single group is what profiling under callgrind wants.
+    /// invalidate, inspector, or miss-first-stage / miss-nested alone); all by default. A single
+    /// group is what profiling under callgrind wants.
     #[arg(long, value_delimiter = ',')]
     only: Vec<vtd_bench::Group>,
 }
