@@ -289,6 +289,7 @@ impl WalkConfig {
 /// Checks what the request itself may ask for before any table is read (spec 3.4.1, fault
 /// conditions RTA.2): a request with PASID while the root table is in legacy mode is blocked
 /// with 0x31 (legacy context entries have no PASID).
+#[inline]
 pub fn check_request(root: RootTable, req: &DmaRequest) -> Result<(), StepFault> {
     if root.mode == TranslationTableMode::Legacy && req.pasid.is_some() {
         return Err(StepFault::new(fr::LEGACY_WITH_PASID));
@@ -301,6 +302,7 @@ pub fn check_request(root: RootTable, req: &DmaRequest) -> Result<(), StepFault>
 /// hw/i386/intel_iommu.c checks the translated address for every stage too). Only the
 /// request's own address counts, so a large page that merely overlaps the range still
 /// translates the rest of its addresses.
+#[inline]
 pub fn check_output(t: &Translation) -> Result<(), StepFault> {
     if !INTERRUPT_RANGE.contains(&t.output) {
         return Ok(());
@@ -437,6 +439,7 @@ pub fn lookup_context(
 
 /// The PASID a request is translated with in scalable mode: its own, or RID_PASID (with
 /// ECAP.RPS; otherwise PASID 0, spec 9.4).
+#[inline]
 pub fn effective_pasid(cfg: &WalkConfig, ctx: &ScalableContextEntry, pasid: Option<u32>) -> u32 {
     match pasid {
         Some(p) => p,
@@ -451,6 +454,7 @@ pub fn effective_pasid(cfg: &WalkConfig, ctx: &ScalableContextEntry, pasid: Opti
 /// ([`fr::SM_PASID_TOO_LARGE`]). It depends on the request, not only on the entries, so a
 /// cached PASID entry (keyed by requester and PASID, shared by requests with and without
 /// PASID through RID_PASID) must still pass it.
+#[inline]
 pub fn check_pasid_request(
     ctx: &ScalableContextEntry,
     pasid: u32,
@@ -713,6 +717,14 @@ fn set_bits(mem: &impl GuestRam, gpa: u64, seen: u64, want: u64) -> Result<u64, 
     }
 }
 
+// The first-stage bits a walk sets, as masks evaluated at compile time (the entry type's
+// setters are functions of another crate, which a walk would otherwise call per miss).
+const FS_ACCESSED: u64 = FirstStagePte::new().with_accessed(true).into_bits();
+const FS_EXTENDED_ACCESSED: u64 = FirstStagePte::new()
+    .with_extended_accessed(true)
+    .into_bits();
+const FS_DIRTY: u64 = FirstStagePte::new().with_dirty(true).into_bits();
+
 /// Walks the first-stage table of a PASID entry (PGTT first stage or nested) for `req`
 /// (spec 3.6). In nested mode every table address and the output go through the entry's
 /// second stage.
@@ -760,10 +772,12 @@ pub fn walk_first_stage(
     let mut table = pe.fs_table();
     let mut perms = Perms::ALL;
     // A (bit 5), and EA (bit 10) where the entry enables it (spec 3.6.2, 9.7).
-    let accessed = FirstStagePte::new()
-        .with_accessed(true)
-        .with_extended_accessed(rules.extended_accessed(pe))
-        .into_bits();
+    let accessed = FS_ACCESSED
+        | if rules.extended_accessed(pe) {
+            FS_EXTENDED_ACCESSED
+        } else {
+            0
+        };
     for level in (1..=levels).rev() {
         let shift = 12 + 9 * (level as u32 - 1);
         let entry_gpa = table + ((iova >> shift) & 0x1ff) * 8;
@@ -823,9 +837,7 @@ pub fn walk_first_stage(
             return Err(StepFault::new(fr::FS_EXECUTE));
         }
         // A (and EA), and D for a write; a D already set stays set.
-        let want = FirstStagePte::from_bits(raw | accessed)
-            .with_dirty(pte.dirty() || access.is_write())
-            .into_bits();
+        let want = raw | accessed | if access.is_write() { FS_DIRTY } else { 0 };
         let mut entry = raw;
         if want != raw {
             let at = through_ss(

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use vm_memory::iommu::Iommu;
 use vm_memory::{Bytes, GuestAddress, IommuMemory, Permissions};
-use vtd_bench::{AttachedInspector, Fixture, FixtureSpec, Layout1G, SID, gpa_of};
+use vtd_bench::{AttachedInspector, Fixture, FixtureSpec, FloorRead, Layout1G, SID, gpa_of};
 use vtd_core::CacheCapacity;
 
 fn hits(c: &mut Criterion) {
@@ -124,17 +124,19 @@ fn misses(c: &mut Criterion) {
                 black_box(f.translate(SID, i % 4096))
             })
         });
-        g.bench_function(format!("{name}/floor_reads"), |b| {
-            b.iter(|| {
-                i += 1;
-                let iova = f.iova(i % 4096) + 8;
-                black_box(if nested {
-                    f.floor_nested(iova)
-                } else {
-                    f.floor_first_stage(iova)
+        for how in FloorRead::ALL {
+            g.bench_function(format!("{name}/floor_reads_{how:?}"), |b| {
+                b.iter(|| {
+                    i += 1;
+                    let iova = f.iova(i % 4096) + 8;
+                    black_box(if nested {
+                        f.floor_nested(iova, how)
+                    } else {
+                        f.floor_first_stage(iova, how)
+                    })
                 })
-            })
-        });
+            });
+        }
     }
     g.finish();
 }
