@@ -1307,6 +1307,18 @@ pub(crate) mod tests {
                 (IotlbScope::Domain { did: 8 }, 1),
                 (IotlbScope::Pasid { did: 7, pasid: 3 }, 2),
                 (IotlbScope::Pasid { did: 8, pasid: 3 }, 0),
+                // A translation without PASID (legacy mode) belongs to no PASID, not to
+                // PASID 0: a PASID-selective flush of PASID 0 leaves it (spec 6.5.2.4).
+                (IotlbScope::Pasid { did: 7, pasid: 0 }, 0),
+                (
+                    IotlbScope::PasidPages {
+                        did: 8,
+                        pasid: 0,
+                        addr: 0x3000,
+                        size: 0x1000,
+                    },
+                    0,
+                ),
                 (
                     IotlbScope::PasidPages {
                         did: 7,
