@@ -718,12 +718,16 @@ fn set_bits(mem: &impl GuestRam, gpa: u64, seen: u64, want: u64) -> Result<u64, 
 }
 
 // The first-stage bits a walk sets, as masks evaluated at compile time (the entry type's
-// setters are functions of another crate, which a walk would otherwise call per miss).
-const FS_ACCESSED: u64 = FirstStagePte::new().with_accessed(true).into_bits();
-const FS_EXTENDED_ACCESSED: u64 = FirstStagePte::new()
+// setters are functions of another crate, which a walk would otherwise call per miss): A, with
+// EA where the PASID entry enables it, and D besides on the leaf of a write.
+const FS_A: u64 = FirstStagePte::new().with_accessed(true).into_bits();
+const FS_A_D: u64 = FirstStagePte::from_bits(FS_A).with_dirty(true).into_bits();
+const FS_A_EA: u64 = FirstStagePte::from_bits(FS_A)
     .with_extended_accessed(true)
     .into_bits();
-const FS_DIRTY: u64 = FirstStagePte::new().with_dirty(true).into_bits();
+const FS_A_EA_D: u64 = FirstStagePte::from_bits(FS_A_EA)
+    .with_dirty(true)
+    .into_bits();
 
 /// Walks the first-stage table of a PASID entry (PGTT first stage or nested) for `req`
 /// (spec 3.6). In nested mode every table address and the output go through the entry's
@@ -771,13 +775,13 @@ pub fn walk_first_stage(
     };
     let mut table = pe.fs_table();
     let mut perms = Perms::ALL;
-    // A (bit 5), and EA (bit 10) where the entry enables it (spec 3.6.2, 9.7).
-    let accessed = FS_ACCESSED
-        | if rules.extended_accessed(pe) {
-            FS_EXTENDED_ACCESSED
-        } else {
-            0
-        };
+    // A (bit 5), and EA (bit 10) where the entry enables it (spec 3.6.2, 9.7); with D (bit 6)
+    // for the leaf of a write.
+    let (accessed, accessed_dirty) = if rules.extended_accessed(pe) {
+        (FS_A_EA, FS_A_EA_D)
+    } else {
+        (FS_A, FS_A_D)
+    };
     for level in (1..=levels).rev() {
         let shift = 12 + 9 * (level as u32 - 1);
         let entry_gpa = table + ((iova >> shift) & 0x1ff) * 8;
@@ -837,7 +841,12 @@ pub fn walk_first_stage(
             return Err(StepFault::new(fr::FS_EXECUTE));
         }
         // A (and EA), and D for a write; a D already set stays set.
-        let want = raw | accessed | if access.is_write() { FS_DIRTY } else { 0 };
+        let want = raw
+            | if access.is_write() {
+                accessed_dirty
+            } else {
+                accessed
+            };
         let mut entry = raw;
         if want != raw {
             let at = through_ss(
