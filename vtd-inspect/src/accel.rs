@@ -11,8 +11,13 @@
 //! Why the per-device last error and counters live here and not in the binder: the binder keeps
 //! only what binding needs (the current state), and the history an operator wants ("this
 //! device was fenced twice, the last attach failed with EBUSY") is the inspector's concern.
-//! The history is bounded by the number of registered devices; entries of a device that is
-//! unregistered are kept until it is plugged back, at most [`MAX_DEVICE_HISTORY`] of them.
+//! The history of a device that is unregistered is kept, so a device plugged back shows its
+//! past, but only while there is room: it holds at most [`MAX_DEVICE_HISTORY`] devices, and a
+//! device seen for the first time when it is full takes the place of the unregistered device
+//! noted least recently. A registered device's history is never the one dropped (the operator
+//! is looking at those devices); only when every kept device is still registered does the
+//! newcomer go without history (its counters read zero), which takes more than 4,096 assigned
+//! devices at once.
 //!
 //! Like the rest of the server, nothing here can change the binder: it reads
 //! [`NestedBinder::bindings`] and listens.
@@ -40,6 +45,17 @@ struct History {
     host_errors: u64,
     host_faults: u64,
     last_error: Option<String>,
+    /// When it was last noted ([`Histories::clock`]): the unregistered device with the
+    /// smallest value is the one dropped to make room.
+    last_noted: u64,
+}
+
+/// The history of every device kept, at most [`MAX_DEVICE_HISTORY`].
+#[derive(Default)]
+struct Histories {
+    devices: BTreeMap<Bdf, History>,
+    /// Counts notes, to order devices by how recently they were noted.
+    clock: u64,
 }
 
 /// A binder seen by the inspection server: its bindings for snapshots, its events for the
@@ -49,7 +65,7 @@ pub struct BinderView<M: GuestRam + Send + Sync + 'static> {
     /// both (and the host IOMMUs behind the binder) alive after the VMM drops the binder.
     binder: Weak<NestedBinder<M>>,
     feed: Arc<EventFeed>,
-    history: Mutex<BTreeMap<Bdf, History>>,
+    history: Mutex<Histories>,
 }
 
 impl<M: GuestRam + Send + Sync + 'static> BinderView<M> {
@@ -58,16 +74,43 @@ impl<M: GuestRam + Send + Sync + 'static> BinderView<M> {
         Self {
             binder: Arc::downgrade(binder),
             feed,
-            history: Mutex::new(BTreeMap::new()),
+            history: Mutex::new(Histories::default()),
         }
+    }
+
+    /// How many devices' history the view holds: at most [`MAX_DEVICE_HISTORY`].
+    pub fn devices_with_history(&self) -> usize {
+        self.history.lock().devices.len()
     }
 
     fn note(&self, bdf: Bdf, update: impl FnOnce(&mut History)) {
         let mut history = self.history.lock();
-        if !history.contains_key(&bdf) && history.len() >= MAX_DEVICE_HISTORY {
+        if !history.devices.contains_key(&bdf)
+            && history.devices.len() >= MAX_DEVICE_HISTORY
+            && !self.forget_least_recent_unregistered(&mut history.devices)
+        {
             return;
         }
-        update(history.entry(bdf).or_default());
+        history.clock += 1;
+        let now = history.clock;
+        let entry = history.devices.entry(bdf).or_default();
+        entry.last_noted = now;
+        update(entry);
+    }
+
+    /// Drops the history of the unregistered device noted least recently; false if every
+    /// device kept is registered. Runs only when a device new to a full history is noted (a
+    /// hot-plug; with every device kept registered, each of the newcomer's notes), and costs
+    /// one look-up in the binder per device kept: at most 4,096. The binder calls its
+    /// observers with its lock released, so asking it here cannot deadlock.
+    fn forget_least_recent_unregistered(&self, devices: &mut BTreeMap<Bdf, History>) -> bool {
+        let binder = self.binder.upgrade();
+        let victim = devices
+            .iter()
+            .filter(|(bdf, _)| !binder.as_ref().is_some_and(|b| b.is_registered(**bdf)))
+            .min_by_key(|(_, h)| h.last_noted)
+            .map(|(&bdf, _)| bdf);
+        victim.is_some_and(|bdf| devices.remove(&bdf).is_some())
     }
 }
 
@@ -109,7 +152,7 @@ fn cause_text(cause: &BlockCause) -> String {
 
 impl<M: GuestRam + Send + Sync + 'static> BindingSource for BinderView<M> {
     fn bindings(&self) -> Vec<BindingView> {
-        let history = self.history.lock().clone();
+        let history = self.history.lock().devices.clone();
         let mut per_device: BTreeMap<Bdf, Vec<BindingInfo>> = BTreeMap::new();
         let Some(binder) = self.binder.upgrade() else {
             return Vec::new();

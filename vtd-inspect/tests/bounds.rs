@@ -8,7 +8,9 @@
 //! - the event feed keeps at most `DEFAULT_CAPACITY` (4096) events, dropping the oldest and
 //!   counting them, whatever the unit produces;
 //! - a snapshot reads at most `Limits::read_budget` (2^19) words of guest memory, whatever the
-//!   guest's tables hold, and its encoded line stays below `MAX_SERVER_LINE`.
+//!   guest's tables hold, and its encoded line stays below `MAX_SERVER_LINE`;
+//! - the binder view keeps the history of at most `MAX_DEVICE_HISTORY` (4096) devices, making
+//!   room by dropping the unregistered device noted least recently, never a registered one.
 //!
 //! A request line's bound (`MAX_CLIENT_LINE`) is checked in tests/end_to_end.rs
 //! (`the_server_refuses_bad_clients_with_a_reason`), a response line's (`MAX_SERVER_LINE`)
@@ -287,4 +289,126 @@ fn the_tui_keeps_at_most_5000_log_lines_and_500_fault_events() {
     assert!(app.held.is_empty());
     assert_eq!(app.log.len(), LOG);
     assert_eq!(app.log.back().map(|r| r.seq), Some(6 * LOG as u64 - 1));
+}
+
+/// The binder view remembers counters and the last error of at most `MAX_DEVICE_HISTORY`
+/// devices however many come and go (hot-plug churn): a device new to a full history takes
+/// the place of the unregistered device noted least recently; registered devices keep theirs,
+/// and when every device kept is registered the newcomer goes without.
+#[test]
+fn the_binder_view_keeps_at_most_4096_device_histories_and_never_drops_a_registered_one() {
+    use std::sync::Arc;
+    use vtd_accel::sim::{HostMemory, SimHostIommu};
+    use vtd_accel::{
+        AccelEvent, AccelObserver, Bdf, BindingKey, BlockCause, HostHwInfo, HostIommuDevice,
+        NestedBinder, PciTopology,
+    };
+    use vtd_inspect::accel::{BinderView, MAX_DEVICE_HISTORY};
+    use vtd_inspect::feed::EventFeed;
+    use vtd_inspect::server::BindingSource;
+
+    let guest = Guest::new();
+    let sim = Arc::new(SimHostIommu::new(
+        HostHwInfo::vtd_nesting_capable(),
+        HostMemory::new().with_region(1 << 32, 64 << 20, guest.mem.clone(), 0),
+    ));
+    let ioas = sim.alloc_ioas();
+    sim.ioas_map(ioas, 0, 64 << 20, 1 << 32, true).unwrap();
+    let binder = NestedBinder::with_unit_faults(&guest.unit);
+    let register = |sid: u16| {
+        let (dev, parent) = sim.vfio_bind_default(ioas, binder.viommu_flags()).unwrap();
+        let host = HostIommuDevice::query(sim.clone(), format!("dev{sid}"), dev, parent).unwrap();
+        binder
+            .register(Bdf::from(sid), host, PciTopology::default())
+            .unwrap();
+    };
+    // The view is not subscribed: the test alone decides what it notes, one host failure per
+    // call (the binder's event for a fenced device), which counts as "blocked".
+    let view = BinderView::new(&binder, Arc::new(EventFeed::new(16)));
+    let fence = |sid: u16| {
+        view.on_accel_event(&AccelEvent::Blocked {
+            binding: BindingKey::new(Bdf::from(sid), None),
+            cause: BlockCause::HostFailure,
+        });
+        assert!(view.devices_with_history() <= MAX_DEVICE_HISTORY);
+    };
+    // The "blocked" counter of each registered device, as a snapshot lists it.
+    let blocked = || -> std::collections::BTreeMap<String, u64> {
+        view.bindings()
+            .into_iter()
+            .map(|b| {
+                let n = b.counters.iter().find(|f| f.name == "blocked").unwrap();
+                (b.bdf, n.value)
+            })
+            .collect()
+    };
+    let blocked_of = |sid: u16| blocked()[&Bdf::from(sid).to_string()];
+
+    // Registered devices, noted first (the least recent of all), then more unregistered
+    // devices than the history holds.
+    const REGISTERED: u16 = 8;
+    const BEYOND: u16 = 100;
+    let unregistered = |i: u16| 0x100 + i;
+    for sid in 0..REGISTERED {
+        register(sid);
+        fence(sid);
+    }
+    for i in 0..MAX_DEVICE_HISTORY as u16 + BEYOND {
+        fence(unregistered(i));
+    }
+    assert_eq!(view.devices_with_history(), MAX_DEVICE_HISTORY);
+    // Registered devices kept theirs, though noted before everyone else.
+    for sid in 0..REGISTERED {
+        assert_eq!(blocked_of(sid), 1, "registered {sid} lost its history");
+    }
+    // The REGISTERED + BEYOND devices dropped are the least recently noted unregistered ones:
+    // plugged back, the last of them starts afresh, the next one finds its history.
+    let last_dropped = unregistered(REGISTERED + BEYOND - 1);
+    let first_kept = unregistered(REGISTERED + BEYOND);
+    register(last_dropped);
+    register(first_kept);
+    assert_eq!(
+        blocked_of(last_dropped),
+        0,
+        "history of {last_dropped:#x} kept"
+    );
+    assert_eq!(
+        blocked_of(first_kept),
+        1,
+        "history of {first_kept:#x} dropped"
+    );
+    // Noting a device already kept makes no room and costs nothing.
+    fence(first_kept);
+    assert_eq!(blocked_of(first_kept), 2);
+    assert_eq!(view.devices_with_history(), MAX_DEVICE_HISTORY);
+
+    // Every device kept registered: a newcomer goes without history rather than take a
+    // registered device's.
+    for i in REGISTERED + BEYOND + 1..MAX_DEVICE_HISTORY as u16 + BEYOND {
+        register(unregistered(i));
+    }
+    let newcomer = 0xf000;
+    register(newcomer);
+    fence(newcomer);
+    assert_eq!(view.devices_with_history(), MAX_DEVICE_HISTORY);
+    assert_eq!(blocked_of(newcomer), 0);
+    let listed = blocked();
+    assert_eq!(listed.len(), MAX_DEVICE_HISTORY + 2);
+    assert_eq!(
+        listed.values().filter(|&&n| n > 0).count(),
+        MAX_DEVICE_HISTORY,
+        "a registered device lost its history to the newcomer"
+    );
+    // One of them unplugged: its place is the newcomer's.
+    let unplugged = unregistered(2000);
+    binder.unregister(Bdf::from(unplugged)).unwrap();
+    fence(newcomer);
+    assert_eq!(view.devices_with_history(), MAX_DEVICE_HISTORY);
+    assert_eq!(blocked_of(newcomer), 1);
+    register(unplugged);
+    assert_eq!(
+        blocked_of(unplugged),
+        0,
+        "the unplugged device's history was kept"
+    );
 }

@@ -789,4 +789,53 @@ mod tests {
             Err(LoadError::OutsideRam { .. })
         ));
     }
+
+    /// An ELF32 like [`elf32`]'s whose program header table, moved behind the segment (the
+    /// multiboot header must stay in the first 8 KiB), holds the PT_LOAD and `nulls` PT_NULL
+    /// entries, with e_phnum claiming `claimed` of them.
+    fn elf32_with_phdrs(nulls: usize, claimed: u16) -> Vec<u8> {
+        let mut f = elf32(0x10_0000, 0x10_0000, b"kernel!", 0);
+        let table = f.len();
+        let load = f[0x34..0x54].to_vec();
+        f.extend_from_slice(&load);
+        f.resize(table + 32 * (1 + nulls), 0);
+        f[28..32].copy_from_slice(&(table as u32).to_le_bytes());
+        f[44..46].copy_from_slice(&claimed.to_le_bytes());
+        f
+    }
+
+    /// MAX_PHDRS: an image claiming more program headers than that is refused with a clear
+    /// error before any header is read (a short file claiming 65,535 gets the same error, not
+    /// "past the end of the file"), even when the file really holds them all; 1,024 still load.
+    #[test]
+    fn program_headers_are_bounded_at_1024() {
+        assert_eq!(MAX_PHDRS, 1024);
+        let too_many = LoadError::Malformed("no or too many program headers");
+        let at_bound = elf32_with_phdrs(1023, 1024);
+        let k = KernelImage::parse(&at_bound).unwrap();
+        assert_eq!(k.segments.len(), 1);
+        assert_eq!(k.segments[0].paddr, 0x10_0000);
+        assert_eq!(k.entry, 0x10_0000);
+        let m = mem();
+        load(&m, &at_bound, &k, "", &[], &[], 16 << 20).unwrap();
+        let mut b = [0u8; 7];
+        m.read_slice(&mut b, GuestAddress(0x10_000c)).unwrap();
+        assert_eq!(&b, b"kernel!");
+
+        // Present in the file, one too many, and all of e_phnum's range.
+        for count in [1025u16, u16::MAX] {
+            let image = elf32_with_phdrs(usize::from(count) - 1, count);
+            assert_eq!(KernelImage::parse(&image), Err(too_many.clone()), "{count}");
+        }
+        // Claimed by a file holding one: refused on the count, before reading the table.
+        for count in [1025u16, u16::MAX] {
+            let image = elf32_with_phdrs(0, count);
+            let e = KernelImage::parse(&image).unwrap_err();
+            assert_eq!(e, too_many, "{count}");
+            assert_eq!(
+                e.to_string(),
+                "malformed image: no or too many program headers"
+            );
+        }
+    }
 }

@@ -187,6 +187,20 @@ fn kernel_errors() {
         "{}",
         r.stderr
     );
+    // More program headers than MAX_PHDRS (1024) claimed: refused on the count.
+    for phnum in [1025u16, u16::MAX] {
+        let mut many = tiny_kernel();
+        many[44..46].copy_from_slice(&phnum.to_le_bytes());
+        let many = tmp(&format!("phnum-{phnum}.elf"), &many);
+        let r = vtd_vmm(&["--kernel", many.to_str().unwrap()], &[]);
+        assert_eq!(r.code, Some(2), "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("malformed image: no or too many program headers"),
+            "{}",
+            r.stderr
+        );
+    }
     let kernel = tmp("tiny-module.elf", &tiny_kernel());
     let r = vtd_vmm(
         &[
