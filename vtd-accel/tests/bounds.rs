@@ -6,7 +6,8 @@
 //! poll of the host's fault queue handles at most `MAX_FAULTS_PER_POLL` (256) faults and
 //! `MAX_REQUESTS_PER_POLL` (256) page requests; a batch of invalidations forwarded to one
 //! host HWPT holds at most `MAX_BATCH_ENTRIES` (64) ranges, beyond which it becomes one
-//! invalidation of everything.
+//! invalidation of everything; the page request groups handed to the guest and not answered
+//! are at most `MAX_PENDING_GROUPS` (8192), beyond which the host is answered at once.
 
 mod common;
 
@@ -188,4 +189,112 @@ fn a_forwarded_batch_holds_at_most_64_ranges() {
     let log = rig.sim.take_invalidation_log();
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].1, vec![VtdS1Invalidation::ALL]);
+}
+
+/// A device may send page request groups faster than the guest answers them, and the guest
+/// may never answer (both are untrusted): the binder hands the guest at most
+/// `MAX_PENDING_GROUPS` (= `vtd_core::MAX_OUTSTANDING_GROUPS`, 8192, binder/page_requests.rs)
+/// groups it has not answered. A group beyond that is not queued for the guest, and not left
+/// waiting either (PCIe PRI: a device waits for the response of every group it sent; iommufd
+/// keeps it until answered, Linux `drivers/iommu/iommufd/fault.c`): the host gets
+/// `IOMMUFD_PAGE_RESP_INVALID` for it at once, as Linux answers a group it cannot take
+/// (`drivers/iommu/io-pgfault.c`, `iommu_report_device_fault()`, `err_abort`: Response Failure,
+/// which iommufd does not let user space send, hence its one failure code). The oldest groups are
+/// kept, not evicted: they are in the guest's queue and it may still answer them, and an
+/// answer frees room for the next group.
+///
+/// The flood: 8292 whole one-page groups under distinct names (17 PASIDs, 512 group indices
+/// each), from a backend wrapping the simulator (whose own fault queue is smaller). The guest
+/// reads its page request queue after every poll, as Linux's `prq_event_thread` does, so its
+/// 16,384-descriptor queue never fills: only the binder's bound stops the groups.
+#[test]
+fn the_binder_hands_the_guest_at_most_8192_unanswered_page_groups() {
+    use std::sync::{Arc, Mutex};
+    use vtd_accel::{PageResponseCode, Pasid};
+    const MAX_PENDING_GROUPS: usize = 8192;
+    assert_eq!(vtd_core::MAX_OUTSTANDING_GROUPS, MAX_PENDING_GROUPS);
+    let beyond = 100;
+
+    let flood = Mutex::new(None);
+    let cfg = VtdConfig::from_qemu_props(
+        "x-scalable-mode=on,x-flts=on,device-iotlb=on,x-vtd-page-requests=on",
+    )
+    .unwrap();
+    let info = common::host_info_for(&cfg);
+    let mut rig = common::Rig::build(cfg, info, None, |sim, _| {
+        let f = Arc::new(common::Flood::new(sim));
+        *flood.lock().unwrap() = Some(f.clone());
+        f
+    });
+    let flood = flood.into_inner().unwrap().unwrap();
+    rig.g.set_translation(true);
+    let host = rig.binder.unregister(common::BDF).unwrap();
+    rig.binder
+        .register(
+            common::BDF,
+            host.with_pri(true),
+            vtd_accel::PciTopology::default(),
+        )
+        .unwrap();
+    // PQS 7: 2^7 pages, 16,384 descriptors (the most the queue registers allow).
+    rig.g.enable_prq(7);
+
+    let names = (1..=17)
+        .map(Pasid::new)
+        .flat_map(|p| (0..512u16).map(move |prg| (p, prg)));
+    let groups = MAX_PENDING_GROUPS + beyond;
+    *flood.queue.lock().unwrap() = names
+        .take(groups)
+        .zip(1u32..)
+        .map(|((pasid, prg), cookie)| common::page_request(rig.dev, pasid, prg, true, cookie))
+        .collect();
+    let (mut read, mut in_guest) = (0, Vec::new());
+    // 256 requests per poll: the polls needed, a bounded loop.
+    for _ in 0..groups.div_ceil(256) {
+        read += rig.binder.process_host_faults();
+        in_guest.extend(rig.g.read_page_requests().requests);
+        let refused = flood.answers.lock().unwrap().len();
+        assert!(
+            in_guest.len() <= MAX_PENDING_GROUPS,
+            "{} handed to the guest",
+            in_guest.len()
+        );
+        assert_eq!(
+            in_guest.len() + refused,
+            read,
+            "every group queued or answered"
+        );
+    }
+    assert!(flood.queue.lock().unwrap().is_empty(), "every request read");
+    assert_eq!(in_guest.len(), MAX_PENDING_GROUPS);
+    let refused: Vec<_> = (MAX_PENDING_GROUPS as u32 + 1..=groups as u32)
+        .map(|cookie| (cookie, PageResponseCode::Invalid))
+        .collect();
+    assert_eq!(
+        *flood.answers.lock().unwrap(),
+        refused,
+        "the groups beyond the bound are answered invalid, in order; the first 8192 wait"
+    );
+    let s = rig.binder.stats();
+    assert_eq!(
+        (s.page_requests, s.page_requests_refused, s.page_responses),
+        (groups as u64, beyond as u64, 0)
+    );
+    // The unit tracks the same groups: none of them evicted.
+    assert_eq!(rig.g.unit.prq_state().outstanding.len(), MAX_PENDING_GROUPS);
+
+    // The guest answers its oldest group: the host gets that answer, and the next group
+    // finds room and goes to the guest instead of being refused.
+    let oldest = in_guest[0].unwrap();
+    rig.g.respond(&oldest, vtd_core::ResponseCode::Success);
+    assert_eq!(
+        flood.answers.lock().unwrap().last(),
+        Some(&(1, PageResponseCode::Success))
+    );
+    let next = common::page_request(rig.dev, Pasid::new(1), 0, true, 1_000_000);
+    *flood.queue.lock().unwrap() = vec![next];
+    assert_eq!(rig.binder.process_host_faults(), 1);
+    assert_eq!(rig.g.read_page_requests().requests.len(), 1);
+    assert_eq!(flood.answers.lock().unwrap().len(), beyond + 1);
+    assert_eq!(rig.binder.stats().page_requests_refused, beyond as u64);
 }

@@ -3,6 +3,9 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
 use common::*;
 use vtd_accel::sim::SimOp;
 use vtd_accel::*;
@@ -314,4 +317,141 @@ fn failed_attach_of_a_fenced_binding_reports_only_the_failure() {
     rig.binder.retry_failed();
     assert!(rig.nested_hwpt().is_some());
     assert_all_reported(&rig);
+}
+
+/// A backend wrapping the simulator that breaks [`HostIommuBackend::invalidate`]'s contract
+/// (`Ok(n)` only when all `n` entries were handled): from `short_from` entries on, the host
+/// handles the call and `Ok` reports one entry fewer than it was given.
+struct ShortCount {
+    sim: Arc<vtd_accel::sim::SimHostIommu<Mem>>,
+    short_from: AtomicUsize,
+}
+impl HostIommuBackend for ShortCount {
+    fn name(&self) -> &'static str {
+        "short-count"
+    }
+    fn get_hw_info(&self, dev: DeviceId) -> Result<HostHwInfo, BackendError> {
+        self.sim.get_hw_info(dev)
+    }
+    fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError> {
+        self.sim.alloc_hwpt(dev, req)
+    }
+    fn attach(
+        &self,
+        dev: DeviceId,
+        pasid: Option<Pasid>,
+        hwpt: HwptId,
+    ) -> Result<(), BackendError> {
+        self.sim.attach(dev, pasid, hwpt)
+    }
+    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
+        self.sim.detach(dev, pasid)
+    }
+    fn invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32, BackendError> {
+        let done = self.sim.invalidate(hwpt, entries)?;
+        let short = entries.len() >= self.short_from.load(Ordering::Relaxed);
+        Ok(if short { done - 1 } else { done })
+    }
+    fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError> {
+        self.sim.destroy(hwpt)
+    }
+    fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError> {
+        self.sim.read_faults(max)
+    }
+    fn caps(&self) -> BackendCaps {
+        self.sim.caps()
+    }
+}
+
+/// A rig whose device's backend is a [`ShortCount`] (short counts off).
+fn short_count_rig() -> (Rig, Arc<ShortCount>) {
+    let backend = Mutex::new(None);
+    let cfg = vtd_regs::VtdConfig::from_qemu_props(FLTS).unwrap();
+    let info = host_info_for(&cfg);
+    let mut rig = Rig::build(cfg, info, None, |sim, _| {
+        let b = Arc::new(ShortCount {
+            sim,
+            short_from: usize::MAX.into(),
+        });
+        *backend.lock().unwrap() = Some(b.clone());
+        b
+    });
+    rig.g.set_translation(true);
+    (rig, backend.into_inner().unwrap().unwrap())
+}
+
+/// A backend that reports `Ok` for fewer entries than it was given has not handled the rest,
+/// whatever it says: the binder reports it as the partial failure it is (`handled` set to the
+/// count, as a kernel `entry_num` would be) and recovers as from one, with a full flush; if
+/// the full flush comes back short too, the host may still cache what the guest invalidated
+/// and the binding is fenced. The accounting counts what the host said it handled.
+#[test]
+fn an_ok_for_fewer_entries_than_given_is_a_partial_invalidation() {
+    let (mut rig, backend) = short_count_rig();
+    let hwpt = rig.nested_hwpt().unwrap();
+    rig.dma(IOVA, AccessKind::Read).unwrap();
+    rig.fs()
+        .unmap(IOVA, vtd_tables::builder::PageSize::Size4K)
+        .unwrap();
+    let pages = [
+        pasid_iotlb_page(DID, 0, IOVA + 0x8000, 0, true),
+        pasid_iotlb_page(DID, 0, IOVA, 0, true),
+    ];
+
+    // Two entries in one call, `Ok(1)`: a full flush follows, and succeeds.
+    rig.sim.take_invalidation_log();
+    rig.events.take();
+    let before = rig.binder.stats();
+    backend.short_from.store(2, Ordering::Relaxed);
+    rig.g.submit(&pages);
+    let log = rig.sim.take_invalidation_log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0].1.len(), 2);
+    assert_eq!(log[1], (hwpt, vec![VtdS1Invalidation::ALL]));
+    let ev = rig.events.take();
+    assert_eq!(
+        host_errors(&ev),
+        vec![(BackendOp::Invalidate, Recovery::FullFlush)]
+    );
+    let error = ev.iter().find_map(|e| match e {
+        AccelEvent::HostError { error, hwpt, .. } => Some((error.clone(), *hwpt)),
+        _ => None,
+    });
+    let (error, at) = error.unwrap();
+    assert_eq!(
+        (error.handled, error.errno, error.message.as_str(), at),
+        (Some(1), None, "host handled 1 of 2 entries", Some(hwpt))
+    );
+    let after = rig.binder.stats();
+    assert_eq!(
+        (
+            after.host_errors - before.host_errors,
+            after.invalidate_calls - before.invalidate_calls,
+            after.invalidation_entries - before.invalidation_entries,
+        ),
+        (1, 2, 1 + 1),
+        "one error, the call and its full flush, the entry it admits to and the flush"
+    );
+    assert_eq!(rig.nested_hwpt(), Some(hwpt), "the binding keeps its HWPT");
+    assert_eq!(
+        rig.dma(IOVA, AccessKind::Read).unwrap_err().reason,
+        FaultReason::FirstStageNotPresent
+    );
+
+    // Every call short, the full flush's `Ok(0)` included: the binding is fenced.
+    backend.short_from.store(1, Ordering::Relaxed);
+    rig.g.submit(&pages);
+    assert_eq!(
+        host_errors(&rig.events.take()),
+        vec![
+            (BackendOp::Invalidate, Recovery::FullFlush),
+            (BackendOp::Invalidate, Recovery::Blocked)
+        ]
+    );
+    let b = rig.binding(0).unwrap();
+    assert_eq!(
+        (b.host, b.blocked),
+        (HostAttachment::Blocked, Some(BlockCause::HostFailure))
+    );
+    rig.check_host_matches_binder();
 }

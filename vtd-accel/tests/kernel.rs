@@ -873,98 +873,17 @@ fn page_requests_the_guest_cannot_receive_are_answered_invalid_at_once() {
     );
 }
 
-/// A backend wrapping the simulator whose fault queue holds the page requests a test puts
-/// there, and which records the answers it gets.
-struct Flood {
-    sim: Arc<SimHostIommu<Mem>>,
-    queue: Mutex<Vec<HostPageRequest>>,
-    answers: Mutex<Vec<(u32, PageResponseCode)>>,
-}
-impl HostIommuBackend for Flood {
-    fn name(&self) -> &'static str {
-        "flood"
-    }
-    fn get_hw_info(&self, dev: DeviceId) -> Result<HostHwInfo, BackendError> {
-        self.sim.get_hw_info(dev)
-    }
-    fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError> {
-        self.sim.alloc_hwpt(dev, req)
-    }
-    fn attach(
-        &self,
-        dev: DeviceId,
-        pasid: Option<Pasid>,
-        hwpt: HwptId,
-    ) -> Result<(), BackendError> {
-        self.sim.attach(dev, pasid, hwpt)
-    }
-    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
-        self.sim.detach(dev, pasid)
-    }
-    fn invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32, BackendError> {
-        self.sim.invalidate(hwpt, entries)
-    }
-    fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError> {
-        self.sim.destroy(hwpt)
-    }
-    fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError> {
-        self.sim.read_faults(max)
-    }
-    fn caps(&self) -> BackendCaps {
-        self.sim.caps()
-    }
-    fn read_page_requests(&self, max: usize) -> Result<Vec<HostPageRequest>, BackendError> {
-        let mut q = self.queue.lock().unwrap();
-        let n = q.len().min(max);
-        Ok(q.drain(..n).collect())
-    }
-    fn respond_page_request(
-        &self,
-        cookie: u32,
-        code: PageResponseCode,
-    ) -> Result<(), BackendError> {
-        self.answers.lock().unwrap().push((cookie, code));
-        Ok(())
-    }
-}
-
 /// A PRI rig (guest page request queue on) whose device's backend is a [`Flood`].
 fn flood_rig() -> (Rig, Arc<Flood>) {
     let flood = Mutex::new(None);
     let mut rig = pri_device_rig_on(|sim, _| {
-        let f = Arc::new(Flood {
-            sim,
-            queue: Mutex::default(),
-            answers: Mutex::default(),
-        });
+        let f = Arc::new(Flood::new(sim));
         *flood.lock().unwrap() = Some(f.clone());
         f
     });
     rig.g.enable_prq(0);
     let flood = flood.into_inner().unwrap().unwrap();
     (rig, flood)
-}
-
-/// A single-page read request of `dev` (cookie: its group's).
-fn page_request(
-    dev: DeviceId,
-    pasid: Option<Pasid>,
-    prg_index: u16,
-    last: bool,
-    cookie: u32,
-) -> HostPageRequest {
-    HostPageRequest {
-        dev_id: dev,
-        pasid,
-        addr: 0x5000_0000,
-        prg_index,
-        last_in_group: last,
-        read: true,
-        write: false,
-        execute: false,
-        privileged: false,
-        cookie,
-    }
 }
 
 /// A device may flood page requests and the guest may never answer (both are untrusted): the

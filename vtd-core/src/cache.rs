@@ -1439,6 +1439,89 @@ pub(crate) mod tests {
         });
     }
 
+    /// Past `MAX_REGISTERED` (domain, requester) pairs the registry stops recording, and the
+    /// bound costs work, never correctness: a page-selective invalidation then sweeps the
+    /// whole cache, so it removes the page for every requester of the domain, the ones never
+    /// recorded included, and nothing else; a global invalidation ends the overflow, after
+    /// which pairs are recorded (and page invalidations probe by them) again. The cache is
+    /// large enough (3 probes x 4,096 requesters fit in its 16,384 sets) that page
+    /// invalidations would probe by the registry if overflow did not force the sweep.
+    #[test]
+    fn past_the_registry_bound_page_invalidations_sweep_every_requester() {
+        bounded(|| {
+            let e = Epoch::default();
+            let tlb = Iotlb::new(WAYS * 16384);
+            assert!(SHIFTS.len() * MAX_REGISTERED <= tlb.sets.len());
+            let registry = |tlb: &Iotlb| {
+                let reg = tlb.registry.lock();
+                (reg.pairs, reg.overflowed)
+            };
+            let requesters = MAX_REGISTERED as u16 + 64;
+            let (did, page, kept_page, other_did) = (7, 0x1000, 0x5000, 8);
+            for sid in 0..requesters {
+                tlb.insert(&e, 0, sid, None, page, t(did, None, 0x9000, 4096));
+                tlb.insert(&e, 0, sid, None, kept_page, t(did, None, 0xa000, 4096));
+            }
+            // A requester of another domain: the same page, not covered.
+            tlb.insert(
+                &e,
+                0,
+                requesters,
+                None,
+                page,
+                t(other_did, None, 0xb000, 4096),
+            );
+            assert_eq!(registry(&tlb), (MAX_REGISTERED, true));
+            let cached = |sid: u16, iova: u64| tlb.lookup(sid, None, iova, AccessKind::Read);
+            for sid in 0..requesters {
+                assert!(cached(sid, page).is_some() && cached(sid, kept_page).is_some());
+            }
+
+            let removed = tlb.invalidate(IotlbScope::DomainPages {
+                did,
+                addr: page,
+                size: 4096,
+            });
+            assert_eq!(removed, u64::from(requesters), "one entry per requester");
+            for sid in 0..requesters {
+                assert!(
+                    cached(sid, page).is_none(),
+                    "requester {sid:#x} kept the page"
+                );
+                assert!(
+                    cached(sid, kept_page).is_some(),
+                    "requester {sid:#x} lost another page"
+                );
+            }
+            assert!(
+                cached(requesters, page).is_some(),
+                "another domain's entry went"
+            );
+            assert_eq!(
+                registry(&tlb),
+                (MAX_REGISTERED, true),
+                "a page flush forgets nothing"
+            );
+
+            tlb.invalidate(IotlbScope::Global);
+            assert_eq!(
+                registry(&tlb),
+                (0, false),
+                "a global invalidation ends the overflow"
+            );
+            for sid in 0..3 {
+                tlb.insert(&e, 0, sid, None, page, t(did, None, 0x9000, 4096));
+            }
+            assert_eq!(registry(&tlb), (3, false), "pairs are recorded again");
+            let removed = tlb.invalidate(IotlbScope::DomainPages {
+                did,
+                addr: page,
+                size: 4096,
+            });
+            assert_eq!(removed, 3);
+        });
+    }
+
     /// The context and PASID caches: a fill is kept unless an invalidation started since its
     /// walk, a refill of a cached key replaces it in place, the size stays within capacity
     /// (a fill into a full cache evicts one entry and counts it), and `retain` reports and

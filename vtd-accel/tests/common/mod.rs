@@ -4,7 +4,7 @@
 // Each test file uses part of the rig and of the driver's re-exports.
 #![allow(dead_code, unused_imports)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd_accel::sim::*;
@@ -362,4 +362,92 @@ pub fn second_host(
     sim.ioas_map(ioas, 0, RAM_MB << 20, host_base, true)
         .unwrap();
     (sim, ioas)
+}
+
+/// A backend wrapping the simulator whose fault queue holds the page requests a test puts
+/// there, and which records the answers it gets.
+pub struct Flood {
+    pub sim: Arc<SimHostIommu<Mem>>,
+    pub queue: Mutex<Vec<HostPageRequest>>,
+    pub answers: Mutex<Vec<(u32, PageResponseCode)>>,
+}
+impl Flood {
+    /// A flood backend over `sim`, its queue empty.
+    pub fn new(sim: Arc<SimHostIommu<Mem>>) -> Self {
+        Self {
+            sim,
+            queue: Mutex::default(),
+            answers: Mutex::default(),
+        }
+    }
+}
+
+impl HostIommuBackend for Flood {
+    fn name(&self) -> &'static str {
+        "flood"
+    }
+    fn get_hw_info(&self, dev: DeviceId) -> Result<HostHwInfo, BackendError> {
+        self.sim.get_hw_info(dev)
+    }
+    fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError> {
+        self.sim.alloc_hwpt(dev, req)
+    }
+    fn attach(
+        &self,
+        dev: DeviceId,
+        pasid: Option<Pasid>,
+        hwpt: HwptId,
+    ) -> Result<(), BackendError> {
+        self.sim.attach(dev, pasid, hwpt)
+    }
+    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
+        self.sim.detach(dev, pasid)
+    }
+    fn invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32, BackendError> {
+        self.sim.invalidate(hwpt, entries)
+    }
+    fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError> {
+        self.sim.destroy(hwpt)
+    }
+    fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError> {
+        self.sim.read_faults(max)
+    }
+    fn caps(&self) -> BackendCaps {
+        self.sim.caps()
+    }
+    fn read_page_requests(&self, max: usize) -> Result<Vec<HostPageRequest>, BackendError> {
+        let mut q = self.queue.lock().unwrap();
+        let n = q.len().min(max);
+        Ok(q.drain(..n).collect())
+    }
+    fn respond_page_request(
+        &self,
+        cookie: u32,
+        code: PageResponseCode,
+    ) -> Result<(), BackendError> {
+        self.answers.lock().unwrap().push((cookie, code));
+        Ok(())
+    }
+}
+
+/// A single-page read request of `dev` (cookie: its group's).
+pub fn page_request(
+    dev: DeviceId,
+    pasid: Option<Pasid>,
+    prg_index: u16,
+    last: bool,
+    cookie: u32,
+) -> HostPageRequest {
+    HostPageRequest {
+        dev_id: dev,
+        pasid,
+        addr: 0x5000_0000,
+        prg_index,
+        last_in_group: last,
+        read: true,
+        write: false,
+        execute: false,
+        privileged: false,
+        cookie,
+    }
 }
