@@ -15,8 +15,11 @@
 //! - **In order.** Batches reach observers in ticket order, which is the order the unit
 //!   produced them, whatever threads produced them; events inside a batch keep their order.
 //! - **Waits complete after publication.** The queue holds a wait descriptor back while
-//!   [`Delivery::all_served`] says earlier batches are still in flight (see `crate::qi`), so
-//!   the guest never sees a wait complete before observers saw the invalidations it orders.
+//!   batches produced before it are still in flight (see `crate::qi`), so the guest never
+//!   sees a wait complete before observers saw the invalidations it orders. "Before it" is a
+//!   mark, not [`Delivery::all_served`]: once the batch carrying what preceded the wait got its
+//!   ticket, the wait waits for [`Delivery::served_up_to`] that ticket and no later one, so
+//!   batches other threads produce meanwhile (register writes, DMA faults) cannot put it off.
 //! - **Re-entrancy.** While a thread delivers, work its observers cause (a register write, an
 //!   injected fault) is not given a ticket of its own (that ticket could never be served: the
 //!   delivering thread would wait for itself); [`Delivery::defer_nested`] queues it and the
@@ -57,6 +60,11 @@ impl Tickets {
         self.next += 1;
         t
     }
+
+    /// How many tickets were taken so far (a mark for [`Delivery::served_up_to`]).
+    pub(crate) fn taken(&self) -> u64 {
+        self.next
+    }
 }
 
 /// Events and MSIs delivered together.
@@ -92,7 +100,13 @@ impl Delivery {
 
     /// Whether every ticket handed out by `tickets` was served.
     pub(crate) fn all_served(&self, tickets: &Tickets) -> bool {
-        *self.served.lock() == tickets.next
+        self.served_up_to(tickets.next)
+    }
+
+    /// Whether the first `mark` tickets (those taken before [`Tickets::taken`] returned
+    /// `mark`) were all served, whatever was taken since.
+    pub(crate) fn served_up_to(&self, mark: u64) -> bool {
+        *self.served.lock() >= mark
     }
 
     /// Queues work an observer caused during the current delivery (only on the delivering

@@ -38,7 +38,9 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     /// software to quiesce it first and dropping descriptors silently would lose invalidations.
     pub(crate) fn set_queue_enabled(&self, st: &mut State, enable: bool) {
         let bit = Gsts::new().with_qies(true).into_bits();
+        // The head moves to slot 0 either way: a held wait's mark is for the old head.
         if enable {
+            st.wait_mark = None;
             st.regs.set64(reg::IQH, 0);
             st.regs.update32(reg::GSTS, 0, bit);
         } else {
@@ -48,6 +50,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             }
             // IQH reads 0 once the queue is disabled (spec 11.4.9.1; QEMU hw/i386/intel_iommu.c
             // vtd_handle_gcmd_qie does the same), so a re-enabled queue starts at slot 0.
+            st.wait_mark = None;
             st.regs.set64(reg::IQH, 0);
             st.regs.update32(reg::GSTS, bit, 0);
         }
@@ -145,7 +148,10 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 batch.close(st);
                 // The guest takes the wait's completion as proof that everything before it is
                 // done, including what observers do with it (invalidations forwarded to a host
-                // IOMMU): hold the wait until those events were delivered.
+                // IOMMU): hold the wait until those events were delivered. Only those: once held,
+                // the wait waits for the mark fixed when they were ticketed (`wait_mark`), not
+                // for batches other threads produced since, which would put it off as long as
+                // they keep coming.
                 if !self.publishing_here() && self.unpublished(st) {
                     st.wait_deferred = true;
                     return;
@@ -173,6 +179,9 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             st.last_descriptor_type = Some(raw.type_code());
             head = (head + 1) % count;
             st.regs.set64(reg::IQH, (head as u64) << shift);
+            // A held wait was at the old head (it just executed, or the head moved past it):
+            // its mark must not apply to a later wait.
+            st.wait_mark = None;
         }
     }
 

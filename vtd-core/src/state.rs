@@ -617,6 +617,9 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             (table, raw)
         });
         st.wait_deferred = false;
+        // Ticket counts are this process's; the resumed queue's wait starts from the strict
+        // test again (every pending event and ticket), which the import's own batch satisfies.
+        st.wait_mark = None;
         self.root.store(
             st.root.map(|(r, _)| encode_root(r)).unwrap_or(0),
             Ordering::Release,

@@ -139,8 +139,17 @@ pub(crate) struct State {
     pub(crate) descriptors: u64,
     /// Places in the delivery order, taken under this lock (see [`crate::delivery`]).
     pub(crate) tickets: Tickets,
-    /// A wait descriptor is at the head, held back until what precedes it was published.
+    /// A wait descriptor is at the head, held back until what precedes it was published; the
+    /// thread releasing the lock re-runs the queue once it has published
+    /// ([`VtdUnit::finish_write`]).
     pub(crate) wait_deferred: bool,
+    /// For the wait held back at the queue head: the tickets that must be served before it may
+    /// complete ([`crate::delivery::Delivery::served_up_to`]). Fixed when the batch carrying
+    /// what preceded the wait is ticketed ([`VtdUnit::finish`]); `None` while no wait is held
+    /// or that batch is not ticketed yet (the wait then waits for every ticket and every
+    /// pending event, the strictest test). Cleared whenever the head moves or the queue is
+    /// reset, so it never applies to another wait; not migrated (tickets are per process).
+    pub(crate) wait_mark: Option<u64>,
     /// Replay-walk entry reads left for the current doorbell (caching-mode shadowing).
     pub(crate) replay_budget: u32,
     /// Type code of the last descriptor the queue executed (QEMU's `iq_last_desc_type`),
@@ -213,6 +222,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
                 descriptors: 0,
                 tickets: Tickets::default(),
                 wait_deferred: false,
+                wait_mark: None,
                 replay_budget: crate::shadow::REPLAY_BUDGET,
                 last_descriptor_type: None,
                 prq: Default::default(),
@@ -263,9 +273,26 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         self.delivery.delivering_here()
     }
 
-    /// Whether events produced earlier have not all reached the observers yet.
+    /// Whether events produced before the wait at the queue head have not all reached the
+    /// observers yet.
+    ///
+    /// Once the wait was held back and the batch carrying what preceded it was ticketed, that
+    /// is exactly "the tickets below `wait_mark` are not all served": every event produced
+    /// before the wait was reached is either in that batch or in an earlier ticket (tickets
+    /// are taken in production order, under this lock). Batches ticketed later (another vCPU's
+    /// register write, a device's fault, the re-running thread's own pending events) were
+    /// produced after the wait was reached and the guest's wait does not order them; waiting
+    /// for them too (every ticket ever taken) would let a busy VM with a slow observer put the
+    /// wait off without bound.
     pub(crate) fn unpublished(&self, st: &State) -> bool {
-        !st.events.is_empty() || !st.msis.is_empty() || !self.delivery.all_served(&st.tickets)
+        match st.wait_mark {
+            Some(mark) => !self.delivery.served_up_to(mark),
+            None => {
+                !st.events.is_empty()
+                    || !st.msis.is_empty()
+                    || !self.delivery.all_served(&st.tickets)
+            }
+        }
     }
 
     /// Releases the lock, then delivers what was produced under it, in unit order
@@ -285,6 +312,12 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
             return;
         }
         let ticket = st.tickets.take();
+        if st.wait_deferred && st.wait_mark.is_none() {
+            // This batch holds what was produced before the held-back wait (the hold-back and
+            // this ticket happen under one lock hold): the wait needs it and the earlier
+            // tickets served, no more (see `unpublished`).
+            st.wait_mark = Some(st.tickets.taken());
+        }
         drop(st);
         self.delivery.deliver(
             ticket,
@@ -295,8 +328,15 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     }
 
     /// Releases the lock after a register write: publishes, and while a wait descriptor was
-    /// held back for that, completes it and the queue behind it (each round executes at least
-    /// the wait it deferred, so the rounds are bounded by the queue size).
+    /// held back for that, completes it and the queue behind it.
+    ///
+    /// Rounds are bounded: the held wait's `wait_mark` was fixed no later than this thread's
+    /// ticket of the round (the mark is set when the hold-back's batch is ticketed, in the
+    /// same lock hold as the hold-back), and `deliver` returns only once that ticket and every
+    /// earlier one were served, so the re-run finds the mark reached and executes the wait:
+    /// one re-run per hold-back, whatever other threads produce meanwhile. A further round
+    /// happens only for a wait held back anew (a later wait in the queue, which is bounded by
+    /// the queue size, or one another thread held back after this round's ticket).
     pub(crate) fn finish_write<'a>(&'a self, mut st: MutexGuard<'a, State>) {
         loop {
             let deferred = st.wait_deferred;
@@ -317,6 +357,7 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
         st.faults = FaultState::new(self.walk.cap);
         st.root = None;
         st.ir = None;
+        st.wait_mark = None;
         st.last_descriptor_type = None;
         st.prq.clear();
         self.te.store(false, Ordering::Release);

@@ -36,6 +36,7 @@ impl VtdObserver for StatusProbe {
             VtdEvent::Invalidation { desc, .. } => desc.trace_name().to_string(),
             VtdEvent::Shadow(ShadowEvent::Map { .. }) => "shadow map".into(),
             VtdEvent::Shadow(ShadowEvent::Unmap { .. }) => "shadow unmap".into(),
+            VtdEvent::QueuedInvalidationEnabled(true) => "queue enabled".into(),
             _ => return,
         };
         let mut b = [0u8; 4];
@@ -328,4 +329,236 @@ fn a_panicking_observer_does_not_stop_the_unit() {
     let mut want = vec![0x1234];
     want.extend(0..100);
     assert_eq!(writes, want, "the later observer saw every write, in order");
+}
+
+/// Holds the deliveries of one wait's writer ("vcpu-a") and of another vCPU ("vcpu-b") at
+/// points the test chooses, and records the wait-status dword as the guest would read it
+/// when vcpu-a's invalidation reaches the observer.
+struct DeliveryGates {
+    mem: Mem,
+    status: u64,
+    status_at_invalidation: Mutex<Option<u32>>,
+    /// Told when vcpu-a's invalidation is being delivered; vcpu-a then waits on `a_release`.
+    a_delivering: Mutex<Option<mpsc::Sender<()>>>,
+    a_release: Mutex<Option<mpsc::Receiver<()>>>,
+    /// Told when vcpu-b's FEDATA write is being delivered; vcpu-b then waits on `b_release`.
+    b_delivering: Mutex<Option<mpsc::Sender<()>>>,
+    b_release: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+/// How long a gate or a test step waits at most: the test fails rather than hangs.
+const STEP: Duration = Duration::from_secs(10);
+
+impl VtdObserver for DeliveryGates {
+    fn on_event(&self, event: &VtdEvent) {
+        let gate = match (std::thread::current().name(), event) {
+            (Some("vcpu-a"), VtdEvent::Invalidation { .. }) => {
+                let mut b = [0u8; 4];
+                GuestRam::read(&self.mem, self.status, &mut b).unwrap();
+                *self.status_at_invalidation.lock().unwrap() = Some(u32::from_le_bytes(b));
+                (&self.a_delivering, &self.a_release)
+            }
+            (Some("vcpu-b"), VtdEvent::RegisterWrite { offset, .. })
+                if *offset == vtd_regs::regs::offset::FEDATA =>
+            {
+                (&self.b_delivering, &self.b_release)
+            }
+            _ => return,
+        };
+        if let Some(tx) = gate.0.lock().unwrap().take() {
+            tx.send(()).unwrap();
+        }
+        if let Some(rx) = gate.1.lock().unwrap().take() {
+            let _ = rx.recv_timeout(STEP);
+        }
+    }
+}
+
+/// Polls `done` until it holds or `limit` passed.
+fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    done()
+}
+
+/// A wait descriptor is held back only until the batches produced *before* it reached the
+/// observers, not until every batch taken since: on a busy VM other vCPUs' register writes
+/// and devices' faults each produce a batch, and a slow observer (a nested binder forwarding
+/// to the host IOMMU, the inspector) keeps some of them in flight, so a wait that waited for
+/// "everything delivered" could be put off round after round and the writer's IQT exit with
+/// it. Here vCPU B writes a register after vCPU A's wait was held back, and B's delivery is
+/// held: A's wait must still complete (its status written) once A's own invalidation was
+/// delivered, and not before.
+#[test]
+fn a_held_back_wait_does_not_wait_for_batches_produced_after_it() {
+    let mut g = Guest::new("", 64);
+    g.enable_qi(false);
+    let status = g.queue.as_ref().unwrap().status;
+    let (a_delivering_tx, a_delivering) = mpsc::channel();
+    let (a_release, a_release_rx) = mpsc::channel();
+    let (b_delivering_tx, b_delivering) = mpsc::channel();
+    let (b_release, b_release_rx) = mpsc::channel();
+    let gates = Arc::new(DeliveryGates {
+        mem: g.mem.clone(),
+        status,
+        status_at_invalidation: Mutex::default(),
+        a_delivering: Mutex::new(Some(a_delivering_tx)),
+        a_release: Mutex::new(Some(a_release_rx)),
+        b_delivering: Mutex::new(Some(b_delivering_tx)),
+        b_release: Mutex::new(Some(b_release_rx)),
+    });
+    g.unit.subscribe(gates.clone());
+    // A global IOTLB invalidation and a wait, as Linux's qi_submit_sync queues them.
+    g.place(&InvDesc::Iotlb(IotlbInv {
+        granularity: IotlbGranularity::Global,
+        drain_read: false,
+        drain_write: false,
+        ignored: Default::default(),
+    }));
+    g.place(&Guest::wait_descriptor(status, 1));
+    let tail = g.queue.as_ref().unwrap().tail as u64 * 16;
+    let status_now = {
+        let mem = g.mem.clone();
+        move || mem.read_u64(status).unwrap() as u32
+    };
+
+    // vCPU A rings the doorbell: the wait is held back behind A's own batch, whose delivery
+    // the gate stops at the invalidation.
+    let (a_done_tx, a_done) = mpsc::channel();
+    let unit = g.unit.clone();
+    let a = std::thread::Builder::new()
+        .name("vcpu-a".into())
+        .spawn(move || {
+            unit.write(vtd_regs::regs::offset::IQT, 8, tail);
+            a_done_tx.send(()).unwrap();
+        })
+        .unwrap();
+    a_delivering
+        .recv_timeout(STEP)
+        .expect("vcpu-a delivers its invalidation");
+    assert_eq!(
+        status_now(),
+        0,
+        "the wait completed before its batch was delivered"
+    );
+
+    // vCPU B writes FEDATA: its batch is ticketed after A's (the write is visible once B's
+    // lock hold, which takes the ticket, is over) and waits for A's turn to end.
+    let unit = g.unit.clone();
+    let b = std::thread::Builder::new()
+        .name("vcpu-b".into())
+        .spawn(move || unit.write(vtd_regs::regs::offset::FEDATA, 4, 0xb0b))
+        .unwrap();
+    assert!(
+        eventually(STEP, || g.unit.read(vtd_regs::regs::offset::FEDATA, 4)
+            == 0xb0b),
+        "vcpu-b's write reaches the unit"
+    );
+
+    // A's batch is delivered; B's is now the one in flight, and stays so.
+    a_release.send(()).unwrap();
+    b_delivering
+        .recv_timeout(STEP)
+        .expect("vcpu-b delivers once vcpu-a's batch was served");
+    let completed_while_b_in_flight = eventually(Duration::from_secs(3), || status_now() == 1);
+
+    // Let everything finish before asserting, so a failure does not leave threads blocked.
+    b_release.send(()).unwrap();
+    a_done
+        .recv_timeout(STEP)
+        .expect("vcpu-a's IQT write returns once the deliveries are done");
+    a.join().unwrap();
+    b.join().unwrap();
+    assert_eq!(
+        *gates.status_at_invalidation.lock().unwrap(),
+        Some(0),
+        "the observer saw the invalidation only after the guest could see the wait complete"
+    );
+    assert!(
+        completed_while_b_in_flight,
+        "vcpu-a's wait was held back by vcpu-b's batch, which was produced after the wait"
+    );
+    assert_eq!(status_now(), 1);
+}
+
+fn global_iotlb() -> InvDesc {
+    InvDesc::Iotlb(IotlbInv {
+        granularity: IotlbGranularity::Global,
+        drain_read: false,
+        drain_write: false,
+        ignored: Default::default(),
+    })
+}
+
+/// Two waits in one doorbell: once the first was held back and completed, the second is held
+/// back for the invalidation between them in its own right (what let the first complete says
+/// nothing about the second).
+#[test]
+fn each_wait_of_a_doorbell_waits_for_its_own_invalidations() {
+    let mut g = Guest::new("", 64);
+    g.enable_qi(false);
+    let p = probe(&g);
+    let status = g.queue.as_ref().unwrap().status;
+    g.submit_raw(&[
+        global_iotlb(),
+        Guest::wait_descriptor(status, 1),
+        global_iotlb(),
+        Guest::wait_descriptor(status, 2),
+    ]);
+    assert_eq!(g.mem.read_u64(status).unwrap() as u32, 2);
+    let seen = p.seen.lock().unwrap().clone();
+    let statuses: Vec<u32> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        statuses,
+        [0, 1],
+        "each invalidation is seen before the wait after it completes: {seen:?}"
+    );
+}
+
+/// A wait stopped by a queue error (its status write outside RAM) after it was held back
+/// keeps its hold-back mark while the queue is stopped. After a unit reset, a queue enabled
+/// with a wait already at its head (IQT written before QIE) must hold that wait for the
+/// events of the enabling write like any other: the old mark is for a wait that is gone.
+#[test]
+fn a_stopped_waits_mark_does_not_outlive_a_reset() {
+    let mut g = Guest::new("", 64);
+    g.enable_qi(false);
+    let outside_ram = 1u64 << 40;
+    g.submit_raw(&[global_iotlb(), Guest::wait_descriptor(outside_ram, 1)]);
+    assert!(
+        g.fsts().iqe(),
+        "the status write outside RAM stops the queue"
+    );
+
+    g.unit.reset();
+    g.gcmd = Default::default();
+    let queue = g.queue.clone().unwrap();
+    g.queue.as_mut().unwrap().tail = 0;
+    g.place(&Guest::wait_descriptor(queue.status, 7));
+    g.w64(
+        vtd_regs::regs::offset::IQA,
+        vtd_regs::regs::Iqa::new()
+            .with_qs(1)
+            .with_iqa(queue.base >> 12)
+            .into_bits(),
+    );
+    g.w64(vtd_regs::regs::offset::IQT, 16);
+    let p = probe(&g);
+    g.set_queued_invalidation(true);
+    assert_eq!(
+        g.mem.read_u64(queue.status).unwrap() as u32,
+        7,
+        "the wait completed"
+    );
+    let seen = p.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [("queue enabled".to_string(), 0)],
+        "the wait completed before the observer saw the queue enabled"
+    );
 }
