@@ -486,6 +486,73 @@ fn a_held_back_wait_does_not_wait_for_batches_produced_after_it() {
     assert_eq!(status_now(), 1);
 }
 
+/// The other side of the mark: another vCPU's doorbell that reaches the held-back wait while
+/// the batch produced before it is still in flight must hold it too (the wait's mark is not
+/// served yet), however many of its own events that vCPU has published.
+#[test]
+fn a_held_back_wait_stays_held_when_another_doorbell_reaches_it() {
+    let mut g = Guest::new("", 64);
+    g.enable_qi(false);
+    let status = g.queue.as_ref().unwrap().status;
+    let (a_delivering_tx, a_delivering) = mpsc::channel();
+    let (a_release, a_release_rx) = mpsc::channel();
+    let gates = Arc::new(DeliveryGates {
+        mem: g.mem.clone(),
+        status,
+        status_at_invalidation: Mutex::default(),
+        a_delivering: Mutex::new(Some(a_delivering_tx)),
+        a_release: Mutex::new(Some(a_release_rx)),
+        b_delivering: Mutex::new(None),
+        b_release: Mutex::new(None),
+    });
+    g.unit.subscribe(gates.clone());
+    g.place(&global_iotlb());
+    g.place(&Guest::wait_descriptor(status, 1));
+    let tail = g.queue.as_ref().unwrap().tail as u64 * 16;
+    let status_now = {
+        let mem = g.mem.clone();
+        move || mem.read_u64(status).unwrap() as u32
+    };
+
+    // vCPU A rings the doorbell; its delivery stops at the invalidation, the wait is held.
+    let unit = g.unit.clone();
+    let a = std::thread::Builder::new()
+        .name("vcpu-a".into())
+        .spawn(move || unit.write(vtd_regs::regs::offset::IQT, 8, tail))
+        .unwrap();
+    a_delivering
+        .recv_timeout(STEP)
+        .expect("vcpu-a delivers its invalidation");
+
+    // vCPU B rings the same doorbell again (IQT rewritten with its value): the queue resumes
+    // at the held wait, under B's lock hold, while A's batch is still in flight.
+    let unit = g.unit.clone();
+    let b = std::thread::Builder::new()
+        .name("vcpu-b".into())
+        .spawn(move || unit.write(vtd_regs::regs::offset::IQT, 8, tail))
+        .unwrap();
+    // B's write does not return before A's delivery ends (its own batch is ticketed after
+    // A's), so nothing tells when B passed the wait: give it time to, then look.
+    let completed_early = eventually(Duration::from_millis(500), || status_now() == 1);
+    let iqh_early = g.unit.read(vtd_regs::regs::offset::IQH, 8);
+
+    a_release.send(()).unwrap();
+    a.join().unwrap();
+    b.join().unwrap();
+    assert!(
+        !completed_early,
+        "vcpu-b's doorbell completed the wait while the invalidation before it was in flight"
+    );
+    assert_eq!(iqh_early, tail - 16, "the head stayed at the held wait");
+    assert_eq!(*gates.status_at_invalidation.lock().unwrap(), Some(0));
+    assert_eq!(
+        status_now(),
+        1,
+        "the wait completes once the batch was delivered"
+    );
+    assert_eq!(g.unit.read(vtd_regs::regs::offset::IQH, 8), tail);
+}
+
 fn global_iotlb() -> InvDesc {
     InvDesc::Iotlb(IotlbInv {
         granularity: IotlbGranularity::Global,
