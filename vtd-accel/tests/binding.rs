@@ -1050,77 +1050,37 @@ fn errata_772415_forbids_read_only_mappings_in_a_nest_parent() {
 /// dword of the batch's wait is still the old value whenever `IOMMU_HWPT_INVALIDATE` runs.
 #[test]
 fn host_invalidation_happens_before_the_guest_sees_completion() {
-    struct Probe {
-        sim: Arc<SimHostIommu<Mem>>,
-        mem: Mem,
-        status: u64,
-        seen: std::sync::Mutex<Vec<u32>>,
-    }
-    impl HostIommuBackend for Probe {
-        fn name(&self) -> &'static str {
-            "probe"
-        }
-        fn get_hw_info(&self, dev: DeviceId) -> Result<HostHwInfo, BackendError> {
-            self.sim.get_hw_info(dev)
-        }
-        fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError> {
-            self.sim.alloc_hwpt(dev, req)
-        }
-        fn attach(
-            &self,
-            dev: DeviceId,
-            pasid: Option<Pasid>,
-            hwpt: HwptId,
-        ) -> Result<(), BackendError> {
-            self.sim.attach(dev, pasid, hwpt)
-        }
-        fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
-            self.sim.detach(dev, pasid)
-        }
-        fn invalidate(
-            &self,
-            hwpt: HwptId,
-            entries: &[VtdS1Invalidation],
-        ) -> Result<u32, BackendError> {
-            let status = self.mem.read_u64(self.status).unwrap() as u32;
-            self.seen.lock().unwrap().push(status);
-            self.sim.invalidate(hwpt, entries)
-        }
-        fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError> {
-            self.sim.destroy(hwpt)
-        }
-        fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError> {
-            self.sim.read_faults(max)
-        }
-    }
+    // The wait-status dword each IOMMU_HWPT_INVALIDATE call saw, read as the host runs it.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
     let cfg = VtdConfig::from_qemu_props(FLTS).unwrap();
     let info = host_info_for(&cfg);
-    let probe = std::sync::Mutex::new(None);
+    let mut status = 0;
     let mut rig = Rig::build(cfg, info, None, |sim, g| {
-        let p = Arc::new(Probe {
+        let (mem, at) = (g.mem.clone(), g.queue.as_ref().unwrap().status);
+        status = at;
+        let seen = seen.clone();
+        Arc::new(InvalidateHook {
             sim,
-            mem: g.mem.clone(),
-            status: g.queue.as_ref().unwrap().status,
-            seen: Default::default(),
-        });
-        *probe.lock().unwrap() = Some(p.clone());
-        p
+            invalidate: Box::new(move |sim, hwpt, entries| {
+                seen.lock().unwrap().push(mem.read_u64(at).unwrap() as u32);
+                sim.invalidate(hwpt, entries)
+            }),
+        })
     });
     rig.g.set_translation(true);
-    let probe = probe.into_inner().unwrap().unwrap();
     for round in 1..=3u32 {
-        let before = rig.g.mem.read_u64(probe.status).unwrap() as u32;
+        let before = rig.g.mem.read_u64(status).unwrap() as u32;
         rig.g.submit(&[
             pasid_iotlb_page(DID, 0, IOVA, 0, true),
             pasid_iotlb_page(DID, 0, IOVA + 0x1000, 0, true),
         ]);
-        let seen = std::mem::take(&mut *probe.seen.lock().unwrap());
+        let calls = std::mem::take(&mut *seen.lock().unwrap());
         assert_eq!(
-            seen,
+            calls,
             vec![before],
             "round {round}: one call, before completion"
         );
-        assert_ne!(rig.g.mem.read_u64(probe.status).unwrap() as u32, before);
+        assert_ne!(rig.g.mem.read_u64(status).unwrap() as u32, before);
     }
 }
 

@@ -3,8 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use common::*;
 use vtd_accel::sim::SimOp;
@@ -319,65 +319,27 @@ fn failed_attach_of_a_fenced_binding_reports_only_the_failure() {
     assert_all_reported(&rig);
 }
 
-/// A backend wrapping the simulator that breaks [`HostIommuBackend::invalidate`]'s contract
-/// (`Ok(n)` only when all `n` entries were handled): from `short_from` entries on, the host
-/// handles the call and `Ok` reports one entry fewer than it was given.
-struct ShortCount {
-    sim: Arc<vtd_accel::sim::SimHostIommu<Mem>>,
-    short_from: AtomicUsize,
-}
-impl HostIommuBackend for ShortCount {
-    fn name(&self) -> &'static str {
-        "short-count"
-    }
-    fn get_hw_info(&self, dev: DeviceId) -> Result<HostHwInfo, BackendError> {
-        self.sim.get_hw_info(dev)
-    }
-    fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError> {
-        self.sim.alloc_hwpt(dev, req)
-    }
-    fn attach(
-        &self,
-        dev: DeviceId,
-        pasid: Option<Pasid>,
-        hwpt: HwptId,
-    ) -> Result<(), BackendError> {
-        self.sim.attach(dev, pasid, hwpt)
-    }
-    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
-        self.sim.detach(dev, pasid)
-    }
-    fn invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32, BackendError> {
-        let done = self.sim.invalidate(hwpt, entries)?;
-        let short = entries.len() >= self.short_from.load(Ordering::Relaxed);
-        Ok(if short { done - 1 } else { done })
-    }
-    fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError> {
-        self.sim.destroy(hwpt)
-    }
-    fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError> {
-        self.sim.read_faults(max)
-    }
-    fn caps(&self) -> BackendCaps {
-        self.sim.caps()
-    }
-}
-
-/// A rig whose device's backend is a [`ShortCount`] (short counts off).
-fn short_count_rig() -> (Rig, Arc<ShortCount>) {
-    let backend = Mutex::new(None);
+/// A rig whose device's backend breaks [`HostIommuBackend::invalidate`]'s contract (`Ok(n)`
+/// only when all `n` entries were handled) on demand: once the returned count is set, calls
+/// with at least that many entries are handled by the host and reported one entry short
+/// (`usize::MAX`: never).
+fn short_count_rig() -> (Rig, Arc<AtomicUsize>) {
+    let short_from = Arc::new(AtomicUsize::new(usize::MAX));
     let cfg = vtd_regs::VtdConfig::from_qemu_props(FLTS).unwrap();
     let info = host_info_for(&cfg);
-    let mut rig = Rig::build(cfg, info, None, |sim, _| {
-        let b = Arc::new(ShortCount {
+    let threshold = short_from.clone();
+    let mut rig = Rig::build(cfg, info, None, move |sim, _| {
+        Arc::new(InvalidateHook {
             sim,
-            short_from: usize::MAX.into(),
-        });
-        *backend.lock().unwrap() = Some(b.clone());
-        b
+            invalidate: Box::new(move |sim, hwpt, entries| {
+                let done = sim.invalidate(hwpt, entries)?;
+                let short = entries.len() >= threshold.load(Ordering::Relaxed);
+                Ok(if short { done - 1 } else { done })
+            }),
+        })
     });
     rig.g.set_translation(true);
-    (rig, backend.into_inner().unwrap().unwrap())
+    (rig, short_from)
 }
 
 /// A backend that reports `Ok` for fewer entries than it was given has not handled the rest,
@@ -387,7 +349,7 @@ fn short_count_rig() -> (Rig, Arc<ShortCount>) {
 /// and the binding is fenced. The accounting counts what the host said it handled.
 #[test]
 fn an_ok_for_fewer_entries_than_given_is_a_partial_invalidation() {
-    let (mut rig, backend) = short_count_rig();
+    let (mut rig, short_from) = short_count_rig();
     let hwpt = rig.nested_hwpt().unwrap();
     rig.dma(IOVA, AccessKind::Read).unwrap();
     rig.fs()
@@ -402,7 +364,7 @@ fn an_ok_for_fewer_entries_than_given_is_a_partial_invalidation() {
     rig.sim.take_invalidation_log();
     rig.events.take();
     let before = rig.binder.stats();
-    backend.short_from.store(2, Ordering::Relaxed);
+    short_from.store(2, Ordering::Relaxed);
     rig.g.submit(&pages);
     let log = rig.sim.take_invalidation_log();
     assert_eq!(log.len(), 2, "{log:?}");
@@ -439,7 +401,7 @@ fn an_ok_for_fewer_entries_than_given_is_a_partial_invalidation() {
     );
 
     // Every call short, the full flush's `Ok(0)` included: the binding is fenced.
-    backend.short_from.store(1, Ordering::Relaxed);
+    short_from.store(1, Ordering::Relaxed);
     rig.g.submit(&pages);
     assert_eq!(
         host_errors(&rig.events.take()),

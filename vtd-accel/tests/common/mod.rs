@@ -364,6 +364,88 @@ pub fn second_host(
     (sim, ioas)
 }
 
+/// The calls a test backend wrapping the simulator (a `sim` field) passes through unchanged:
+/// everything but `name`, `invalidate` and the fault-queue and dirty-tracking calls, which
+/// each wrapper states itself.
+macro_rules! sim_passthrough {
+    () => {
+        fn get_hw_info(&self, dev: DeviceId) -> Result<HostHwInfo, BackendError> {
+            self.sim.get_hw_info(dev)
+        }
+        fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError> {
+            self.sim.alloc_hwpt(dev, req)
+        }
+        fn attach(
+            &self,
+            dev: DeviceId,
+            pasid: Option<Pasid>,
+            hwpt: HwptId,
+        ) -> Result<(), BackendError> {
+            self.sim.attach(dev, pasid, hwpt)
+        }
+        fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
+            self.sim.detach(dev, pasid)
+        }
+        fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError> {
+            self.sim.destroy(hwpt)
+        }
+        fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError> {
+            self.sim.read_faults(max)
+        }
+        fn caps(&self) -> BackendCaps {
+            self.sim.caps()
+        }
+    };
+}
+
+/// What a test does in place of the simulator's `invalidate`: gets the simulator, the HWPT
+/// and the entries, returns what the backend reports.
+pub type InvalidateFn = dyn Fn(&SimHostIommu<Mem>, HwptId, &[VtdS1Invalidation]) -> Result<u32, BackendError>
+    + Send
+    + Sync;
+
+/// The simulator as a backend, every call passed through unchanged except `invalidate`, which
+/// runs the test's [`InvalidateFn`] (to watch what the host sees when, or to break the
+/// backend contract on purpose).
+pub struct InvalidateHook {
+    pub sim: Arc<SimHostIommu<Mem>>,
+    pub invalidate: Box<InvalidateFn>,
+}
+
+impl HostIommuBackend for InvalidateHook {
+    fn name(&self) -> &'static str {
+        "invalidate-hook"
+    }
+    sim_passthrough!();
+    fn invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32, BackendError> {
+        (self.invalidate)(&self.sim, hwpt, entries)
+    }
+    fn read_page_requests(&self, max: usize) -> Result<Vec<HostPageRequest>, BackendError> {
+        self.sim.read_page_requests(max)
+    }
+    fn respond_page_request(
+        &self,
+        cookie: u32,
+        code: PageResponseCode,
+    ) -> Result<(), BackendError> {
+        self.sim.respond_page_request(cookie, code)
+    }
+    fn set_dirty_tracking(&self, hwpt: HwptId, enable: bool) -> Result<(), BackendError> {
+        self.sim.set_dirty_tracking(hwpt, enable)
+    }
+    fn read_and_clear_dirty(
+        &self,
+        hwpt: HwptId,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        bitmap: &mut [u64],
+    ) -> Result<(), BackendError> {
+        self.sim
+            .read_and_clear_dirty(hwpt, iova, length, page_size, bitmap)
+    }
+}
+
 /// A backend wrapping the simulator whose fault queue holds the page requests a test puts
 /// there, and which records the answers it gets.
 pub struct Flood {
@@ -386,34 +468,9 @@ impl HostIommuBackend for Flood {
     fn name(&self) -> &'static str {
         "flood"
     }
-    fn get_hw_info(&self, dev: DeviceId) -> Result<HostHwInfo, BackendError> {
-        self.sim.get_hw_info(dev)
-    }
-    fn alloc_hwpt(&self, dev: DeviceId, req: &HwptAlloc) -> Result<HwptId, BackendError> {
-        self.sim.alloc_hwpt(dev, req)
-    }
-    fn attach(
-        &self,
-        dev: DeviceId,
-        pasid: Option<Pasid>,
-        hwpt: HwptId,
-    ) -> Result<(), BackendError> {
-        self.sim.attach(dev, pasid, hwpt)
-    }
-    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), BackendError> {
-        self.sim.detach(dev, pasid)
-    }
+    sim_passthrough!();
     fn invalidate(&self, hwpt: HwptId, entries: &[VtdS1Invalidation]) -> Result<u32, BackendError> {
         self.sim.invalidate(hwpt, entries)
-    }
-    fn destroy(&self, hwpt: HwptId) -> Result<(), BackendError> {
-        self.sim.destroy(hwpt)
-    }
-    fn read_faults(&self, max: usize) -> Result<Vec<HostFault>, BackendError> {
-        self.sim.read_faults(max)
-    }
-    fn caps(&self) -> BackendCaps {
-        self.sim.caps()
     }
     fn read_page_requests(&self, max: usize) -> Result<Vec<HostPageRequest>, BackendError> {
         let mut q = self.queue.lock().unwrap();
