@@ -629,3 +629,22 @@ fn a_stopped_waits_mark_does_not_outlive_a_reset() {
         "the wait completed before the observer saw the queue enabled"
     );
 }
+
+/// Observers read entries through the unit (`read_context`, `read_pasid_entry`) and report
+/// what went wrong with the request's identity: a PASID entry that cannot be read faults for
+/// that requester and that PASID, as a request carrying the PASID would (the fault record's
+/// PV field holds the request's PASID).
+#[test]
+fn a_pasid_entry_read_faults_for_the_pasid_it_asked_for() {
+    let mut g = Guest::new("x-scalable-mode=on", 64);
+    g.enable_qi(false);
+    g.scalable_device(0x10, 3, false);
+    assert!(g.unit.read_pasid_entry(0x10, 0).unwrap().present());
+    for pasid in [1, 0x1234] {
+        let fault = g.unit.read_pasid_entry(0x10, pasid).unwrap_err();
+        assert_eq!((fault.sid, fault.pasid), (0x10, Some(pasid)), "{fault:?}");
+    }
+    // A requester without a context entry faults at the context, still with its PASID.
+    let fault = g.unit.read_pasid_entry(0x20, 7).unwrap_err();
+    assert_eq!((fault.sid, fault.pasid), (0x20, Some(7)), "{fault:?}");
+}
