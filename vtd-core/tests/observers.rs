@@ -386,6 +386,82 @@ fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
     done()
 }
 
+/// A guest whose queue holds a global IOTLB invalidation and a wait (as Linux's
+/// `qi_submit_sync` queues them), the doorbell not rung yet, with [`DeliveryGates`] subscribed.
+struct GatedQueue {
+    g: Guest,
+    gates: Arc<DeliveryGates>,
+    /// The wait's status dword; the wait writes 1.
+    status: u64,
+    /// The IQT value that rings the doorbell for both descriptors.
+    tail: u64,
+    a_delivering: mpsc::Receiver<()>,
+    a_release: mpsc::Sender<()>,
+    b_delivering: mpsc::Receiver<()>,
+    b_release: mpsc::Sender<()>,
+}
+
+impl GatedQueue {
+    fn new() -> Self {
+        let mut g = Guest::new("", 64);
+        g.enable_qi(false);
+        let status = g.queue.as_ref().unwrap().status;
+        let (a_delivering_tx, a_delivering) = mpsc::channel();
+        let (a_release, a_release_rx) = mpsc::channel();
+        let (b_delivering_tx, b_delivering) = mpsc::channel();
+        let (b_release, b_release_rx) = mpsc::channel();
+        let gates = Arc::new(DeliveryGates {
+            mem: g.mem.clone(),
+            status,
+            status_at_invalidation: Mutex::default(),
+            a_delivering: Mutex::new(Some(a_delivering_tx)),
+            a_release: Mutex::new(Some(a_release_rx)),
+            b_delivering: Mutex::new(Some(b_delivering_tx)),
+            b_release: Mutex::new(Some(b_release_rx)),
+        });
+        g.unit.subscribe(gates.clone());
+        g.place(&global_iotlb());
+        g.place(&Guest::wait_descriptor(status, 1));
+        let tail = g.queue.as_ref().unwrap().tail as u64 * 16;
+        Self {
+            g,
+            gates,
+            status,
+            tail,
+            a_delivering,
+            a_release,
+            b_delivering,
+            b_release,
+        }
+    }
+
+    /// The wait's status dword as the guest reads it now.
+    fn status_now(&self) -> u32 {
+        self.g.mem.read_u64(self.status).unwrap() as u32
+    }
+
+    /// `write(offset, size, value)` on a thread named `vcpu` (the gates tell vCPUs apart by
+    /// thread name); the receiver hears when the write returned.
+    fn vcpu_write(
+        &self,
+        vcpu: &str,
+        offset: u64,
+        size: u8,
+        value: u64,
+    ) -> (std::thread::JoinHandle<()>, mpsc::Receiver<()>) {
+        let (done_tx, done) = mpsc::channel();
+        let unit = self.g.unit.clone();
+        let thread = std::thread::Builder::new()
+            .name(vcpu.into())
+            .spawn(move || {
+                unit.write(offset, size, value);
+                let _ = done_tx.send(());
+            })
+            .unwrap();
+        (thread, done)
+    }
+}
+
 /// A wait descriptor is held back only until the batches produced *before* it reached the
 /// observers, not until every batch taken since: on a busy VM other vCPUs' register writes
 /// and devices' faults each produce a batch, and a slow observer (a nested binder forwarding
@@ -396,86 +472,45 @@ fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
 /// delivered, and not before.
 #[test]
 fn a_held_back_wait_does_not_wait_for_batches_produced_after_it() {
-    let mut g = Guest::new("", 64);
-    g.enable_qi(false);
-    let status = g.queue.as_ref().unwrap().status;
-    let (a_delivering_tx, a_delivering) = mpsc::channel();
-    let (a_release, a_release_rx) = mpsc::channel();
-    let (b_delivering_tx, b_delivering) = mpsc::channel();
-    let (b_release, b_release_rx) = mpsc::channel();
-    let gates = Arc::new(DeliveryGates {
-        mem: g.mem.clone(),
-        status,
-        status_at_invalidation: Mutex::default(),
-        a_delivering: Mutex::new(Some(a_delivering_tx)),
-        a_release: Mutex::new(Some(a_release_rx)),
-        b_delivering: Mutex::new(Some(b_delivering_tx)),
-        b_release: Mutex::new(Some(b_release_rx)),
-    });
-    g.unit.subscribe(gates.clone());
-    // A global IOTLB invalidation and a wait, as Linux's qi_submit_sync queues them.
-    g.place(&InvDesc::Iotlb(IotlbInv {
-        granularity: IotlbGranularity::Global,
-        drain_read: false,
-        drain_write: false,
-        ignored: Default::default(),
-    }));
-    g.place(&Guest::wait_descriptor(status, 1));
-    let tail = g.queue.as_ref().unwrap().tail as u64 * 16;
-    let status_now = {
-        let mem = g.mem.clone();
-        move || mem.read_u64(status).unwrap() as u32
-    };
+    let q = GatedQueue::new();
 
     // vCPU A rings the doorbell: the wait is held back behind A's own batch, whose delivery
     // the gate stops at the invalidation.
-    let (a_done_tx, a_done) = mpsc::channel();
-    let unit = g.unit.clone();
-    let a = std::thread::Builder::new()
-        .name("vcpu-a".into())
-        .spawn(move || {
-            unit.write(vtd_regs::regs::offset::IQT, 8, tail);
-            a_done_tx.send(()).unwrap();
-        })
-        .unwrap();
-    a_delivering
+    let (a, a_done) = q.vcpu_write("vcpu-a", vtd_regs::regs::offset::IQT, 8, q.tail);
+    q.a_delivering
         .recv_timeout(STEP)
         .expect("vcpu-a delivers its invalidation");
     assert_eq!(
-        status_now(),
+        q.status_now(),
         0,
         "the wait completed before its batch was delivered"
     );
 
     // vCPU B writes FEDATA: its batch is ticketed after A's (the write is visible once B's
     // lock hold, which takes the ticket, is over) and waits for A's turn to end.
-    let unit = g.unit.clone();
-    let b = std::thread::Builder::new()
-        .name("vcpu-b".into())
-        .spawn(move || unit.write(vtd_regs::regs::offset::FEDATA, 4, 0xb0b))
-        .unwrap();
+    let (b, _) = q.vcpu_write("vcpu-b", vtd_regs::regs::offset::FEDATA, 4, 0xb0b);
     assert!(
-        eventually(STEP, || g.unit.read(vtd_regs::regs::offset::FEDATA, 4)
+        eventually(STEP, || q.g.unit.read(vtd_regs::regs::offset::FEDATA, 4)
             == 0xb0b),
         "vcpu-b's write reaches the unit"
     );
 
     // A's batch is delivered; B's is now the one in flight, and stays so.
-    a_release.send(()).unwrap();
-    b_delivering
+    q.a_release.send(()).unwrap();
+    q.b_delivering
         .recv_timeout(STEP)
         .expect("vcpu-b delivers once vcpu-a's batch was served");
-    let completed_while_b_in_flight = eventually(Duration::from_secs(3), || status_now() == 1);
+    let completed_while_b_in_flight = eventually(Duration::from_secs(3), || q.status_now() == 1);
 
     // Let everything finish before asserting, so a failure does not leave threads blocked.
-    b_release.send(()).unwrap();
+    q.b_release.send(()).unwrap();
     a_done
         .recv_timeout(STEP)
         .expect("vcpu-a's IQT write returns once the deliveries are done");
     a.join().unwrap();
     b.join().unwrap();
     assert_eq!(
-        *gates.status_at_invalidation.lock().unwrap(),
+        *q.gates.status_at_invalidation.lock().unwrap(),
         Some(0),
         "the observer saw the invalidation only after the guest could see the wait complete"
     );
@@ -483,7 +518,7 @@ fn a_held_back_wait_does_not_wait_for_batches_produced_after_it() {
         completed_while_b_in_flight,
         "vcpu-a's wait was held back by vcpu-b's batch, which was produced after the wait"
     );
-    assert_eq!(status_now(), 1);
+    assert_eq!(q.status_now(), 1);
 }
 
 /// The other side of the mark: another vCPU's doorbell that reaches the held-back wait while
@@ -491,66 +526,38 @@ fn a_held_back_wait_does_not_wait_for_batches_produced_after_it() {
 /// served yet), however many of its own events that vCPU has published.
 #[test]
 fn a_held_back_wait_stays_held_when_another_doorbell_reaches_it() {
-    let mut g = Guest::new("", 64);
-    g.enable_qi(false);
-    let status = g.queue.as_ref().unwrap().status;
-    let (a_delivering_tx, a_delivering) = mpsc::channel();
-    let (a_release, a_release_rx) = mpsc::channel();
-    let gates = Arc::new(DeliveryGates {
-        mem: g.mem.clone(),
-        status,
-        status_at_invalidation: Mutex::default(),
-        a_delivering: Mutex::new(Some(a_delivering_tx)),
-        a_release: Mutex::new(Some(a_release_rx)),
-        b_delivering: Mutex::new(None),
-        b_release: Mutex::new(None),
-    });
-    g.unit.subscribe(gates.clone());
-    g.place(&global_iotlb());
-    g.place(&Guest::wait_descriptor(status, 1));
-    let tail = g.queue.as_ref().unwrap().tail as u64 * 16;
-    let status_now = {
-        let mem = g.mem.clone();
-        move || mem.read_u64(status).unwrap() as u32
-    };
+    let q = GatedQueue::new();
 
     // vCPU A rings the doorbell; its delivery stops at the invalidation, the wait is held.
-    let unit = g.unit.clone();
-    let a = std::thread::Builder::new()
-        .name("vcpu-a".into())
-        .spawn(move || unit.write(vtd_regs::regs::offset::IQT, 8, tail))
-        .unwrap();
-    a_delivering
+    let (a, _) = q.vcpu_write("vcpu-a", vtd_regs::regs::offset::IQT, 8, q.tail);
+    q.a_delivering
         .recv_timeout(STEP)
         .expect("vcpu-a delivers its invalidation");
 
     // vCPU B rings the same doorbell again (IQT rewritten with its value): the queue resumes
-    // at the held wait, under B's lock hold, while A's batch is still in flight.
-    let unit = g.unit.clone();
-    let b = std::thread::Builder::new()
-        .name("vcpu-b".into())
-        .spawn(move || unit.write(vtd_regs::regs::offset::IQT, 8, tail))
-        .unwrap();
+    // at the held wait, under B's lock hold, while A's batch is still in flight. (B's gate
+    // is for FEDATA writes; this one passes.)
+    let (b, _) = q.vcpu_write("vcpu-b", vtd_regs::regs::offset::IQT, 8, q.tail);
     // B's write does not return before A's delivery ends (its own batch is ticketed after
     // A's), so nothing tells when B passed the wait: give it time to, then look.
-    let completed_early = eventually(Duration::from_millis(500), || status_now() == 1);
-    let iqh_early = g.unit.read(vtd_regs::regs::offset::IQH, 8);
+    let completed_early = eventually(Duration::from_millis(500), || q.status_now() == 1);
+    let iqh_early = q.g.unit.read(vtd_regs::regs::offset::IQH, 8);
 
-    a_release.send(()).unwrap();
+    q.a_release.send(()).unwrap();
     a.join().unwrap();
     b.join().unwrap();
     assert!(
         !completed_early,
         "vcpu-b's doorbell completed the wait while the invalidation before it was in flight"
     );
-    assert_eq!(iqh_early, tail - 16, "the head stayed at the held wait");
-    assert_eq!(*gates.status_at_invalidation.lock().unwrap(), Some(0));
+    assert_eq!(iqh_early, q.tail - 16, "the head stayed at the held wait");
+    assert_eq!(*q.gates.status_at_invalidation.lock().unwrap(), Some(0));
     assert_eq!(
-        status_now(),
+        q.status_now(),
         1,
         "the wait completes once the batch was delivered"
     );
-    assert_eq!(g.unit.read(vtd_regs::regs::offset::IQH, 8), tail);
+    assert_eq!(q.g.unit.read(vtd_regs::regs::offset::IQH, 8), q.tail);
 }
 
 fn global_iotlb() -> InvDesc {
