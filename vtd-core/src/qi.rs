@@ -38,22 +38,20 @@ impl<M: GuestRam + Send + Sync> VtdUnit<M> {
     /// software to quiesce it first and dropping descriptors silently would lose invalidations.
     pub(crate) fn set_queue_enabled(&self, st: &mut State, enable: bool) {
         let bit = Gsts::new().with_qies(true).into_bits();
-        // The head moves to slot 0 either way: a held wait's mark is for the old head.
         if enable {
-            st.wait_mark = None;
-            st.regs.set64(reg::IQH, 0);
             st.regs.update32(reg::GSTS, 0, bit);
         } else {
             if st.regs.get64(reg::IQH) != st.regs.get64(reg::IQT) & 0x7fff0 {
                 tracing::warn!(target: "vtd::qi", "QIE cleared with a non-empty queue: refused");
                 return;
             }
-            // IQH reads 0 once the queue is disabled (spec 11.4.9.1; QEMU hw/i386/intel_iommu.c
-            // vtd_handle_gcmd_qie does the same), so a re-enabled queue starts at slot 0.
-            st.wait_mark = None;
-            st.regs.set64(reg::IQH, 0);
             st.regs.update32(reg::GSTS, bit, 0);
         }
+        // IQH reads 0 once the queue is disabled (spec 11.4.9.1; QEMU hw/i386/intel_iommu.c
+        // vtd_handle_gcmd_qie does the same), and an enabled queue starts at slot 0; a held
+        // wait's mark was for the old head.
+        st.regs.set64(reg::IQH, 0);
+        st.wait_mark = None;
         st.events.push(VtdEvent::QueuedInvalidationEnabled(enable));
         if enable {
             self.process_queue(st, false);
