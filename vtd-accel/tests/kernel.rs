@@ -718,14 +718,26 @@ fn pending_groups_of_other_devices_survive_a_rebind_and_an_unplug() {
     // A second PRI device, 03:00.0, probed by the guest with its own first-stage domain.
     let bdf_c = Bdf::new(3, 0, 0);
     let dev_c = rig.plug_pri_device(bdf_c, IOVA, GPA, 11);
-    let pending = |rig: &mut Rig| -> Vec<vtd_regs::prq::PageRequestDescriptor> {
+    // One group pending on each device (at `offset` into its range): the guest's requests
+    // for the first device and for 03:00.0.
+    let one_group_each = |rig: &mut Rig, offset: u64| {
+        rig.sim
+            .raise_page_group(rig.dev, None, &[0x5000_0000 + offset], false)
+            .unwrap();
+        rig.sim
+            .raise_page_group(dev_c, None, &[0x6000_0000 + offset], false)
+            .unwrap();
         rig.binder.process_host_faults();
-        rig.g
+        let reqs: Vec<vtd_regs::prq::PageRequestDescriptor> = rig
+            .g
             .read_page_requests()
             .requests
             .into_iter()
             .map(Result::unwrap)
-            .collect()
+            .collect();
+        assert_eq!(reqs.len(), 2);
+        let of = |sid: u16| *reqs.iter().find(|r| r.rid == sid).unwrap();
+        (of(SID), of(bdf_c.sid()))
     };
     let answers = |rig: &Rig, dev: DeviceId| {
         rig.sim
@@ -736,16 +748,7 @@ fn pending_groups_of_other_devices_survive_a_rebind_and_an_unplug() {
     };
 
     // One group pending on each device; the first device moves to a new table.
-    rig.sim
-        .raise_page_group(rig.dev, None, &[0x5000_0000], false)
-        .unwrap();
-    rig.sim
-        .raise_page_group(dev_c, None, &[0x6000_0000], false)
-        .unwrap();
-    let reqs = pending(&mut rig);
-    assert_eq!(reqs.len(), 2);
-    let of = |sid: u16| *reqs.iter().find(|r| r.rid == sid).unwrap();
-    let (req_a, req_c) = (of(SID), of(bdf_c.sid()));
+    let (req_a, req_c) = one_group_each(&mut rig, 0);
     let new_root = rig.new_fs_table(IOVA, GPA, true);
     rig.write_pasid_entry(
         0,
@@ -769,16 +772,7 @@ fn pending_groups_of_other_devices_survive_a_rebind_and_an_unplug() {
     assert_eq!(answers(&rig, rig.dev), 0, "the dead group's answer");
 
     // One group pending on each device again; the second device is unplugged.
-    rig.sim
-        .raise_page_group(rig.dev, None, &[0x5000_1000], false)
-        .unwrap();
-    rig.sim
-        .raise_page_group(dev_c, None, &[0x6000_1000], false)
-        .unwrap();
-    let reqs = pending(&mut rig);
-    assert_eq!(reqs.len(), 2);
-    let of = |sid: u16| *reqs.iter().find(|r| r.rid == sid).unwrap();
-    let (req_a, req_c) = (of(SID), of(bdf_c.sid()));
+    let (req_a, req_c) = one_group_each(&mut rig, 0x1000);
     rig.binder.unregister(bdf_c).unwrap();
     rig.g.respond(&req_a, ResponseCode::Success);
     assert_eq!(answers(&rig, rig.dev), 1, "the remaining device's answer");
