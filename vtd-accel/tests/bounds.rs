@@ -140,18 +140,8 @@ fn one_poll_handles_at_most_256_host_faults() {
 #[test]
 fn one_poll_delivers_at_most_256_page_requests() {
     const MAX_REQUESTS_PER_POLL: usize = 256;
-    let mut rig =
-        common::Rig::new("x-scalable-mode=on,x-flts=on,device-iotlb=on,x-vtd-page-requests=on");
+    let mut rig = common::pri_device_rig_on(|sim, _| sim);
     rig.g.enable_prq(3);
-    rig.sim.set_device_pri(rig.dev, true);
-    let host = rig.binder.unregister(common::BDF).unwrap();
-    rig.binder
-        .register(
-            common::BDF,
-            host.with_pri(true),
-            vtd_accel::PciTopology::default(),
-        )
-        .unwrap();
     for i in 0..300u64 {
         rig.sim
             .raise_page_group(rig.dev, None, &[0x4000_0000 + i * 0x1000], false)
@@ -216,26 +206,12 @@ fn the_binder_hands_the_guest_at_most_8192_unanswered_page_groups() {
     let beyond = 100;
 
     let flood = Mutex::new(None);
-    let cfg = VtdConfig::from_qemu_props(
-        "x-scalable-mode=on,x-flts=on,device-iotlb=on,x-vtd-page-requests=on",
-    )
-    .unwrap();
-    let info = common::host_info_for(&cfg);
-    let mut rig = common::Rig::build(cfg, info, None, |sim, _| {
+    let mut rig = common::pri_device_rig_on(|sim, _| {
         let f = Arc::new(common::Flood::new(sim));
         *flood.lock().unwrap() = Some(f.clone());
         f
     });
     let flood = flood.into_inner().unwrap().unwrap();
-    rig.g.set_translation(true);
-    let host = rig.binder.unregister(common::BDF).unwrap();
-    rig.binder
-        .register(
-            common::BDF,
-            host.with_pri(true),
-            vtd_accel::PciTopology::default(),
-        )
-        .unwrap();
     // PQS 7: 2^7 pages, 16,384 descriptors (the most the queue registers allow).
     rig.g.enable_prq(7);
 

@@ -17,9 +17,6 @@ use vtd_tables::builder::*;
 use vtd_tables::walk::AccessKind;
 
 const FLTS: &str = "x-scalable-mode=on,x-flts=on";
-/// First stage plus the guest's page request queue (ECAP.PRS needs device-iotlb).
-const FLTS_PRQ: &str = "x-scalable-mode=on,x-flts=on,device-iotlb=on,x-vtd-page-requests=on";
-
 fn nested_req(parent: HwptId, addr_width: u32, flags: u64, pasid: bool, fault: bool) -> HwptAlloc {
     HwptAlloc::Nested {
         parent,
@@ -53,24 +50,6 @@ fn pri_rig() -> Rig {
 /// set up yet.
 fn pri_device_rig() -> Rig {
     pri_device_rig_on(|sim, _| sim)
-}
-
-/// As [`pri_device_rig`], the device's host calls going through `backend` (which may wrap the
-/// simulator).
-fn pri_device_rig_on(
-    backend: impl FnOnce(Arc<SimHostIommu<Mem>>, &Guest) -> Arc<dyn HostIommuBackend>,
-) -> Rig {
-    let cfg = VtdConfig::from_qemu_props(FLTS_PRQ).unwrap();
-    let info = host_info_for(&cfg);
-    let mut rig = Rig::build(cfg, info, None, backend);
-    rig.g.set_translation(true);
-    rig.sim.set_device_pri(rig.dev, true);
-    let host = rig.binder.unregister(BDF).unwrap();
-    rig.binder
-        .register(BDF, host.with_pri(true), PciTopology::default())
-        .unwrap();
-    rig.events.take();
-    rig
 }
 
 fn nested_of(sim: &SimHostIommu<Mem>, dev: DeviceId) -> SimHwpt {

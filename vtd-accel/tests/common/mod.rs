@@ -364,6 +364,28 @@ pub fn second_host(
     (sim, ioas)
 }
 
+/// First stage plus the guest's page request queue (ECAP.PRS needs device-iotlb).
+pub const FLTS_PRQ: &str = "x-scalable-mode=on,x-flts=on,device-iotlb=on,x-vtd-page-requests=on";
+
+/// A [`FLTS_PRQ`] rig whose device is re-registered as having ATS and PRI (and has PRI on the
+/// simulated host), its host calls going through `backend` (which may wrap the simulator);
+/// translation on, the guest's page request queue not set up yet, the events taken.
+pub fn pri_device_rig_on(
+    backend: impl FnOnce(Arc<SimHostIommu<Mem>>, &Guest) -> Arc<dyn HostIommuBackend>,
+) -> Rig {
+    let cfg = VtdConfig::from_qemu_props(FLTS_PRQ).unwrap();
+    let info = host_info_for(&cfg);
+    let mut rig = Rig::build(cfg, info, None, backend);
+    rig.g.set_translation(true);
+    rig.sim.set_device_pri(rig.dev, true);
+    let host = rig.binder.unregister(BDF).unwrap();
+    rig.binder
+        .register(BDF, host.with_pri(true), PciTopology::default())
+        .unwrap();
+    rig.events.take();
+    rig
+}
+
 /// The calls a test backend wrapping the simulator (a `sim` field) passes through unchanged:
 /// everything but `name`, `invalidate` and the fault-queue and dirty-tracking calls, which
 /// each wrapper states itself.
