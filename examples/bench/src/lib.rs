@@ -20,17 +20,15 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use vm_memory::iommu::Iotlb;
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, IommuMemory,
-    Permissions, VolatileMemory,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory, Permissions};
 use vtd_core::{CacheCapacity, RecordingSink, VtdConfig, VtdUnit};
 use vtd_regs::regs::{IotlbReg, Iva, offset as reg};
+use vtd_tables::GuestRam;
 use vtd_tables::builder::{
     ContextTablesBuilder, FrameAllocator, PageSize, PageTableBuilder, PageTableFormat,
     PasidTablesBuilder,
@@ -285,15 +283,8 @@ impl Fixture {
     pub fn read_entry(&self, how: FloorRead, gpa: u64) -> u64 {
         match how {
             FloorRead::ReadObj => self.mem.read_obj(GuestAddress(gpa)).expect("table read"),
-            FloorRead::Atomic => {
-                let (region, offset) = self
-                    .mem
-                    .to_region_addr(GuestAddress(gpa))
-                    .expect("table address in RAM");
-                let slice = region.get_slice(offset, 8).expect("table read");
-                let entry: &AtomicU64 = slice.get_atomic_ref(0).expect("aligned entry");
-                entry.load(Ordering::Relaxed)
-            }
+            // The walk's own read, through vm-memory's region lookup and atomic load.
+            FloorRead::Atomic => GuestRam::read_u64(&self.mem, gpa).expect("table read"),
         }
     }
 
@@ -351,7 +342,8 @@ pub enum FloorRead {
     /// `Bytes::read_obj::<u64>`, vm-memory's general read.
     ReadObj,
     /// The region lookup and one aligned 8-byte atomic load (`to_region_addr`, `get_slice`,
-    /// `get_atomic_ref`): the cheapest read vm-memory offers, and how the unit's walks read.
+    /// `get_atomic_ref`): the cheapest read vm-memory offers, and the one the unit's walks
+    /// make (`vtd_tables::GuestRam::read_u64`, which this calls).
     Atomic,
 }
 
